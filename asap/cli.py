@@ -1,0 +1,45 @@
+"""`asap` command line: user-facing tools that are not pipeline stages.
+
+    asap convert-authors latest_net_G.pth generator.pt [--num-classes 13 ...]
+    asap translate ...            (inference; see asap/infer.py)
+
+Each subcommand lives in its own module and registers itself through COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module that defines add_arguments(parser) and run(args)
+COMMANDS = {
+    "convert-authors": "asap.convert",
+    "translate": "asap.infer",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="asap", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        modules[name] = module
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().split("\n")[0])
+        module.add_arguments(p)
+    args = parser.parse_args(argv)
+    try:
+        return modules[args.command].run(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

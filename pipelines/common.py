@@ -1,0 +1,106 @@
+"""Shared plumbing of the DVC stages: params, paths, MLflow store, atomic result files.
+
+Stages run from the project root (where dvc.yaml and params.yaml live). Every path handed to Ray is
+made absolute first: Ray runs trials and workers in other working directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from asap.config import ConfigError, load_params
+
+
+def project_root() -> Path:
+    """The directory holding params.yaml: the working directory of a DVC stage."""
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents):
+        if (d / "params.yaml").is_file() and (d / "dvc.yaml").is_file():
+            return d
+    return cwd
+
+
+def params(path: str | Path | None = None) -> dict:
+    return load_params(path or project_root() / "params.yaml")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# -- MLflow -------------------------------------------------------------------------------------
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set (a server, another store); else the project's sqlite file."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def setup_mlflow(experiment: str) -> str:
+    """Point MLflow at the store and create the experiment once, in the driver, before any worker
+    starts (several processes creating a fresh sqlite DB at once fail: ../shared/STACK.md).
+    Returns the experiment id. Exports MLFLOW_TRACKING_URI so Ray workers and trials inherit it."""
+    import mlflow
+
+    uri = tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):  # keep artifacts beside the local store, as an absolute path
+        artifact_location = (project_root() / "mlartifacts" / experiment).as_uri()
+    try:
+        return client.create_experiment(experiment, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# -- result files -------------------------------------------------------------------------------
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (temp file + rename) so a killed stage never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def fail(message: str, code: int = 2):
+    """End a stage with a clear one-line error (no traceback) and a non-zero exit."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def run_stage(main) -> None:
+    """Run a stage's main(), turning configuration errors into clear messages."""
+    try:
+        main()
+    except ConfigError as err:
+        fail(str(err))
