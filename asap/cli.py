@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return modules[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # ConfigError, CheckpointError, missing or existing files
         print(f"error: {err}", file=sys.stderr)
         return 2
 
