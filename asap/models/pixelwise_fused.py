@@ -1,0 +1,306 @@
+"""Fused Triton kernel for the whole pixelwise MLP of ASAP-Net (Rott Shaham et al., CVPR 2021, Eq. 1-2).
+
+The reference ``asap.models.pixelwise.pixelwise_mlp`` runs one batched matmul per layer and writes
+every layer's (B, H, W, 64) activations to memory. Here one program handles a block of pixels of one
+S x S tile: it reads the tile's parameter set (one cell of the low-res grid, Eq. 2), runs all layers
+on-chip with ``tl.dot`` and writes only the output channels. The positional encoding (Sec. 3.3) is
+computed in the kernel from the position inside the tile, and a label map can be passed as class
+indices: one-hot(x) @ W1 == W1[x], so the first layer becomes a gather of weight rows.
+
+Semantics, parameter layout and channel order are exactly those of the reference (see pixelwise.py):
+per layer ``[bias (nco), weight (nci * nco) row-major (nci, nco)]``, LeakyReLU(0.01) between layers,
+tanh at the end; encoding periods f = S, S/2, ..., 2, each [cos x, sin x, cos y, sin y] of
+2 pi (p mod f) / f, appended after the input channels.
+
+Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check it). It
+imports nothing but torch and triton so it runs on the GPU machine without the pipeline stack.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from asap.models.pixelwise import LEAKY_SLOPE, num_mlp_params
+
+try:  # triton ships with the CUDA builds of torch; a CPU-only install simply has no fused path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on installs without triton
+    triton = None
+    tl = None
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _next_pow2(n: int, minimum: int = 16) -> int:
+    """tl.dot needs every block dimension >= 16 and tl.arange a power of two."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def unsupported_reason(channels: list[int], tile: int) -> str | None:
+    """Why the fused kernel cannot run this MLP (None when it can): callers fall back to the reference."""
+    if triton is None:
+        return "triton is not installed"
+    if len(channels) < 3:
+        return f"the fused kernel needs at least one hidden layer, got widths {channels}"
+    hidden = set(channels[1:-1])
+    if len(hidden) != 1:
+        return f"the fused kernel needs equal hidden widths, got {channels[1:-1]}"
+    width = channels[1]
+    if width < 16 or width & (width - 1) or width > 256:
+        return f"hidden width {width} must be a power of two in 16..256 (tl.dot tiles)"
+    if tile < 1 or tile & (tile - 1):
+        return f"tile size S={tile} must be a power of two"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel
+# ----------------------------------------------------------------------------------------------
+
+if triton is not None:
+    # jit functions may only read globals that are constexpr
+    _SLOPE = tl.constexpr(LEAKY_SLOPE)
+    _TWO_PI = tl.constexpr(2.0 * math.pi)
+
+    @triton.jit
+    def _tanh(a):
+        # tanh(a) = sign(a) (1 - e^{-2|a|}) / (1 + e^{-2|a|}): stable for large |a|, and needs no
+        # libdevice (tl.math has no tanh on every triton version we meet: 3.6 on the GPU box, 3.8 here).
+        t = tl.exp(-2.0 * tl.abs(a))
+        r = (1.0 - t) / (1.0 + t)
+        return tl.where(a < 0, -r, r)
+
+    @triton.jit
+    def _round_bf16(a):
+        # Round-to-nearest-even fp32 -> bf16, kept in fp32. The GPU's fp32 -> bf16 cast does this;
+        # Triton's CPU interpreter (3.8) truncates instead, which doubles the error, so the
+        # interpreter path rounds by hand (bf16 is the top 16 bits of an fp32).
+        bits = a.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _mm(a, b, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        # Operands rounded to the parameters' dtype, products accumulated in fp32 (tensor cores on GPU).
+        if UPCAST:
+            # Triton's CPU interpreter multiplies bf16 operands as raw uint16 bits (3.8); an fp32
+            # product of values rounded to bf16 is exact, so this matches a bf16 dot.
+            return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
+        return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+
+    @triton.jit
+    def _pixelwise_mlp_fwd(
+        x_ptr, params_ptr, out_ptr,
+        n_tiles_w, n_tiles,                          # tiles per grid row, tiles per image
+        stride_xb, stride_xc, stride_xh, stride_xw,  # input (B, C, H, W) or labels (B, 1, H, W)
+        stride_pb, stride_pc, stride_ph, stride_pw,  # params (B, P, h, w); ph = pw = 0 when uniform
+        stride_ob, stride_oc, stride_oh, stride_ow,  # output (B, C_OUT, H, W)
+        IS_INDEX: tl.constexpr,    # x holds class indices: layer 1 is a gather of weight rows
+        C_IN: tl.constexpr,        # input channels before the encoding (one-hot width for indices)
+        C_PAD: tl.constexpr,       # C_IN rounded up for tl.arange / tl.dot (dense input only)
+        TILE: tl.constexpr,        # S
+        N_ENC: tl.constexpr,       # 4 log2 S, or 0 without positional encoding
+        E_PAD: tl.constexpr,
+        HID: tl.constexpr,         # hidden width (64)
+        N_HIDDEN: tl.constexpr,    # number of HID -> HID layers (depth - 2 = 3)
+        C_OUT: tl.constexpr,       # output channels (3)
+        OUT_PAD: tl.constexpr,
+        BLOCK_P: tl.constexpr,     # pixels per tl.dot block (>= 16)
+        SUB_BLOCKS: tl.constexpr,  # pixel blocks per program: the tile's parameters stay in cache
+        INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 parameters; ignored for bf16/fp16
+        UPCAST: tl.constexpr,      # interpreter only: run bf16 dots as exact fp32 dots (see _mm)
+    ):
+        pid_tile = tl.program_id(0)  # b * n_tiles + tile index
+        pid_blk = tl.program_id(1)   # which group of SUB_BLOCKS pixel blocks inside the tile
+        b = pid_tile // n_tiles
+        t = pid_tile % n_tiles
+        ty = t // n_tiles_w
+        tx = t % n_tiles_w
+        dot_dtype = params_ptr.dtype.element_ty  # bf16/fp16 params -> bf16/fp16 tensor-core dots
+
+        p_base = params_ptr + b.to(tl.int64) * stride_pb + ty * stride_ph + tx * stride_pw
+        x_base = x_ptr + b.to(tl.int64) * stride_xb
+        o_base = out_ptr + b.to(tl.int64) * stride_ob
+
+        cols = tl.arange(0, HID)
+        rows = tl.arange(0, HID)
+        ocols = tl.arange(0, OUT_PAD)
+        N_IN: tl.constexpr = C_IN + N_ENC
+        HIDDEN_START: tl.constexpr = HID + N_IN * HID          # after layer 1's bias and weight
+        LAYER_SIZE: tl.constexpr = HID + HID * HID
+        LAST_START: tl.constexpr = HIDDEN_START + N_HIDDEN * LAYER_SIZE
+
+        for s in range(SUB_BLOCKS):
+            p = (pid_blk * SUB_BLOCKS + s) * BLOCK_P + tl.arange(0, BLOCK_P)
+            pmask = p < TILE * TILE
+            py = p // TILE               # position inside the tile, row-major as the reference
+            px = p % TILE
+            gy = ty * TILE + py
+            gx = tx * TILE + px
+
+            # ---- layer 1: bias + input part + positional-encoding part -----------------------
+            acc = tl.load(p_base + cols * stride_pc).to(tl.float32)[None, :] + tl.zeros((BLOCK_P, HID), tl.float32)
+            if IS_INDEX:
+                lab = tl.load(x_base + gy * stride_xh + gx * stride_xw, mask=pmask, other=0).to(tl.int32)
+                ok = pmask & (lab >= 0) & (lab < C_IN)  # out-of-range labels read nothing (the launcher rejects them)
+                w_rows = tl.load(p_base + (HID + lab[:, None] * HID + cols[None, :]) * stride_pc,
+                                 mask=ok[:, None], other=0.0)
+                acc += w_rows.to(tl.float32)
+            else:
+                ch = tl.arange(0, C_PAD)
+                xv = tl.load(x_base + ch[None, :] * stride_xc + gy[:, None] * stride_xh + gx[:, None] * stride_xw,
+                             mask=pmask[:, None] & (ch[None, :] < C_IN), other=0.0)
+                w1 = tl.load(p_base + (HID + ch[:, None] * HID + cols[None, :]) * stride_pc,
+                             mask=ch[:, None] < C_IN, other=0.0)
+                acc += _mm(xv, w1, dot_dtype, UPCAST, INPUT_PRECISION)
+            if N_ENC > 0:
+                # Sec. 3.3 encoding: channel e has period f = S >> (e // 4) and kind e % 4 in
+                # [cos x, sin x, cos y, sin y]; p mod f keeps the angle exact for any tile position.
+                e = tl.arange(0, E_PAD)
+                f = tl.maximum(tl.full((E_PAD,), TILE, tl.int32) >> (e // 4), 1)
+                kind = e % 4
+                coord = tl.where((kind < 2)[None, :], px[:, None], py[:, None])
+                ang = (coord % f[None, :]).to(tl.float32) * _TWO_PI / f[None, :].to(tl.float32)
+                enc = tl.where((kind % 2 == 0)[None, :], tl.cos(ang), tl.sin(ang))
+                enc = tl.where((e < N_ENC)[None, :], enc, 0.0)
+                we = tl.load(p_base + (HID + (C_IN + e[:, None]) * HID + cols[None, :]) * stride_pc,
+                             mask=(e < N_ENC)[:, None], other=0.0)
+                acc += _mm(enc, we, dot_dtype, UPCAST, INPUT_PRECISION)
+            h = tl.where(acc > 0, acc, _SLOPE * acc)
+
+            # ---- hidden layers: HID -> HID on tensor cores -----------------------------------
+            for j in tl.static_range(N_HIDDEN):
+                start = HIDDEN_START + j * LAYER_SIZE
+                bias = tl.load(p_base + (start + cols) * stride_pc).to(tl.float32)
+                w = tl.load(p_base + (start + HID + rows[:, None] * HID + cols[None, :]) * stride_pc)
+                acc = _mm(h, w, dot_dtype, UPCAST, INPUT_PRECISION) + bias[None, :]
+                h = tl.where(acc > 0, acc, _SLOPE * acc)
+
+            # ---- last layer: HID -> C_OUT (padded to 16 columns for tl.dot), tanh ------------
+            omask = ocols < C_OUT
+            bias = tl.load(p_base + (LAST_START + ocols) * stride_pc, mask=omask, other=0.0).to(tl.float32)
+            w = tl.load(p_base + (LAST_START + C_OUT + rows[:, None] * C_OUT + ocols[None, :]) * stride_pc,
+                        mask=omask[None, :], other=0.0)
+            acc = _mm(h, w, dot_dtype, UPCAST, INPUT_PRECISION) + bias[None, :]
+            y = _tanh(acc)
+            if UPCAST:
+                y = _round_bf16(y)  # the interpreter's own cast would truncate
+            tl.store(o_base + ocols[None, :] * stride_oc + gy[:, None] * stride_oh + gx[:, None] * stride_ow,
+                     y.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & omask[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------
+
+def _check_device(t: torch.Tensor) -> None:
+    if triton is None:
+        raise RuntimeError("fused_pixelwise_mlp needs triton (it ships with CUDA builds of torch); "
+                           "use asap.models.pixelwise.pixelwise_mlp instead")
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and interpret_mode():
+        return
+    raise RuntimeError(f"fused_pixelwise_mlp runs on CUDA tensors (got a {t.device.type} tensor); on the CPU "
+                       "use asap.models.pixelwise.pixelwise_mlp, or set TRITON_INTERPRET=1 before importing "
+                       "triton to run the kernel in Triton's interpreter (tests only: it is slow)")
+
+
+def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channels: list[int], tile: int,
+                        positional: bool = True, num_classes: int | None = None, *,
+                        check_labels: bool = True, out_dtype: torch.dtype | None = None,
+                        input_precision: str = "ieee", block_p: int | None = None,
+                        sub_blocks: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """The pixelwise MLP of ``pixelwise_mlp`` in one kernel.
+
+    labels_or_x: integer class indices (B, H, W) or (B, 1, H, W), taken as the one-hot input of width
+                 ``num_classes`` (default: channels[0] minus the encoding), or a dense float
+                 (B, C, H, W) input (an image, or a one-hot map with extra channels).
+    params:      (B, P, H/S, W/S) or (B, P, 1, 1); fp32, bf16 or fp16. Layers run in the parameters'
+                 dtype with fp32 accumulation; the output has ``out_dtype`` (default: params' dtype).
+    input_precision: "ieee" (exact fp32, the default) or "tf32" for fp32 parameters.
+    check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
+                 a zero row for out-of-range labels, so skipping the check is memory-safe).
+    Returns (B, channels[-1], H, W).
+    """
+    reason = unsupported_reason(channels, tile)
+    if reason:
+        raise ValueError(f"fused_pixelwise_mlp: {reason}; use asap.models.pixelwise.pixelwise_mlp")
+    _check_device(params)
+    if not params.is_floating_point() or params.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"params must be float32, bfloat16 or float16, got {params.dtype}")
+    if labels_or_x.device != params.device:
+        raise ValueError(f"input is on {labels_or_x.device}, params on {params.device}")
+    if input_precision not in ("ieee", "tf32"):
+        raise ValueError(f"input_precision must be 'ieee' or 'tf32', got {input_precision!r}")
+
+    n_enc = 4 * int(math.log2(tile)) if positional else 0
+    is_index = not labels_or_x.is_floating_point()
+    x = labels_or_x
+    if is_index:
+        if x.dim() == 3:
+            x = x[:, None]
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"class-index label maps must be (B, H, W) or (B, 1, H, W), got {tuple(labels_or_x.shape)}")
+        c_in = channels[0] - n_enc if num_classes is None else num_classes
+        if c_in + n_enc != channels[0]:
+            raise ValueError(f"MLP expects {channels[0]} input channels; {c_in} classes"
+                             f"{f' + {n_enc} encoding channels' if n_enc else ''} give {c_in + n_enc}")
+        if check_labels:
+            bad = (x < 0) | (x >= c_in)
+            if bool(bad.any()):
+                values = sorted(set(x[bad].unique().tolist()))[:10]
+                raise ValueError(f"label values {values} are outside the {c_in} classes (allowed: 0..{c_in - 1})")
+    else:
+        if x.dim() != 4:
+            raise ValueError(f"dense input must be (B, C, H, W), got {tuple(x.shape)}")
+        c_in = x.shape[1]
+        if c_in + n_enc != channels[0]:
+            raise ValueError(f"MLP expects {channels[0]} input channels, got {c_in}"
+                             f"{f' + {n_enc} encoding channels' if n_enc else ''}")
+    B, _, H, W = x.shape
+    if H % tile or W % tile:
+        raise ValueError(f"input {H}x{W} is not divisible by the tile size S={tile}")
+    h, w = H // tile, W // tile
+    P = num_mlp_params(channels)
+    if params.shape[0] != B or params.shape[1] != P:
+        raise ValueError(f"params are {tuple(params.shape)}, the MLP {channels} on batch {B} needs ({B}, {P}, ...)")
+    uniform = params.shape[2:] == (1, 1)
+    if not uniform and params.shape[2:] != (h, w):
+        raise ValueError(f"parameter grid is {tuple(params.shape[2:])}, expected {(h, w)} "
+                         f"for a {H}x{W} input with S={tile}")
+    # Channels-last puts one tile's P parameters next to each other (coalesced weight loads); the
+    # fast generator's low-res stream already produces this layout, so this is usually free.
+    params = params.contiguous(memory_format=torch.channels_last)
+    out = torch.empty(B, channels[-1], H, W, device=params.device, dtype=out_dtype or params.dtype)
+
+    pixels = tile * tile
+    block_p = block_p or max(16, min(pixels, 64))
+    if block_p < 16 or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
+    blocks = triton.cdiv(pixels, block_p)
+    sub_blocks = sub_blocks or 1
+    sb = params.stride()
+    xs = x.stride()
+    grid = (B * h * w, triton.cdiv(blocks, sub_blocks))
+    _pixelwise_mlp_fwd[grid](
+        x, params, out,
+        w, h * w,
+        xs[0], xs[1], xs[2], xs[3],
+        sb[0], sb[1], 0 if uniform else sb[2], 0 if uniform else sb[3],
+        *out.stride(),
+        IS_INDEX=is_index, C_IN=c_in, C_PAD=_next_pow2(c_in), TILE=tile,
+        N_ENC=n_enc, E_PAD=_next_pow2(n_enc), HID=channels[1], N_HIDDEN=len(channels) - 3,
+        C_OUT=channels[-1], OUT_PAD=_next_pow2(channels[-1]),
+        BLOCK_P=block_p, SUB_BLOCKS=sub_blocks, INPUT_PRECISION=input_precision,
+        UPCAST=params.device.type == "cpu" and params.dtype == torch.bfloat16,
+        **({"num_warps": num_warps} if num_warps else {}),
+    )
+    return out

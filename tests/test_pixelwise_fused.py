@@ -1,0 +1,290 @@
+"""The fused Triton pixelwise-MLP kernel and the fast generator against the reference path.
+
+Oracles: ``asap.models.pixelwise.pixelwise_mlp`` (itself checked against a naive per-pixel loop in
+test_asapnet.py), one naive per-pixel loop written here, and ``ASAPNetGenerator.forward``.
+
+Without CUDA the kernel runs in Triton's CPU interpreter. ``TRITON_INTERPRET=1`` must be set before
+the kernel is decorated and must not leak into the other tests' process, so every interpreter case
+runs in ONE subprocess (this file run as a script) and each case is then asserted as its own test.
+With CUDA the same cases also run on the GPU (marker ``gpu``).
+
+Tolerances on outputs in [-1, 1] with O(1) activations, as (max abs, mean abs) error: fp32 (1e-5, 1e-6);
+bf16 (2e-2, 3e-3); fp16 (5e-3, 5e-4). Low-precision kernel cases compare against the fp32 reference on
+the *rounded* parameters, so the figure is the error of running the layers in that precision; the
+generator cases also run the low-res stream in that precision (bf16 whole network: (4e-2, 5e-3)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = {"fp32": (1e-5, 1e-6), "tf32": (5e-3, 5e-4), "bf16": (2e-2, 3e-3), "fp16": (5e-3, 5e-4)}
+GENERATOR_TOL = {**TOL, "bf16": (4e-2, 5e-3)}
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# name -> case; every case must stay small: the interpreter runs ~50 ms per program.
+CASES = {
+    "index_S8_fp32":       dict(B=2, S=8, H=16, W=16, C=5, input="index", precision="fp32"),
+    "index_S16_32x64":     dict(B=1, S=16, H=32, W=64, C=7, input="index", precision="fp32"),
+    "onehot_dense_S8":     dict(B=2, S=8, H=16, W=16, C=5, input="onehot", precision="fp32"),
+    "dense_edge_S8":       dict(B=2, S=8, H=16, W=8, C=6, input="dense", precision="fp32"),
+    "uniform_params_S8":   dict(B=2, S=8, H=16, W=16, C=5, input="index", precision="fp32", uniform=True),
+    "no_positional_S8":    dict(B=2, S=8, H=16, W=16, C=5, input="index", precision="fp32", positional=False),
+    "tiny_tile_S2":        dict(B=1, S=2, H=8, W=4, C=3, input="index", precision="fp32"),
+    "sub_blocks_S16":      dict(B=1, S=16, H=16, W=16, C=4, input="dense", precision="fp32",
+                                block_p=16, sub_blocks=3),  # 16 blocks in 6 programs: the last half-empty
+    "index_S8_bf16":       dict(B=2, S=8, H=16, W=16, C=5, input="index", precision="bf16"),
+    "dense_S16_bf16":      dict(B=1, S=16, H=16, W=32, C=6, input="dense", precision="bf16"),
+    "index_S8_fp16":       dict(B=2, S=8, H=16, W=16, C=5, input="index", precision="fp16"),
+    "naive_loop_S4":       dict(B=1, S=4, H=8, W=4, C=3, input="index", precision="fp32", oracle="naive"),
+    "fast_generator_fp32": dict(kind="generator", precision="fp32"),
+    "fast_generator_dontcare_edge": dict(kind="generator", precision="fp32", dontcare=True, instance_edge=True),
+    "fast_generator_bf16": dict(kind="generator", precision="bf16"),
+}
+GPU_ONLY_CASES = {
+    "index_S32_256x512_bf16": dict(B=2, S=32, H=256, W=512, C=35, input="index", precision="bf16"),
+    "index_S64_1024_fp32":    dict(B=1, S=64, H=1024, W=1024, C=35, input="index", precision="fp32"),
+    "index_S16_tf32":         dict(B=2, S=16, H=64, W=128, C=12, input="index", precision="tf32"),
+    "dense_S32_fp16":         dict(B=2, S=32, H=128, W=128, C=36, input="dense", precision="fp16"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Case construction (runs in the subprocess or on the GPU)
+# ----------------------------------------------------------------------------------------------
+
+def make_params(B, channels, h, w, gen):
+    """A parameter grid whose activations stay O(1): weights N(0, 1/nci), biases N(0, 0.1^2), a
+    different MLP in every tile (the layout is the reference's [bias, weight (nci, nco)] per layer)."""
+    chunks = []
+    for nci, nco in zip(channels[:-1], channels[1:]):
+        chunks.append(0.1 * torch.randn(B, nco, h, w, generator=gen))
+        chunks.append(torch.randn(B, nci * nco, h, w, generator=gen) * (1.5 / math.sqrt(nci)))
+    return torch.cat(chunks, dim=1)
+
+
+def naive_mlp(x, params, channels, S):
+    """Per-pixel loop with the encoding written from Sec. 3.3 (float64)."""
+    B, C, H, W = x.shape
+    out = torch.empty(B, channels[-1], H, W, dtype=torch.float64)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                enc = []
+                for k in range(int(math.log2(S)), 0, -1):
+                    f = 2 ** k
+                    enc += [math.cos(2 * math.pi * j / f), math.sin(2 * math.pi * j / f),
+                            math.cos(2 * math.pi * i / f), math.sin(2 * math.pi * i / f)]
+                v = torch.cat([x[b, :, i, j].double(), torch.tensor(enc, dtype=torch.float64)])
+                phi, off = params[b, :, i // S, j // S].double(), 0
+                for layer, (nci, nco) in enumerate(zip(channels[:-1], channels[1:])):
+                    bias, weight = phi[off:off + nco], phi[off + nco:off + nco + nci * nco].reshape(nci, nco)
+                    off += nco + nci * nco
+                    v = v @ weight + bias
+                    v = torch.where(v > 0, v, 0.01 * v) if layer < len(channels) - 2 else torch.tanh(v)
+                out[b, :, i, j] = v
+    return out
+
+
+def run_kernel_case(case: dict, device: str) -> dict:
+    from asap.models.pixelwise import mlp_channels, pixelwise_mlp
+    from asap.models.pixelwise_fused import fused_pixelwise_mlp
+
+    B, S, H, W, C = case["B"], case["S"], case["H"], case["W"], case["C"]
+    positional = case.get("positional", True)
+    gen = torch.Generator().manual_seed(sum(map(ord, str(sorted(case.items())))))
+    channels = mlp_channels(C + (4 * int(math.log2(S)) if positional else 0), 64, 5, 3)
+    h, w = (1, 1) if case.get("uniform") else (H // S, W // S)
+    params = make_params(B, channels, h, w, gen).to(DTYPES[case["precision"]])
+    labels = torch.randint(0, C, (B, H, W), generator=gen)
+    onehot = torch.nn.functional.one_hot(labels, C).permute(0, 3, 1, 2).float()
+    if case["input"] == "dense":  # arbitrary floats, e.g. an image or one-hot + instance edge
+        dense = torch.rand(B, C, H, W, generator=gen) * 2 - 1
+        x_ref, x_kernel = dense, dense.to(params.dtype)
+    else:
+        x_ref = onehot
+        x_kernel = labels if case["input"] == "index" else onehot.to(params.dtype)
+    if case.get("oracle") == "naive":
+        ref = naive_mlp(x_ref, params.double(), channels, S).float()
+    else:
+        ref = pixelwise_mlp(x_ref, params.float(), channels, S, positional)
+    opts = {k: case[k] for k in ("block_p", "sub_blocks") if k in case}
+    out = fused_pixelwise_mlp(x_kernel.to(device), params.to(device), channels, S, positional,
+                              input_precision="tf32" if case["precision"] == "tf32" else "ieee", **opts)
+    assert out.shape == ref.shape and out.dtype == params.dtype, (out.shape, out.dtype)
+    err = (out.float().cpu() - ref).abs()
+    return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": TOL[case["precision"]],
+            "ref_std": ref.std().item()}
+
+
+def run_generator_case(case: dict, device: str) -> dict:
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+
+    torch.manual_seed(0)
+    C, H, W = 5, 32, 32
+    model = asapnet(C, H, W, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1,
+                    dontcare=case.get("dontcare", False), instance_edge=case.get("instance_edge", False))
+    with torch.no_grad():  # the default init is tiny (gain 0.02): centre the MLPs on well-scaled ones
+        gen = torch.Generator().manual_seed(1)
+        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
+    model = model.to(device).eval()
+    labels = torch.randint(0, C, (2, H, W))
+    if case.get("dontcare"):
+        labels[0, :5, :7] = 255
+    edges = (torch.rand(2, 1, H, W) > 0.8).float() if case.get("instance_edge") else None
+    labels, edges = labels.to(device), None if edges is None else edges.to(device)
+    with torch.no_grad():
+        ref = model(labels, edges).float().cpu()
+    fast = FastGenerator(model, case["precision"])
+    assert fast.fused, "the fast generator should use the kernel here"
+    err = (fast(labels, edges).float().cpu() - ref).abs()
+    return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": GENERATOR_TOL[case["precision"]],
+            "ref_std": ref.std().item()}
+
+
+def run_case(name: str, device: str) -> dict:
+    case = {**CASES, **GPU_ONLY_CASES}[name]
+    return run_generator_case(case, device) if case.get("kind") == "generator" else run_kernel_case(case, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Interpreter subprocess
+# ----------------------------------------------------------------------------------------------
+
+def check_result(name: str, result: dict) -> None:
+    assert "error" not in result, result.get("error")
+    assert result["ref_std"] > 0.1, "the case is degenerate (outputs nearly constant)"
+    max_tol, mean_tol = result["tol"]
+    assert result["err"] <= max_tol, f"{name}: max abs error {result['err']:.3g} > {max_tol}"
+    assert result["mean_err"] <= mean_tol, f"{name}: mean abs error {result['mean_err']:.3g} > {mean_tol}"
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, __file__, "--interpret"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_matches_reference_in_interpreter(interpreted, name):
+    check_result(name, interpreted[name])
+
+
+def test_interpreter_rejects_bad_labels(interpreted):
+    assert "outside the 5 classes" in interpreted["_bad_labels"]["message"]
+    assert "[5, 9]" in interpreted["_bad_labels"]["message"]
+
+
+def test_cpu_without_interpreter_asks_for_the_reference():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    pytest.importorskip("triton")
+    from asap.models.pixelwise_fused import fused_pixelwise_mlp
+    channels = [5 + 12, 64, 64, 3]
+    params = torch.zeros(1, sum(i * o + o for i, o in zip(channels[:-1], channels[1:])), 1, 1)
+    with pytest.raises(RuntimeError, match="pixelwise_mlp"):
+        fused_pixelwise_mlp(torch.zeros(1, 8, 8, dtype=torch.long), params, channels, 8)
+
+
+def test_unsupported_widths_are_named():
+    from asap.models.pixelwise_fused import unsupported_reason
+    assert unsupported_reason([17, 64, 64, 64, 64, 3], 8) is None
+    assert "power of two" in unsupported_reason([17, 24, 24, 3], 8)
+    assert "hidden layer" in unsupported_reason([17, 3], 8)
+
+
+def test_fast_generator_cpu_fallback_equals_model():
+    """Without CUDA (and without the interpreter) the fast path is the reference path."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    torch.manual_seed(0)
+    model = asapnet(4, 32, 64, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1).eval()
+    labels = torch.randint(0, 4, (2, 32, 64))
+    fast = FastGenerator(model.cpu(), "fp32")
+    assert not fast.fused and not fast.cuda_graph
+    with torch.no_grad():
+        ref = model(labels)
+    torch.testing.assert_close(fast(labels), ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"\[4, 7\]"):
+        fast(torch.tensor([[[4, 7] * 32] * 32]))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU
+# ----------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(CASES) + sorted(GPU_ONLY_CASES))
+def test_kernel_matches_reference_on_gpu(name):
+    check_result(name, run_case(name, "cuda"))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fast_generator_cuda_graph_replays_new_inputs(precision):
+    """A captured graph must compute on the *new* input each call, and report bad labels."""
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    torch.manual_seed(0)
+    model = asapnet(12, 256, 512, lr_max_width=128).cuda().eval()
+    with torch.no_grad():
+        model.lowres_stream.model[-1].bias.normal_(0, 0.5)
+    fast = FastGenerator(model, precision)
+    assert fast.cuda_graph and fast.fused
+    for seed in range(3):
+        labels = torch.randint(0, 12, (1, 256, 512), generator=torch.Generator().manual_seed(seed)).cuda()
+        with torch.no_grad():
+            ref = model(labels)
+        err = (fast(labels).float() - ref).abs().max().item()
+        assert err <= {"fp32": 2e-3, "bf16": 5e-2}[precision], err  # cuDNN convs may use TF32
+    with pytest.raises(ValueError, match=r"\[12\]"):
+        fast(torch.full((1, 256, 512), 12, device="cuda"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Script mode: run every case in this (interpreter) process and print one JSON line
+# ----------------------------------------------------------------------------------------------
+
+def _interpret_main() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    results = {}
+    for name in CASES:
+        try:
+            results[name] = run_case(name, "cpu")
+        except Exception as err:  # reported per case by the parent test
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+    from asap.models.pixelwise_fused import fused_pixelwise_mlp
+    channels = [5 + 12, 64, 64, 3]
+    params = torch.zeros(1, sum(i * o + o for i, o in zip(channels[:-1], channels[1:])), 1, 1)
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 0, :2] = torch.tensor([5, 9])
+    try:
+        fused_pixelwise_mlp(labels, params, channels, 8)
+        results["_bad_labels"] = {"message": "no error raised"}
+    except ValueError as err:
+        results["_bad_labels"] = {"message": str(err)}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__" and "--interpret" in sys.argv:
+    _interpret_main()
