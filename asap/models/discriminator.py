@@ -9,6 +9,10 @@ normalisation; the others are spectral-normalised convs followed by parameter-fr
 The second scale sees the input average-pooled by 2 (3x3 window, stride 2, padding 1, padding
 excluded from the average).
 
+Initialisation is PyTorch's default, not SPADE's Xavier with gain 0.02: with that, the first layer's
+features (the largest feature-matching term) start 25-50x smaller and short runs learn markedly slower
+(one facades pair, 150 steps at 64x64: L1 0.386 -> 0.347 with SPADE's init, -> 0.228 with the default).
+
 The input is concat(encoded label map [+ instance edge], image) along channels: the conditional
 discriminator judges whether an image fits its label map.
 """
@@ -54,13 +58,6 @@ _PAD = math.ceil((_KERNEL - 1) / 2)  # = 2, pix2pixHD's padding for 4x4 kernels
 _MAX_WIDTH = 512
 
 
-def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """Xavier-normal weights with gain 0.02 and zero bias (SPADE's initialisation of G and D)."""
-    nn.init.xavier_normal_(conv.weight, gain=0.02)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
 class PatchDiscriminator(nn.Module):
     """One scale: returns the output of every layer, the patch logits (B, 1, h, w) last."""
 
@@ -68,16 +65,15 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         widths = [min(config.ndf * 2 ** i, _MAX_WIDTH) for i in range(config.n_layers)]
         layers = [nn.Sequential(  # first layer: no normalisation (pix2pix)
-            _init_conv(nn.Conv2d(config.in_channels, widths[0], _KERNEL, stride=2, padding=_PAD)),
+            nn.Conv2d(config.in_channels, widths[0], _KERNEL, stride=2, padding=_PAD),
             nn.LeakyReLU(0.2))]
         for i in range(1, config.n_layers):
             stride = 1 if i == config.n_layers - 1 else 2  # the last C layer keeps the resolution
             layers.append(nn.Sequential(
-                # initialised before spectral norm attaches, so its power iteration starts from these weights
-                spectral_norm(_init_conv(nn.Conv2d(widths[i - 1], widths[i], _KERNEL, stride=stride, padding=_PAD))),
+                spectral_norm(nn.Conv2d(widths[i - 1], widths[i], _KERNEL, stride=stride, padding=_PAD)),
                 nn.InstanceNorm2d(widths[i], affine=False),
                 nn.LeakyReLU(0.2)))
-        layers.append(_init_conv(nn.Conv2d(widths[-1], 1, _KERNEL, stride=1, padding=_PAD)))  # patch logits
+        layers.append(nn.Conv2d(widths[-1], 1, _KERNEL, stride=1, padding=_PAD))  # patch logits
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
