@@ -1,0 +1,105 @@
+"""Inference-time measurement (Sec. 4.1 / Fig. 4 of the paper: runtime at batch 1 on one GPU).
+
+GPU: CUDA events around every iteration after a warm-up and a ``torch.cuda.synchronize``: the events
+time the work on the device, not Python's launch loop alone (the paper's numbers are GPU times).
+CPU: ``time.perf_counter`` around every call. Both report the median and the 10th/90th percentiles,
+which are robust to the odd slow iteration (a page fault, another process) where a mean is not.
+Everything runs under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def _as_args(inputs) -> tuple:
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def summarize_ms(times_ms: list[float]) -> dict:
+    """Per-iteration times -> {median_ms, p10_ms, p90_ms, mean_ms, n} (numpy's linear percentiles)."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size == 0:
+        raise ValueError("no timings to summarize")
+    return {"median_ms": float(np.median(t)), "p10_ms": float(np.percentile(t, 10)),
+            "p90_ms": float(np.percentile(t, 90)), "mean_ms": float(t.mean()), "n": int(t.size)}
+
+
+def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20,
+                device: str | torch.device = "cpu") -> dict:
+    """Time ``fn(*inputs)`` (a module or any callable; ``inputs`` a tensor or a tuple of arguments).
+
+    Returns {"median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer"} with ``timer`` "cuda_events" or
+    "perf_counter". The inputs must already be on ``device``.
+    """
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"time_module needs iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    args = _as_args(inputs)
+    device = torch.device(device)
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init, CPU caches
+            fn(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+            for start, end in zip(starts, ends):
+                start.record()
+                fn(*args)
+                end.record()
+            torch.cuda.synchronize(device)
+            times = [start.elapsed_time(end) for start, end in zip(starts, ends)]  # ms
+            timer = "cuda_events"
+        else:
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                fn(*args)
+                times.append((time.perf_counter() - t0) * 1e3)
+            timer = "perf_counter"
+    return {**summarize_ms(times), "timer": timer}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str | torch.device = "cpu", precision: str = "fp32") -> dict:
+    """What a timing was measured on: device name, precision, library versions, CPU model and threads."""
+    device = torch.device(device)
+    is_cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if is_cuda else _cpu_model()
+    return {
+        "device": device.type,
+        "device_name": name,
+        "precision": precision,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if is_cuda else None,
+        "cudnn": torch.backends.cudnn.version() if is_cuda else None,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def device_slug(info: dict) -> str:
+    """A file-name-safe device tag: "cpu", or the GPU's name ("nvidia-h100-80gb-hbm3")."""
+    if info["device"] != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", info["device_name"].lower()).strip("-") or "cuda"

@@ -1,0 +1,70 @@
+"""The timer (not a speed test): known sleeps come back as known medians; the device record's schema."""
+
+import itertools
+import time
+
+import pytest
+import torch
+
+from asap.metrics.runtime import device_info, device_slug, summarize_ms, time_module
+
+# Sleeping never returns early, but on a busy 2-core machine it can return late: bound from above loosely.
+LATE_MS = 15.0
+
+
+def test_median_of_a_known_sleep():
+    calls = []
+    r = time_module(lambda x: calls.append(x) or time.sleep(0.02), torch.zeros(1), warmup=2, iters=5)
+    assert len(calls) == 7 and r["n"] == 5 and r["timer"] == "perf_counter"
+    assert 20.0 <= r["median_ms"] <= 20.0 + LATE_MS
+    assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def test_percentiles_of_known_varying_sleeps():
+    sleeps = itertools.cycle([5, 10, 15, 20, 25, 30, 35, 40, 45, 50])  # ms, one per timed call
+    r = time_module(lambda: time.sleep(next(sleeps) / 1e3), warmup=0, iters=10)
+    # numpy's linear percentiles of 5..50: median 27.5, p10 9.5, p90 45.5
+    assert 27.5 <= r["median_ms"] <= 27.5 + LATE_MS
+    assert 9.5 <= r["p10_ms"] <= 9.5 + LATE_MS
+    assert 45.5 <= r["p90_ms"] <= 45.5 + LATE_MS
+
+
+def test_summarize_hand_worked():
+    s = summarize_ms([4.0, 1.0, 3.0, 2.0])
+    assert s == {"median_ms": 2.5, "p10_ms": pytest.approx(1.3), "p90_ms": pytest.approx(3.7),
+                 "mean_ms": 2.5, "n": 4}
+
+
+def test_runs_in_inference_mode_and_checks_arguments():
+    seen = []
+    time_module(lambda x: seen.append(torch.is_inference_mode_enabled()), torch.ones(2), warmup=1, iters=1)
+    assert seen == [True, True]
+    with pytest.raises(ValueError, match="iters"):
+        time_module(lambda: None, iters=0)
+
+
+def test_device_info_schema():
+    info = device_info("cpu", precision="fp32")
+    assert set(info) == {"device", "device_name", "precision", "torch", "cuda", "cudnn", "cpu_model",
+                         "cpu_count", "torch_threads", "python", "platform"}
+    assert info["device"] == "cpu" and info["precision"] == "fp32" and info["torch"] == torch.__version__
+    assert isinstance(info["device_name"], str) and info["device_name"]
+    assert device_slug(info) == "cpu"
+    assert device_slug({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_events_agree_with_synchronized_wall_clock():
+    a = torch.randn(4096, 4096, device="cuda")
+    fn = lambda: a @ a  # noqa: E731  (~0.1-10 ms on any GPU: GPU-bound, so events ~ wall clock)
+    r = time_module(fn, warmup=3, iters=20, device="cuda")
+    assert r["timer"] == "cuda_events"
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3 / 20
+    assert r["mean_ms"] == pytest.approx(wall, rel=0.25)
+    assert device_info("cuda")["cuda"] == torch.version.cuda
