@@ -72,7 +72,8 @@ class FastGenerator(nn.Module):
                  compile: bool = False,              # torch.compile the low-res stream (CUDA)
                  channels_last: bool = True,
                  check_labels: bool = True,          # error on label values outside the classes
-                 clone_output: bool = True):         # False: return the graph's static output buffer
+                 clone_output: bool = True,          # False: return the graph's static output buffer
+                 kernel_options: dict | None = None):  # block_p / sub_blocks / num_warps of the MLP kernel
         super().__init__()
         check_precision(precision)
         if not isinstance(model, ASAPNetGenerator):
@@ -102,6 +103,7 @@ class FastGenerator(nn.Module):
             raise ValueError("cuda_graph=True needs the generator on a CUDA device")
         self.check_labels = check_labels
         self.clone_output = clone_output
+        self.kernel_options = dict(kernel_options or {})
         self._graphs: dict[tuple, _Graph] = {}
 
     # -- the forward itself ----------------------------------------------------------------------
@@ -113,47 +115,57 @@ class FastGenerator(nn.Module):
         """-> (image (B, out, H, W) in self.dtype, device flag of bad labels or None). Graph-capturable:
         no host syncs, no data-dependent shapes."""
         c = self.config
-        labels, bad = None, None
+        labels, bad, enc = None, None, None
+        hr_width = c.hr_in_channels
         if not x.is_floating_point() and c.input_kind == "labels":
             labels = x[:, 0] if x.dim() == 4 else x  # (B, H, W)
             n = self._label_width()
+            c.check_size(labels.shape[1], labels.shape[2])
             if c.dontcare:
                 labels = torch.where(labels == DONTCARE_VALUE, torch.full_like(labels, c.num_classes), labels)
             if self.check_labels:
                 bad = ((labels < 0) | (labels >= n)).any()
-            # One-hot straight in the compute dtype with channels last (scatter; F.one_hot would first
-            # write int64, 8 bytes per class and pixel). Clamped so bad labels cannot index out of
-            # bounds before the deferred check reports them.
-            idx = labels.clamp(0, n - 1).long()[..., None]  # (B, H, W, 1)
-            onehot = torch.zeros(*labels.shape, n, device=x.device, dtype=self.dtype).scatter_(3, idx, 1.0)
-            enc = onehot.permute(0, 3, 1, 2)  # (B, n, H, W), channels-last memory
-            if c.instance_edge:
-                if edges is None:
-                    raise ValueError("this generator was built with instance_edge=True: pass edges=(B, 1, H, W)")
-                enc = torch.cat([enc, edges.to(self.dtype)], dim=1)
+            if c.instance_edge and edges is None:
+                raise ValueError("this generator was built with instance_edge=True: pass edges=(B, 1, H, W)")
+            if self.fused:
+                # low-res input straight from the indices: no full-resolution one-hot is written
+                lowres_in = pixelwise_fused.tent_onehot(labels, n, c.s1, self.dtype)
+                if c.instance_edge:
+                    lowres_in = torch.cat([lowres_in, tent_downsample(edges.to(self.dtype), c.s1)], dim=1)
+            if not self.fused or hr_width != n:
+                # One-hot straight in the compute dtype with channels last (scatter; F.one_hot would
+                # first write int64, 8 bytes per class and pixel). Clamped so bad labels cannot index
+                # out of bounds before the deferred check reports them.
+                idx = labels.clamp(0, n - 1).long()[..., None]  # (B, H, W, 1)
+                onehot = torch.zeros(*labels.shape, n, device=x.device, dtype=self.dtype).scatter_(3, idx, 1.0)
+                enc = onehot.permute(0, 3, 1, 2)  # (B, n, H, W), channels-last memory
+                if c.instance_edge:
+                    enc = torch.cat([enc, edges.to(self.dtype)], dim=1)
+                if not self.fused:
+                    lowres_in = tent_downsample(enc, c.s1)
         else:
             enc = encode_input(x, c, edges).to(self.dtype)
-        c.check_size(enc.shape[2], enc.shape[3])
+            c.check_size(enc.shape[2], enc.shape[3])
+            lowres_in = tent_downsample(enc, c.s1)
 
-        lowres_in = tent_downsample(enc, c.s1)
         if self.channels_last:
             lowres_in = lowres_in.contiguous(memory_format=torch.channels_last)
         params = self._lowres(lowres_in)  # (B, P, H/S, W/S), channels-last: one tile's P values contiguous
         if c.spatially_uniform:
             params = params.mean(dim=(2, 3), keepdim=True)
 
-        hr_width = c.hr_in_channels
         if not self.fused:
             return pixelwise_mlp(enc[:, :hr_width], params, c.mlp_channels, c.downsampling,
                                  c.positional_encoding), bad
-        if labels is not None and hr_width == self._label_width():
+        if enc is None:
             # the high-res input is exactly the one-hot map: layer 1 is a gather of weight rows
             hr = labels
         else:
             hr = enc[:, :hr_width]
         out = pixelwise_fused.fused_pixelwise_mlp(hr, params, c.mlp_channels, c.downsampling,
                                                   c.positional_encoding, num_classes=hr_width,
-                                                  check_labels=False, input_precision=self.input_precision)
+                                                  check_labels=False, input_precision=self.input_precision,
+                                                  **self.kernel_options)
         return out, bad
 
     def _raise_bad_labels(self, x: torch.Tensor) -> None:

@@ -87,13 +87,14 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _mm(a, b, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-        # Operands rounded to the parameters' dtype, products accumulated in fp32 (tensor cores on GPU).
+    def _mm(a, b, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        # a @ b with a rounded to b's dtype (the parameters': every b is a weight block), products
+        # accumulated in fp32 (tensor cores on GPU).
         if UPCAST:
             # Triton's CPU interpreter multiplies bf16 operands as raw uint16 bits (3.8); an fp32
             # product of values rounded to bf16 is exact, so this matches a bf16 dot.
-            return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
-        return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+            return tl.dot(_round_bf16(a.to(tl.float32)), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a.to(b.dtype), b, input_precision=INPUT_PRECISION)
 
     @triton.jit
     def _pixelwise_mlp_fwd(
@@ -123,7 +124,6 @@ if triton is not None:
         t = pid_tile % n_tiles
         ty = t // n_tiles_w
         tx = t % n_tiles_w
-        dot_dtype = params_ptr.dtype.element_ty  # bf16/fp16 params -> bf16/fp16 tensor-core dots
 
         p_base = params_ptr + b.to(tl.int64) * stride_pb + ty * stride_ph + tx * stride_pw
         x_base = x_ptr + b.to(tl.int64) * stride_xb
@@ -159,7 +159,7 @@ if triton is not None:
                              mask=pmask[:, None] & (ch[None, :] < C_IN), other=0.0)
                 w1 = tl.load(p_base + (HID + ch[:, None] * HID + cols[None, :]) * stride_pc,
                              mask=ch[:, None] < C_IN, other=0.0)
-                acc += _mm(xv, w1, dot_dtype, UPCAST, INPUT_PRECISION)
+                acc += _mm(xv, w1, UPCAST, INPUT_PRECISION)
             if N_ENC > 0:
                 # Sec. 3.3 encoding: channel e has period f = S >> (e // 4) and kind e % 4 in
                 # [cos x, sin x, cos y, sin y]; p mod f keeps the angle exact for any tile position.
@@ -172,7 +172,7 @@ if triton is not None:
                 enc = tl.where((e < N_ENC)[None, :], enc, 0.0)
                 we = tl.load(p_base + (HID + (C_IN + e[:, None]) * HID + cols[None, :]) * stride_pc,
                              mask=(e < N_ENC)[:, None], other=0.0)
-                acc += _mm(enc, we, dot_dtype, UPCAST, INPUT_PRECISION)
+                acc += _mm(enc, we, UPCAST, INPUT_PRECISION)
             h = tl.where(acc > 0, acc, _SLOPE * acc)
 
             # ---- hidden layers: HID -> HID on tensor cores -----------------------------------
@@ -180,7 +180,7 @@ if triton is not None:
                 start = HIDDEN_START + j * LAYER_SIZE
                 bias = tl.load(p_base + (start + cols) * stride_pc).to(tl.float32)
                 w = tl.load(p_base + (start + HID + rows[:, None] * HID + cols[None, :]) * stride_pc)
-                acc = _mm(h, w, dot_dtype, UPCAST, INPUT_PRECISION) + bias[None, :]
+                acc = _mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :]
                 h = tl.where(acc > 0, acc, _SLOPE * acc)
 
             # ---- last layer: HID -> C_OUT (padded to 16 columns for tl.dot), tanh ------------
@@ -188,12 +188,56 @@ if triton is not None:
             bias = tl.load(p_base + (LAST_START + ocols) * stride_pc, mask=omask, other=0.0).to(tl.float32)
             w = tl.load(p_base + (LAST_START + C_OUT + rows[:, None] * C_OUT + ocols[None, :]) * stride_pc,
                         mask=omask[None, :], other=0.0)
-            acc = _mm(h, w, dot_dtype, UPCAST, INPUT_PRECISION) + bias[None, :]
+            acc = _mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :]
             y = _tanh(acc)
             if UPCAST:
                 y = _round_bf16(y)  # the interpreter's own cast would truncate
             tl.store(o_base + ocols[None, :] * stride_oc + gy[:, None] * stride_oh + gx[:, None] * stride_ow,
                      y.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & omask[None, :])
+
+
+    @triton.jit
+    def _tent_onehot_fwd(
+        lab_ptr, taps_ptr, out_ptr,
+        H, W, h, w,
+        stride_lb, stride_lh, stride_lw,
+        stride_ob, stride_oc, stride_oh, stride_ow,
+        N_CLS: tl.constexpr, N_PAD: tl.constexpr, FACTOR: tl.constexpr, BLOCK: tl.constexpr,
+        ROUND_BF16: tl.constexpr,
+    ):
+        # tent_downsample(one_hot(labels), FACTOR) without the full-resolution one-hot: each low-res
+        # pixel sums the separable tent weights of its 2F x 2F window (reflection padding F/2) into
+        # the bins of the labels found there.
+        pid = tl.program_id(0)
+        b = tl.program_id(1)
+        o = pid * BLOCK + tl.arange(0, BLOCK)
+        omask = o < h * w
+        oy = o // w
+        ox = o % w
+        cls = tl.arange(0, N_PAD)
+        lab_base = lab_ptr + b.to(tl.int64) * stride_lb
+        acc = tl.zeros((BLOCK, N_PAD), tl.float32)
+        if FACTOR == 1:
+            lab = tl.load(lab_base + oy * stride_lh + ox * stride_lw, mask=omask, other=-1)
+            acc += tl.where(lab[:, None] == cls[None, :], 1.0, 0.0)
+        else:
+            for ty in tl.static_range(2 * FACTOR):
+                iy = oy * FACTOR - FACTOR // 2 + ty
+                iy = tl.where(iy < 0, -iy, iy)                 # reflect (edge not repeated), as F.pad
+                iy = tl.where(iy >= H, 2 * (H - 1) - iy, iy)
+                wy = tl.load(taps_ptr + ty)
+                for tx in tl.static_range(2 * FACTOR):
+                    ix = ox * FACTOR - FACTOR // 2 + tx
+                    ix = tl.where(ix < 0, -ix, ix)
+                    ix = tl.where(ix >= W, 2 * (W - 1) - ix, ix)
+                    wx = tl.load(taps_ptr + tx)
+                    lab = tl.load(lab_base + iy * stride_lh + ix * stride_lw, mask=omask, other=-1)
+                    acc += tl.where(lab[:, None] == cls[None, :], wy * wx, 0.0)
+        if ROUND_BF16:
+            acc = _round_bf16(acc)  # the interpreter's own cast would truncate
+        tl.store(out_ptr + b.to(tl.int64) * stride_ob + cls[None, :] * stride_oc + oy[:, None] * stride_oh
+                 + ox[:, None] * stride_ow, acc.to(out_ptr.dtype.element_ty),
+                 mask=omask[:, None] & (cls[None, :] < N_CLS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,5 +346,36 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
         BLOCK_P=block_p, SUB_BLOCKS=sub_blocks, INPUT_PRECISION=input_precision,
         UPCAST=params.device.type == "cpu" and params.dtype == torch.bfloat16,
         **({"num_warps": num_warps} if num_warps else {}),
+    )
+    return out
+
+
+def tent_onehot(labels: torch.Tensor, num_classes: int, factor: int, dtype: torch.dtype = torch.float32,
+                block: int = 64) -> torch.Tensor:
+    """``tent_downsample(one_hot(labels, num_classes), factor)`` straight from class indices: the
+    low-res stream's input without writing the full-resolution one-hot (num_classes floats per pixel).
+
+    labels: (B, H, W) integer indices, already checked to lie in 0..num_classes-1 (others count for
+    no class). Returns (B, num_classes, H/factor, W/factor) in channels-last memory.
+    """
+    _check_device(labels)
+    if labels.is_floating_point() or labels.dim() != 3:
+        raise ValueError(f"labels must be (B, H, W) integer class indices, got {labels.dtype} {tuple(labels.shape)}")
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"factor must be a power of two, got {factor}")
+    B, H, W = labels.shape
+    if H % factor or W % factor or (factor > 1 and min(H, W) <= factor // 2):
+        raise ValueError(f"a {H}x{W} label map cannot be tent-downsampled by {factor}")
+    h, w = H // factor, W // factor
+    # The same taps as asapnet.tent_downsample: [1, 3, ..., 2f-1, 2f-1, ..., 3, 1] / (2 f^2).
+    ramp = torch.arange(1, 2 * factor + 1, 2, dtype=torch.float32, device=labels.device)
+    taps = torch.cat([ramp, ramp.flip(0)])
+    taps = taps / taps.sum()
+    out = torch.empty(B, h, w, num_classes, device=labels.device, dtype=dtype).permute(0, 3, 1, 2)
+    grid = (triton.cdiv(h * w, block), B)
+    _tent_onehot_fwd[grid](
+        labels, taps, out, H, W, h, w, *labels.stride(), *out.stride(),
+        N_CLS=num_classes, N_PAD=_next_pow2(num_classes, 2), FACTOR=factor, BLOCK=block,
+        ROUND_BF16=labels.device.type == "cpu" and dtype == torch.bfloat16,
     )
     return out
