@@ -121,3 +121,25 @@ def test_dontcare_label_is_accepted_when_the_generator_has_it(tmp_path):
     write_palette_png(tmp_path / "d.png", labels)
     translate(path, tmp_path / "d.png", tmp_path / "out", device="cpu")
     assert_same_image(np.asarray(Image.open(tmp_path / "out" / "d.png")), expected_image(model, labels))
+
+
+def test_instance_edge_generator_reads_instance_maps(tmp_path):
+    from asap.models.inputs import instance_edges
+
+    model = tiny_generator(instance_edge=True)
+    path = save_generator(tmp_path / "g.pt", model)
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, NUM_CLASSES, (32, 32))
+    inst = np.repeat(np.repeat(rng.integers(0, 1000, (4, 4)), 8, 0), 8, 1).astype(np.uint16)  # 8x8 blobs
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "inst").mkdir()
+    write_palette_png(tmp_path / "labels" / "c.png", labels)
+    Image.fromarray(inst).save(tmp_path / "inst" / "c.png")  # 16-bit ids, as Cityscapes instanceIds
+    with pytest.raises(TranslateError, match="--instances"):
+        translate(path, tmp_path / "labels", tmp_path / "out", device="cpu")
+    translate(path, tmp_path / "labels", tmp_path / "out", device="cpu", instances=tmp_path / "inst")
+    with torch.no_grad():
+        edges = instance_edges(torch.from_numpy(inst.astype(np.int64))[None])
+        y = model(torch.from_numpy(labels)[None], edges)[0]
+    want = np.clip(np.rint((y.numpy().transpose(1, 2, 0) + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert_same_image(np.asarray(Image.open(tmp_path / "out" / "c.png")), want)
