@@ -1,0 +1,337 @@
+"""GAN training for ASAP-Net, in-process (no Ray): one step and a loop.
+
+Paper Sec. 3.4 follows SPADE: hinge GAN loss + discriminator feature matching + perceptual loss,
+Adam with the two time-scale update rule (G 1e-4, D 4e-4, betas (0, 0.9)) and a linear
+learning-rate decay to zero over the second half of training.
+
+The Ray Train stage (pipelines/train.py) wraps this same loop; on a GPU machine without Ray it runs
+as it is. Data order and flips are a pure function of (seed, step, rank), so a resumed run sees
+exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from asap.config import require
+from asap.losses import GANLossConfig, feature_matching_loss, hinge_d_loss, hinge_g_loss
+
+CHECKPOINT_FORMAT = "asap-train-state/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; defaults are the paper's (SPADE's) except the step budget."""
+    steps: int = 200                # total generator updates
+    batch_size: int = 1             # per worker (SPADE: 1 per GPU on facades)
+    lr_g: float = 1e-4              # TTUR (Heusel et al.), as SPADE: G 1e-4, D 4e-4
+    lr_d: float = 4e-4
+    beta1: float = 0.0              # SPADE with TTUR: Adam betas (0, 0.9)
+    beta2: float = 0.9
+    decay_from: float = 0.5         # linear decay to 0 starting at this fraction of the steps
+    ndf: int = 64                   # discriminator width (pix2pixHD / SPADE)
+    d_layers: int = 4
+    d_scales: int = 2
+    flip: bool = True               # random horizontal flips (the only augmentation)
+    seed: int = 0
+    mixed_precision: bool = True    # bf16 autocast on CUDA; ignored on CPU
+    log_every: int = 10
+    checkpoint_every: int = 50
+    sample_every: int = 100
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "ndf", "d_layers", "d_scales", "log_every",
+                     "checkpoint_every", "sample_every"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                    f"train {name} must be a positive integer, got {v!r}")
+        for name in ("lr_g", "lr_d"):
+            v = getattr(self, name)
+            require(isinstance(v, (int, float)) and v > 0, f"train {name} must be > 0, got {v!r}")
+        require(0.0 <= self.decay_from <= 1.0, f"train decay_from must be in [0, 1], got {self.decay_from!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; the step was not applied, so the last checkpoint stays good."""
+
+
+def linear_decay(steps: int, decay_from: float) -> Callable[[int], float]:
+    """LR multiplier: 1 until ``decay_from * steps``, then linearly down to 0 at ``steps``."""
+    start = int(decay_from * steps)
+
+    def factor(step: int) -> float:
+        if step < start or steps == start:
+            return 1.0
+        return max(0.0, (steps - step) / (steps - start))
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic data order
+# ----------------------------------------------------------------------------------------------
+
+def batch_plan(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+               flip: bool = True) -> tuple[list[int], list[bool]]:
+    """Indices and flip flags of ``rank``'s batch at ``step``: each epoch is a seeded permutation
+    split across ranks (drop-last), so no state beyond the step is needed to resume."""
+    global_batch = batch_size * world
+    per_epoch = max(1, n // global_batch)
+    epoch, pos = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5
+    start = (pos * world + rank) * batch_size
+    idx = [int(perm[(start + i) % n]) for i in range(batch_size)]
+    return idx, [bool(flips[i]) and flip for i in idx]
+
+
+def collate(dataset, indices: list[int], flips: list[bool]) -> dict:
+    """Stack dataset items (dicts of tensors, see asap.data.prepared) with per-item horizontal flips."""
+    items = []
+    for i, f in zip(indices, flips):
+        item = dataset[i]
+        if f:
+            item = {k: (v.flip(-1) if torch.is_tensor(v) else v) for k, v in item.items()}
+        items.append(item)
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if torch.is_tensor(values[0]) else values
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+
+class GANTrainer:
+    """Holds G, D, the perceptual network, both optimisers and schedulers; ``train_step`` does one
+    G update then one D update (SPADE's order)."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, config: TrainConfig,
+                 loss: GANLossConfig, perceptual: nn.Module | None = None, device="cpu",
+                 wrap: Callable[[nn.Module], nn.Module] | None = None):
+        self.config, self.loss, self.device = config, loss, torch.device(device)
+        self.generator = generator.to(self.device)
+        self.discriminator = discriminator.to(self.device)
+        # `wrap` (e.g. DDP) is used for forward/backward; the raw modules are what we save
+        self.g_model = wrap(self.generator) if wrap else self.generator
+        self.d_model = wrap(self.discriminator) if wrap else self.discriminator
+        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
+        decay = linear_decay(config.steps, config.decay_from)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
+        self.step = 0
+        self.amp = config.mixed_precision and self.device.type == "cuda"
+
+    # -- one step ---------------------------------------------------------------------------------
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoded generator input, real image) on the device."""
+        real = batch["image"].to(self.device, non_blocking=True)
+        if "input" in batch:  # image-to-image task
+            x = batch["input"].to(self.device, non_blocking=True)
+        else:
+            edge = batch.get("edge")
+            x = self.generator.encode(batch["label"].to(self.device, non_blocking=True),
+                                      edge.to(self.device) if edge is not None else None)
+        return x, real
+
+    def discriminate(self, x, fake, real):
+        """D on fake and real in one pass (cat along the batch, as SPADE), split back per scale."""
+        out = self.d_model(torch.cat([torch.cat([x, fake], 1), torch.cat([x, real], 1)], 0))
+        n = fake.shape[0]
+        fake_out = [[f[:n] for f in scale] for scale in out]
+        real_out = [[f[n:] for f in scale] for scale in out]
+        return fake_out, real_out
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        x, real = self.inputs(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            fake = self.g_model(x)
+            fake_out, real_out = self.discriminate(x, fake, real)
+            g_gan = hinge_g_loss(fake_out)
+            g_feat = feature_matching_loss(fake_out, real_out, self.loss.lambda_feat)
+            g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else torch.zeros((), device=self.device)
+            g_total = g_gan + g_feat + g_vgg
+        self._check_finite(step=self.step, G_total=g_total, G_gan=g_gan, G_feat=g_feat, G_vgg=g_vgg)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_total.backward()
+        self.opt_g.step()
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            fake_out, real_out = self.discriminate(x, fake.detach(), real)
+            d_loss = hinge_d_loss(real_out, fake_out)
+        self._check_finite(step=self.step, D=d_loss)
+        self.opt_d.zero_grad(set_to_none=True)  # also drops D grads accumulated by the G step
+        d_loss.backward()
+        self.opt_d.step()
+
+        self.sched_g.step()
+        self.sched_d.step()
+        self.step += 1
+        return {"G_total": g_total.item(), "G_gan": g_gan.item(), "G_feat": float(g_feat.detach()),
+                "G_vgg": float(g_vgg.detach()), "D": d_loss.item(),
+                "lr_G": self.opt_g.param_groups[0]["lr"], "lr_D": self.opt_d.param_groups[0]["lr"]}
+
+    @staticmethod
+    def _check_finite(step: int, **losses):
+        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v)).all()}
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step}: {bad}. The step was not applied; the last checkpoint "
+                "is intact. Lower the learning rates or switch mixed_precision off, then resume.")
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything to resume: models, optimisers, schedulers, step (plain tensors and numbers)."""
+        return {"format": CHECKPOINT_FORMAT, "step": self.step,
+                "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "generator_config": self.generator.config.to_dict(), "train_config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a training checkpoint (format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        if state["generator_config"] != self.generator.config.to_dict():
+            diff = {k: (v, self.generator.config.to_dict().get(k)) for k, v in state["generator_config"].items()
+                    if self.generator.config.to_dict().get(k) != v}
+            raise ValueError(f"the checkpoint's generator differs from the configured one (saved, now): {diff}; "
+                             "change params back or start a fresh run (remove the checkpoint folder)")
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.step = int(state["step"])
+
+    def save(self, path) -> None:
+        from pathlib import Path
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+class Progress:
+    """Console progress: step, losses, it/s, images/s and ETA."""
+
+    def __init__(self, total: int, start: int, batch_images: int, every: int, printer=print):
+        self.total, self.start, self.batch_images, self.every, self.printer = total, start, batch_images, every, printer
+        self.t0 = self.t_last = time.perf_counter()
+        self.last_step = start
+
+    def update(self, step: int, losses: dict) -> dict:
+        now = time.perf_counter()
+        its = (step - self.last_step) / max(now - self.t_last, 1e-9)
+        self.t_last, self.last_step = now, step
+        avg = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / avg if avg > 0 else math.inf
+        stats = {"it_per_s": its, "images_per_s": its * self.batch_images}
+        text = " ".join(f"{k}={v:.3f}" for k, v in losses.items() if not k.startswith("lr"))
+        self.printer(f"[train] step {step}/{self.total} {text} | {its:.2f} it/s "
+                     f"{stats['images_per_s']:.2f} img/s | ETA {_fmt_time(eta)}", flush=True)
+        return stats
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
+               on_log: Callable[[int, dict], None] | None = None,
+               on_checkpoint: Callable[[int], None] | None = None,
+               on_sample: Callable[[int, dict], None] | None = None,
+               printer=print) -> dict:
+    """Run from ``trainer.step`` to ``config.steps``. Callbacks get the step number *after* the update.
+    Returns the last logged losses."""
+    c = trainer.config
+    progress = Progress(c.steps, trainer.step, c.batch_size * world, c.log_every,
+                        printer if rank == 0 else (lambda *a, **k: None))
+    losses: dict = {}
+    trainer.generator.train()
+    trainer.discriminator.train()
+    while trainer.step < c.steps:
+        idx, flips = batch_plan(trainer.step, len(dataset), c.batch_size, c.seed, rank, world, c.flip)
+        batch = collate(dataset, idx, flips)
+        losses = trainer.train_step(batch)
+        step = trainer.step
+        if step % c.log_every == 0 or step == c.steps:
+            losses.update(progress.update(step, losses))
+            if on_log:
+                on_log(step, losses)
+        if on_sample and (step % c.sample_every == 0 or step == c.steps):
+            on_sample(step, batch)
+        if on_checkpoint and (step % c.checkpoint_every == 0 or step == c.steps):
+            on_checkpoint(step)
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample grids
+# ----------------------------------------------------------------------------------------------
+
+def label_palette(n: int) -> np.ndarray:
+    """A fixed, distinct colour per class (bit-interleaved, as the PASCAL VOC palette)."""
+    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
+    for i in range(pal.shape[0]):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def sample_grid(generator: nn.Module, batch: dict, max_rows: int = 4) -> np.ndarray:
+    """Rows of label (colour) | generated | real, as one uint8 image (H * rows, 3 W, 3)."""
+    was_training = generator.training
+    generator.eval()
+    device = next(generator.parameters()).device
+    n = min(max_rows, batch["image"].shape[0])
+    if "input" in batch:
+        x = batch["input"][:n].to(device)
+        left = [to_uint8(x[i, :3] if x.shape[1] >= 3 else x[i, :1].expand(3, -1, -1)) for i in range(n)]
+        fake = generator(x)
+    else:
+        edge = batch.get("edge")
+        fake = generator(batch["label"][:n].to(device), edge[:n].to(device) if edge is not None else None)
+        pal = label_palette(256)
+        left = [pal[batch["label"][i].clamp(0, 255).cpu().numpy()] for i in range(n)]
+    generator.train(was_training)
+    rows = [np.concatenate([left[i], to_uint8(fake[i]), to_uint8(batch["image"][i])], axis=1) for i in range(n)]
+    return np.concatenate(rows, axis=0)

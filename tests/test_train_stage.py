@@ -1,0 +1,87 @@
+"""The `train` stage for real: Ray Train with 2 CPU workers (DDP over gloo) on the real facades data,
+its checkpoints, its MLflow run, and a kill -9 of the whole stage followed by a resume."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import mlflow
+import pytest
+import torch
+
+from asap.models.checkpoint import load_generator
+from project_helpers import PYTHON, make_project, run_stage, stage_env
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_run(project, dataset):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(f"asapnet-{dataset}")
+    runs = client.search_runs([exp.experiment_id])
+    return client, runs
+
+
+def checkpoint_steps(project):
+    return sorted(json.loads(p.read_text())["step"]
+                  for p in (project / "checkpoints" / "ray").glob("*/checkpoint_*/meta.json"))
+
+
+def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_path, facades64):
+    project = make_project(tmp_path / "proj", facades64)
+    proc = run_stage(project, "pipelines.train")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step 4/4" in proc.stdout + proc.stderr  # console progress from rank 0
+
+    model, meta = load_generator(project / "models" / "asapnet" / "generator.pt")
+    assert meta["steps"] == 4 and meta["dataset"] == "facades-64x64"
+    assert model(torch.randint(1, 13, (1, 64, 64))).shape == (1, 3, 64, 64)
+    assert checkpoint_steps(project)[-2:] == [2, 4]
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["steps"] == 4 and metrics["num_workers"] == 2
+
+    client, runs = mlflow_run(project, "facades-64x64")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_id == metrics["mlflow_run_id"]
+    assert run.data.params["model.lr_max_width"] == "16" and len(run.data.params["dataset.manifest_sha1"]) == 40
+    assert run.data.params["train.lr_d"] == "0.0004"
+    history = client.get_metric_history(run.info.run_id, "G_total")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(m.value)) for m in history)
+    assert {m.key for m in client.get_metric_history(run.info.run_id, "images_per_s")} == {"images_per_s"}
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert samples == ["samples/step_000002.png", "samples/step_000004.png"]
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert [m.name for m in logged] == ["generator"] and logged[0].source_run_id == run.info.run_id
+
+
+def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, facades64):
+    project = make_project(tmp_path / "proj", facades64, {"train": {"steps": 8}})
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.train"], cwd=project, env=stage_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and not any(s >= 2 for s in checkpoint_steps(project)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray cluster and the workers
+        proc.wait()
+    saved = max(checkpoint_steps(project))
+    assert 2 <= saved < 8
+    assert not (project / "models" / "asapnet" / "generator.pt").exists()
+
+    again = run_stage(project, "pipelines.train")
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert f"resuming" in out and f"from step {saved}" in out
+    _, meta = load_generator(project / "models" / "asapnet" / "generator.pt")
+    assert meta["steps"] == 8
+    client, runs = mlflow_run(project, "facades-64x64")
+    assert len(runs) == 1  # the resumed run continues the same MLflow run
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "G_total"))
+    assert steps[-1] == 8 and set(range(saved + 1, 9)) <= set(steps)
