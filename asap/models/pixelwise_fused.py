@@ -117,6 +117,7 @@ if triton is not None:
         SUB_BLOCKS: tl.constexpr,  # pixel blocks per program: the tile's parameters stay in cache
         INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 parameters; ignored for bf16/fp16
         UPCAST: tl.constexpr,      # interpreter only: run bf16 dots as exact fp32 dots (see _mm)
+        ROUND_OUT: tl.constexpr,   # interpreter only: round a bf16 output to nearest by hand
     ):
         pid_tile = tl.program_id(0)  # b * n_tiles + tile index
         pid_blk = tl.program_id(1)   # which group of SUB_BLOCKS pixel blocks inside the tile
@@ -190,7 +191,7 @@ if triton is not None:
                         mask=omask[None, :], other=0.0)
             acc = _mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :]
             y = _tanh(acc)
-            if UPCAST:
+            if ROUND_OUT:
                 y = _round_bf16(y)  # the interpreter's own cast would truncate
             tl.store(o_base + ocols[None, :] * stride_oc + gy[:, None] * stride_oh + gx[:, None] * stride_ow,
                      y.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & omask[None, :])
@@ -246,13 +247,13 @@ if triton is not None:
 
 def _check_device(t: torch.Tensor) -> None:
     if triton is None:
-        raise RuntimeError("fused_pixelwise_mlp needs triton (it ships with CUDA builds of torch); "
+        raise RuntimeError("the fused kernels need triton (it ships with CUDA builds of torch); "
                            "use asap.models.pixelwise.pixelwise_mlp instead")
     if t.device.type == "cuda":
         return
     if t.device.type == "cpu" and interpret_mode():
         return
-    raise RuntimeError(f"fused_pixelwise_mlp runs on CUDA tensors (got a {t.device.type} tensor); on the CPU "
+    raise RuntimeError(f"the fused kernels run on CUDA tensors (got a {t.device.type} tensor); on the CPU "
                        "use asap.models.pixelwise.pixelwise_mlp, or set TRITON_INTERPRET=1 before importing "
                        "triton to run the kernel in Triton's interpreter (tests only: it is slow)")
 
@@ -345,6 +346,7 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
         C_OUT=channels[-1], OUT_PAD=_next_pow2(channels[-1]),
         BLOCK_P=block_p, SUB_BLOCKS=sub_blocks, INPUT_PRECISION=input_precision,
         UPCAST=params.device.type == "cpu" and params.dtype == torch.bfloat16,
+        ROUND_OUT=params.device.type == "cpu" and out.dtype == torch.bfloat16,
         **({"num_warps": num_warps} if num_warps else {}),
     )
     return out
