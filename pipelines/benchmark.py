@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from asap.config import ConfigError, require, require_choice
-from asap.metrics.runtime import device_info, device_slug, time_module
+from asap.metrics.runtime import time_asapnet, device_info, device_slug, time_module
 from pipelines.common import git_commit, params, project_root, run_stage, write_json
 
 SCHEMA = "asap-benchmark/1"
@@ -145,19 +145,10 @@ def bench_row(name: str, spec: dict, size: str, config: BenchmarkConfig, device:
 
             row.update(time_module(fast_generator(model, config.precision), labels, **timing))
             return row
-        row.update(time_module(model, labels, **timing))
         if spec["arch"] == "asapnet":  # Fig. 4: low-res stream vs full-resolution pixelwise MLP
-            from asap.models.pixelwise import pixelwise_mlp
-
-            c = model.config
-            with torch.inference_mode():
-                encoded = model.encode(labels)                      # (1, C, H, W) one-hot
-                tile_params = model.tile_params(encoded)            # (1, P, H/S, W/S)
-            hr = encoded[:, :c.hr_in_channels]
-            row["lr_ms"] = time_module(model.tile_params, encoded, **timing)["median_ms"]
-            row["hr_ms"] = time_module(
-                lambda: pixelwise_mlp(hr, tile_params, c.mlp_channels, c.downsampling, c.positional_encoding),
-                **timing)["median_ms"]
+            row.update(time_asapnet(model, labels, **timing))
+        else:
+            row.update(time_module(model, labels, **timing))
     return row
 
 

@@ -103,3 +103,24 @@ def device_slug(info: dict) -> str:
     if info["device"] != "cuda":
         return "cpu"
     return re.sub(r"[^a-z0-9]+", "-", info["device_name"].lower()).strip("-") or "cuda"
+
+
+def time_asapnet(model, labels: torch.Tensor, warmup: int = 5, iters: int = 20,
+                 device: str | torch.device = "cpu") -> dict:
+    """End-to-end time of an ASAP-Net generator plus its split into the low-res stream (the conv net
+    predicting the tile parameters) and the full-resolution pixelwise MLP (paper Fig. 4).
+    Returns time_module's dict for the whole model with ``lr_ms`` and ``hr_ms`` (medians) added."""
+    from asap.models.pixelwise import pixelwise_mlp
+
+    c = model.config
+    timing = dict(warmup=warmup, iters=iters, device=device)
+    row = time_module(model, labels, **timing)
+    with torch.inference_mode():
+        encoded = model.encode(labels)              # (1, C, H, W) one-hot
+        tile_params = model.tile_params(encoded)    # (1, P, H/S, W/S)
+    hr = encoded[:, :c.hr_in_channels]
+    row["lr_ms"] = time_module(model.tile_params, encoded, **timing)["median_ms"]
+    row["hr_ms"] = time_module(
+        lambda: pixelwise_mlp(hr, tile_params, c.mlp_channels, c.downsampling, c.positional_encoding),
+        **timing)["median_ms"]
+    return row
