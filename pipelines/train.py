@@ -204,7 +204,7 @@ def export_generator(result, cfg: dict, out: Path) -> dict:
     generator = ASAPNetGenerator(ASAPNetConfig(**cfg["generator"]))
     generator.load_state_dict(state["generator"])
     meta = {"dataset": cfg["dataset"], "steps": int(state["step"]), "run_name": cfg["run_name"],
-            "git_commit": common.git_commit(), "mlflow_run_id": cfg.get("mlflow_run_id", ""),
+            "git_commit": cfg.get("git_commit") or common.git_commit(), "mlflow_run_id": cfg.get("mlflow_run_id", ""),
             "height": DatasetInfo.load(cfg["data_root"]).height, "width": DatasetInfo.load(cfg["data_root"]).width}
     save_generator(out, generator, meta=meta)
     return meta
@@ -224,7 +224,8 @@ def mlflow_run(cfg: dict, p: dict, storage: Path, parent_run_id: str | None = No
         except Exception:  # the store was reset: start a new MLflow run for the same training run
             pass
     experiment_id = common.setup_mlflow(f"asapnet-{cfg['dataset']}")
-    tags = {"mlflow.runName": cfg["run_name"], "stage": "train", "git_commit": common.git_commit()}
+    tags = {"mlflow.runName": cfg["run_name"], "stage": "sweep-trial" if parent_run_id else "train",
+            "git_commit": cfg.get("git_commit") or common.git_commit()}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=cfg["run_name"], tags=tags)
