@@ -188,8 +188,7 @@ class GANTrainer:
 
     @staticmethod
     def _check_finite(step: int, **losses):
-        bad = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()
-               if not torch.isfinite(torch.as_tensor(v.detach() if torch.is_tensor(v) else v)).all()}
+        bad = {k: v.detach().item() for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {step}: {bad}. The step was not applied; the last checkpoint "
