@@ -1,0 +1,54 @@
+"""The `sweep` stage for real: a 2-trial Ray Tune grid (each trial a Ray Train run) on CPU, its MLflow
+parent/child runs, its results table, and a re-run that skips the finished trials."""
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from project_helpers import make_project, run_stage
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {"sweep": {"downsampling": [4], "variants": ["uniform"], "steps": 2, "num_workers": 1,
+                   "cpus_per_worker": 0.9, "eval_max_images": 4, "runtime_iters": 2}}
+
+
+def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades64):
+    project = make_project(tmp_path / "proj", facades64, SWEEP)
+    first = run_stage(project, "pipelines.sweep", timeout=420)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+
+    table = pd.read_csv(project / "metrics" / "sweep.csv")
+    assert sorted(table["trial"]) == ["full-S4", "uniform-S4"]
+    assert set(table["steps"]) == {2}
+    for col in ("fid", "kid_mean", "runtime_ms", "lr_ms", "hr_ms", "P"):
+        assert table[col].notna().all() and (table[col] >= 0).all(), col
+    # the ablation predicts as many MLP parameters per tile as the full model (one set vs a grid)
+    assert table["P"].nunique() == 1
+    summary = json.loads((project / "metrics" / "sweep.json").read_text())
+    assert len(summary["trials"]) == 2
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("asapnet-facades-64x64")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    assert parents[0].info.run_id == summary["mlflow_parent_run_id"]
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert sorted(c.data.params["sweep.variant"] for c in children) == ["full", "uniform"]
+    assert all(c.data.params["sweep.S"] == "4" for c in children)
+    assert all("eval_fid" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+
+    # a re-run (e.g. after an interruption) trains nothing again and keeps the same runs
+    again = run_stage(project, "pipelines.sweep", timeout=420)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    assert out.count("finished earlier") == 2
+    assert "[train] step" not in out
+    runs_after = client.search_runs([exp.experiment_id])
+    assert len(runs_after) == len(runs)
+    assert pd.read_csv(project / "metrics" / "sweep.csv")["fid"].tolist() == table["fid"].tolist()
