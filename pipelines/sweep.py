@@ -96,6 +96,7 @@ def run_trial(config: dict) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
     spec, base = config["spec"], config["base"]
     cfg = trial_cfg(base, spec, config["steps"])
+    cfg["tracking_uri"] = config["tracking_uri"]
     trial_dir = Path(config["sweep_dir"]) / spec["trial"]
     result_file = trial_dir / "result.json"
     if result_file.is_file():
