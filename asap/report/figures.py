@@ -1,0 +1,354 @@
+"""The paper's figures, drawn with matplotlib from the tables of asap.report.inputs.
+
+Every function takes tables (pandas) and returns a ``matplotlib.figure.Figure`` built without pyplot
+(no global state, no display needed); the caller saves it. Runtimes are on log axes where the paper
+uses them (Fig. 1, Fig. 6), and every axis names its unit. The paper's stated numbers
+(asap.report.paper) are drawn in black with "paper" and the paper's GPU in the label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from asap.report import paper
+
+ARCH_NAMES = {"asapnet": "ASAP-Net", "pix2pixhd": "pix2pixHD", "spade": "SPADE"}
+ARCH_COLOURS = {"asapnet": "C0", "pix2pixhd": "C1", "spade": "C2"}
+VARIANT_NAMES = {"full": "full model", "no_pe": "no positional encoding", "uniform": "spatially uniform MLP"}
+PAPER_STYLE = dict(color="black", marker="*", markersize=13, linestyle="none", zorder=5)
+
+
+def model_label(arch: str, fast: bool = False, width_mult: float = 1.0) -> str:
+    """"ASAP-Net", "ASAP-Net (fast path)", "SPADE x0.5 channels"."""
+    name = ARCH_NAMES.get(arch, arch)
+    if fast:
+        name += " (fast path)"
+    if width_mult == width_mult and width_mult != 1.0:
+        name += f" x{width_mult:g} channels"
+    return name
+
+
+def _figure(ncols: int, width: float = 5.2, height: float = 4.2, nrows: int = 1):
+    """A constrained-layout figure, at least 6.8 inches wide so a one-panel figure's title fits."""
+    fig = Figure(figsize=(max(width * ncols, 6.8), height * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _size_ticks(ax, sizes: dict[float, str]) -> None:
+    """Log megapixel axis with a tick at each benchmarked size, labelled "<H>x<W>\\n<MP> MP"."""
+    ax.set_xscale("log")
+    mps = sorted(sizes)
+    ax.xaxis.set_major_locator(FixedLocator(mps))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{sizes[m]}\n{m:.2g} MP" for m in mps], fontsize=8)
+    if len(mps) == 1:
+        ax.set_xlim(mps[0] / 1.6, mps[0] * 1.6)
+    else:
+        ax.set_xlim(mps[0] / 1.3, mps[-1] * 1.3)
+
+
+def _sizes(df: pd.DataFrame) -> dict[float, str]:
+    out: dict[float, str] = {}
+    for mp, size in zip(df["megapixels"], df["size"]):
+        out[mp] = size if mp not in out or size in out[mp].split(" / ") else f"{out[mp]} / {size}"
+    return out
+
+
+def _note(ax, text: str) -> None:
+    """A panel with nothing to draw says why, in place of the plot (``text`` carries its own line breaks)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, transform=ax.transAxes, color="0.3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _errorbar(ax, g: pd.DataFrame, **style) -> None:
+    lo = (g["median_ms"] - g["p10_ms"]).clip(lower=0).fillna(0)
+    hi = (g["p90_ms"] - g["median_ms"]).clip(lower=0).fillna(0)
+    ax.errorbar(g["megapixels"], g["median_ms"], yerr=[lo, hi], capsize=3, marker="o", **style)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runtime (Fig. 1, Fig. 4, the fast path)
+# ----------------------------------------------------------------------------------------------
+
+def runtime_vs_resolution(bench: pd.DataFrame) -> Figure:
+    """Fig. 1: median batch-1 runtime (p10-p90 bars) vs resolution, one panel per benchmarked device,
+    full-width models only (the slim variants are Fig. 8); the paper's ASAP-Net times as stars."""
+    full = bench[bench["width_mult"] == 1.0]
+    devices = list(dict.fromkeys(full["device"]))
+    fig, axes = _figure(len(devices))
+    paper_mp = {m: s for s, m in ((s, _mp(s)) for s in paper.PAPER_ASAPNET_MS)}
+    for ax, device in zip(axes[0], devices):
+        d = full[full["device"] == device]
+        for _, g in d.groupby("model", sort=False):
+            g = g.sort_values("megapixels")
+            first = g.iloc[0]
+            _errorbar(ax, g, color=ARCH_COLOURS.get(first["arch"], "C7"), linestyle="--" if first["fast"] else "-",
+                      label=model_label(first["arch"], bool(first["fast"])))
+        ax.plot(list(paper_mp), [paper.PAPER_ASAPNET_MS[s] for s in paper_mp.values()], **PAPER_STYLE,
+                label=f"ASAP-Net, paper ({paper.PAPER_DEVICE})")
+        _size_ticks(ax, {**paper_mp, **_sizes(d)})
+        ax.set_yscale("log")
+        ax.set(xlabel="resolution (megapixels, log scale)", ylabel="runtime per image, median (ms, log scale)",
+               title=f"ours: {device}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    fig.suptitle("Fig. 1: inference time vs resolution\n(batch 1; median, bars from 10th to 90th percentile)")
+    return fig
+
+
+def _mp(size: str) -> float:
+    h, w = (int(v) for v in size.split("x"))
+    return h * w / 1e6
+
+
+def fast_path(inference: pd.DataFrame) -> Figure:
+    """The reference generator vs the fast path (benchmarks/inference.py), per device and precision."""
+    devices = list(dict.fromkeys(inference["file"]))
+    fig, axes = _figure(len(devices))
+    for ax, file in zip(axes[0], devices):
+        d = inference[inference["file"] == file]
+        for i, ((path, precision), g) in enumerate(d.groupby(["path", "precision"], sort=False)):
+            g = g.sort_values("megapixels")
+            _errorbar(ax, g, color=f"C{i}", linestyle="-" if path == "reference" else "--",
+                      label=f"{path} ({precision})")
+        _size_ticks(ax, _sizes(d))
+        ax.set_yscale("log")
+        device = d["device"].iloc[0].rsplit(",", 1)[0]
+        ax.set(xlabel="resolution (megapixels, log scale)", ylabel="runtime per image, median (ms, log scale)",
+               title=f"{device} ({file})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    fig.suptitle("ASAP-Net: reference generator vs fast path\n(batch 1; median, bars from 10th to 90th percentile)")
+    return fig
+
+
+def stream_split(bench: pd.DataFrame) -> Figure:
+    """Fig. 4: ASAP-Net's low-res stream vs full-resolution pixelwise MLP time per resolution."""
+    rows = bench[(bench["arch"] == "asapnet") & ~bench["fast"].astype(bool) & bench["lr_ms"].notna()]
+    devices = list(dict.fromkeys(rows["device"]))
+    fig, axes = _figure(len(devices), width=5.0)
+    for ax, device in zip(axes[0], devices):
+        d = rows[rows["device"] == device]
+        d = d[d["model"] == d["model"].iloc[0]].sort_values("megapixels")
+        x = np.arange(len(d))
+        ax.bar(x, d["lr_ms"], color="C0", label="low-res stream (downsample + conv net)")
+        ax.bar(x, d["hr_ms"], bottom=d["lr_ms"], color="C9", label="full-res pixelwise MLPs")
+        ax.plot(x, d["median_ms"], linestyle="none", marker="_", markersize=28, color="black",
+                label="whole generator, timed end to end")
+        ax.set_xticks(x, [f"{s}\n{m:.2g} MP" for s, m in zip(d["size"], d["megapixels"])], fontsize=8)
+        ax.set(xlabel="resolution", ylabel="runtime per image, median (ms)", title=f"ours: {device}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_ylim(0, 1.3 * max(d["median_ms"].max(), (d["lr_ms"] + d["hr_ms"]).max()))
+        ax.legend(fontsize=8, loc="upper left", framealpha=0.85)
+    fig.suptitle("Fig. 4: ASAP-Net runtime split\nlow-res stream vs full-res pixelwise part (each timed alone)")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality vs runtime (Fig. 6, Fig. 8)
+# ----------------------------------------------------------------------------------------------
+
+QUALITY_AXES = (("fid", "FID (lower is better)"), ("pixel_acc", "pixel accuracy (higher is better)"),
+                ("miou", "mIoU (higher is better)"))
+
+
+def quality_vs_runtime(points: pd.DataFrame) -> Figure:
+    """Fig. 6: FID, pixel accuracy and mIoU vs runtime (log scale), one point per scored generator.
+
+    ``points``: label, group, runtime_ms, runtime_device, fid, pixel_acc, miou, real_pixel_acc, real_miou.
+    """
+    fig, axes = _figure(3, width=4.6)
+    groups = list(dict.fromkeys(points["group"]))
+    for ax, (metric, title) in zip(axes[0], QUALITY_AXES):
+        d = points[points[metric].notna() & points["runtime_ms"].notna()]
+        if d.empty:
+            _note(ax, f"no {metric} with a runtime in the inputs")
+            ax.set_title(title)
+            continue
+        for i, group in enumerate(groups):
+            g = d[d["group"] == group]
+            if not g.empty:
+                ax.scatter(g["runtime_ms"], g[metric], s=40, color=f"C{i}", label=group, zorder=3)
+                for _, r in g.iterrows():
+                    ax.annotate(r["label"], (r["runtime_ms"], r[metric]), fontsize=7, xytext=(4, 3),
+                                textcoords="offset points")
+        ceiling = points.get(f"real_{metric}")
+        if ceiling is not None and ceiling.notna().any():
+            ax.axhline(float(ceiling.dropna().iloc[0]), color="0.3", linestyle=":",
+                       label="real photos (segmenter ceiling)")
+        ax.set_xscale("log")
+        lo, hi = d["runtime_ms"].min(), d["runtime_ms"].max()
+        ax.set_xlim(lo / 1.5, hi * 1.5)
+        ax.set(xlabel="runtime per image (ms, log scale)", ylabel=metric, title=title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    devices = ", ".join(sorted(set(points["runtime_device"].dropna().astype(str)) - {""})) or "device not recorded"
+    fig.suptitle(f"Fig. 6: quality vs runtime (runtime measured on: {devices})")
+    return fig
+
+
+def slim_baselines(bench: pd.DataFrame, evals: pd.DataFrame) -> Figure:
+    """Fig. 8: ASAP-Net vs narrower pix2pixHD/SPADE: (a) runtime of every width at each size, one
+    panel per benchmarked device, (b) FID vs runtime where a generator has both."""
+    devices = list(dict.fromkeys(bench["device"]))
+    fig, axes = _figure(len(devices) + 1, width=6.0)
+    for ax, device in zip(axes[0], devices):
+        d = bench[(bench["device"] == device) & ~bench["fast"].astype(bool)]
+        models = d.drop_duplicates("model").sort_values(["arch", "width_mult"], ascending=[True, False])
+        models = pd.concat([models[models["arch"] == "asapnet"], models[models["arch"] != "asapnet"]])
+        sizes = d.drop_duplicates("size").sort_values("megapixels")["size"].tolist()
+        width = 0.8 / max(len(models), 1)
+        for i, (_, m) in enumerate(models.iterrows()):
+            g = d[d["model"] == m["model"]].set_index("size").reindex(sizes)
+            shade = 1.0 if m["width_mult"] >= 1 else 0.5
+            ax.bar(np.arange(len(sizes)) + (i - (len(models) - 1) / 2) * width, g["median_ms"], width,
+                   color=ARCH_COLOURS.get(m["arch"], "C7"), alpha=shade,
+                   label=f"{model_label(m['arch'], False, m['width_mult'])} ({_params(m['params'])})")
+        ax.set_xticks(np.arange(len(sizes)), sizes)
+        ax.set_yscale("log")
+        ax.set(xlabel="resolution", ylabel="runtime per image, median (ms, log scale)",
+               title=f"(a) runtime by channel width\nours: {device}")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+
+    ax = axes[0][-1]
+    scored = evals[evals["fid"].notna() & evals["runtime_ms"].notna()]
+    if scored.empty or set(scored["arch"]) <= {"asapnet"}:
+        _note(ax, "no FID for pix2pixHD or SPADE yet:\nno pipeline stage trains and evaluates them\n"
+                  "(see reports/README.md)")
+    else:
+        for _, r in scored.iterrows():
+            ax.scatter(r["runtime_ms"], r["fid"], s=50, color=ARCH_COLOURS.get(r["arch"], "C7"),
+                       alpha=1.0 if r["width_mult"] >= 1 else 0.5)
+            ax.annotate(model_label(r["arch"], False, r["width_mult"]), (r["runtime_ms"], r["fid"]),
+                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set(xlabel="runtime per image (ms, log scale)", ylabel="FID (lower is better)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax.set_title("(b) FID vs runtime")
+    fig.suptitle("Fig. 8: ASAP-Net vs slimmer pix2pixHD / SPADE")
+    return fig
+
+
+def _params(n: float) -> str:
+    if n != n:
+        return "? params"
+    return f"{n / 1e6:.1f}M params" if n >= 1e6 else f"{n / 1e3:.1f}k params"
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablations (Fig. 9) and per-class IoU (Fig. 11)
+# ----------------------------------------------------------------------------------------------
+
+def image_grid(columns: list[tuple[str, list]], row_labels: list[str], title: str) -> Figure:
+    """Columns of (title, images (H, W, 3) uint8 or None per row); None cells say "not available"."""
+    nrows, ncols = len(row_labels), len(columns)
+    h, w = next(im.shape[:2] for _, ims in columns for im in ims if im is not None)
+    cell = 2.0
+    fig = Figure(figsize=(cell * ncols * min(w / h, 2.5), cell * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for c, (name, images) in enumerate(columns):
+        for r, image in enumerate(images):
+            ax = axes[r][c]
+            if image is None:
+                ax.imshow(np.full((h, w, 3), 235, np.uint8))
+                ax.text(0.5, 0.5, "not available", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            else:
+                ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str) -> Figure:
+    """Fig. 9 in numbers: (a) runtime of the full model per S relative to the default S, ours beside
+    the paper's (Fig. 9 caption), absolute ms on the bars; (b) FID of every trial."""
+    fig, axes = _figure(2, width=5.6)
+    ax = axes[0][0]
+    full = sweep[sweep["variant"] == "full"].sort_values("S", ascending=False)
+    base = full.loc[full["S"] == default_s, "runtime_ms"]
+    if full.empty or base.empty or not base.notna().all():
+        _note(ax, f"no full-model trial at the default S={default_s} to compare against")
+    else:
+        base_ms = float(base.iloc[0])
+        roles = {s: ("default S" if s == default_s else "larger S" if s > default_s else "smaller S")
+                 for s in full["S"]}
+        nearest = {"larger S": min((s for s in roles if s > default_s), default=None),
+                   "smaller S": max((s for s in roles if s < default_s), default=None), "default S": default_s}
+        x = np.arange(len(full))
+        ours = full["runtime_ms"].to_numpy() / base_ms
+        bars = ax.bar(x - 0.2, ours, 0.4, color="C0", label=f"ours: {device}")
+        for b, ms in zip(bars, full["runtime_ms"]):
+            ax.annotate(_ms(ms), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+        paper_default = paper.PAPER_S_ABLATION_MS["default S"]
+        labelled = False
+        for i, s in enumerate(full["S"]):
+            role = roles[s]
+            if nearest.get(role) == s:
+                ms = paper.PAPER_S_ABLATION_MS[role]
+                b = ax.bar(i + 0.2, ms / paper_default, 0.4, color="0.25",
+                           label=None if labelled else f"paper, {paper.PAPER_S_ABLATION_SIZE} ({paper.PAPER_DEVICE})")
+                ax.annotate(_ms(ms), (i + 0.2, ms / paper_default), ha="center", va="bottom", fontsize=7)
+                labelled = True
+        ax.set_xticks(x, [f"S={s}\n({roles[s]})" for s in full["S"]], fontsize=8)
+        ax.set(ylabel=f"runtime / runtime at default S={default_s}", xlabel="downsampling factor S",
+               title="(a) runtime vs S (full model)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+
+    ax = axes[0][1]
+    scored = sweep[sweep["fid"].notna()] if "fid" in sweep else sweep.iloc[:0]
+    if scored.empty:
+        _note(ax, "no FID in metrics/sweep.csv")
+    else:
+        order = scored.sort_values(["variant", "S"])
+        x = np.arange(len(order))
+        colours = [f"C{list(VARIANT_NAMES).index(v) if v in VARIANT_NAMES else 7}" for v in order["variant"]]
+        ax.bar(x, order["fid"], color=colours)
+        ax.set_xticks(x, [f"{v}\nS={s}" for v, s in zip(order["variant"], order["S"])], fontsize=8)
+        ax.set(ylabel="FID (lower is better)", title="(b) FID per trial")
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Fig. 9: the speed / quality trade-off of S and the ablations")
+    return fig
+
+
+def per_class_iou(per_class: pd.DataFrame) -> Figure:
+    """Fig. 11: IoU of each class vs its share of the test pixels (log scale), the paper's 3% mark."""
+    fig, axes = _figure(1, width=7.0, height=4.6)
+    ax = axes[0][0]
+    d = per_class[per_class["pixel_share"] > 0]
+    ax.scatter(d["pixel_share"] * 100, d["iou"], s=40, color="C0", label="generated images", zorder=3)
+    for _, r in d.iterrows():
+        if r["iou"] == r["iou"]:
+            ax.annotate(str(r["name"]), (r["pixel_share"] * 100, r["iou"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    if d["real_iou"].notna().any():
+        ax.scatter(d["pixel_share"] * 100, d["real_iou"], s=40, facecolors="none", edgecolors="0.3",
+                   label="real photos (segmenter ceiling)", zorder=2)
+    ax.axvline(paper.PAPER_SMALL_CLASS_SHARE * 100, color="C3", linestyle="--",
+               label=f"{paper.PAPER_SMALL_CLASS_SHARE:.0%} of the image (paper, Fig. 11)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}%" if f"{x:g}"[0] in "235" else ""))
+    shares = [*(d["pixel_share"] * 100), paper.PAPER_SMALL_CLASS_SHARE * 100]
+    ax.set_xlim(min(shares) / 1.3, max(shares) * 1.5)  # room for the class names
+    ax.set_ylim(-0.02, 1.02)
+    ax.set(xlabel="class share of the test pixels (%, log scale)", ylabel="IoU",
+           title="Fig. 11: per-class IoU vs class size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms:.0f} ms"
