@@ -47,6 +47,33 @@ def tracking_uri() -> str:
     return f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def sqlite_store_dir(uri: str) -> Path:
+    """The folder holding a sqlite store's file (`sqlite:///rel.db` is relative to the working
+    directory, `sqlite:////abs.db` absolute). For the default store that is the project root;
+    for a store handed to a Ray job it is that store's own folder, not the job's scratch copy."""
+    path = Path(uri.split(":///", 1)[1]) if ":///" in uri else Path("mlflow.db")
+    return (path if path.is_absolute() else Path.cwd() / path).parent.resolve()
+
+
+def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
+    """For an http(s) tracking URI, one bounded request to the server's /health. MLflow's own client
+    retries a dead server with backoff (247 s against a refused port, measured with MLflow 3.17);
+    a stage should instead stop before training.
+    Any HTTP answer (even 401/404 behind a proxy) counts as reachable: only no answer fails."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests  # an MLflow dependency
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.RequestException as err:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers there ({type(err).__name__} within "
+            f"{timeout_s:g} s). Start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db "
+            f"--host 127.0.0.1 --port 5000`, see docs/cluster.md) or unset MLFLOW_TRACKING_URI to log "
+            f"to the project's sqlite store") from None
+
+
 def setup_mlflow(experiment: str) -> str:
     """Point MLflow at the store and create the experiment once, in the driver, before any worker
     starts (several processes creating a fresh sqlite DB at once fail: ../shared/STACK.md).
@@ -54,6 +81,7 @@ def setup_mlflow(experiment: str) -> str:
     import mlflow
 
     uri = tracking_uri()
+    check_tracking_server(uri)  # fail in seconds, before any training, if a server does not answer
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
@@ -62,7 +90,7 @@ def setup_mlflow(experiment: str) -> str:
         return exp.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):  # keep artifacts beside the local store, as an absolute path
-        artifact_location = (project_root() / "mlartifacts" / experiment).as_uri()
+        artifact_location = (sqlite_store_dir(uri) / "mlartifacts" / experiment).as_uri()
     try:
         return client.create_experiment(experiment, artifact_location=artifact_location)
     except Exception:  # created concurrently by another process
