@@ -33,6 +33,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,7 @@ UPLOAD_EXCLUDES = ["/.git", "/.venv", "/.dvc/cache", "/.dvc/tmp", "/data", "/mod
                    "*.egg-info", "__pycache__", ".pytest_cache"]
 # Environment passed to the job (its driver and, through the runtime_env, every Ray worker).
 PASS_PREFIXES = ("MLFLOW_", "ASAP_")
-PASS_NAMES = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "TORCH_HOME", "HF_HOME")
+PASS_NAMES = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 40
 
@@ -214,17 +215,12 @@ def submission_id(stage: str) -> str:
 def submit(client, root: Path, spec: StageSpec, env: dict, python: str) -> tuple[str, Path]:
     sid = submission_id(spec.name)
     staging = root / JOBS_DIR / sid
-    entrypoint = (f"{python} -m pipelines.submit --in-job {_q(spec.name)} --project {_q(str(root))} "
-                  f"--staging {_q(str(staging))}")
+    entrypoint = (f"{python} -m pipelines.submit --in-job {shlex.quote(spec.name)} --project {shlex.quote(str(root))} "
+                  f"--staging {shlex.quote(str(staging))}")
     runtime_env = {"working_dir": str(root), "excludes": UPLOAD_EXCLUDES, "env_vars": env}
     client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
                       metadata={"stage": spec.name, "project": str(root), "staging": str(staging)})
     return sid, staging
-
-
-def _q(s: str) -> str:
-    import shlex
-    return shlex.quote(s)
 
 
 async def _tail(client, sid: str) -> None:
@@ -236,27 +232,28 @@ async def _tail(client, sid: str) -> None:
 def follow(client, sid: str, timeout_s: float | None) -> str:
     """Stream the job's log until it ends; returns its final status. Raises TimeoutError."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    shown = None  # characters of the log printed by polling; None while the stream does it
     try:
         asyncio.run(asyncio.wait_for(_tail(client, sid), timeout_s))
     except (asyncio.TimeoutError, TimeoutError):
         raise TimeoutError from None
-    except Exception as err:  # no websocket (e.g. a proxy): poll the log instead
-        print(f"[submit] log stream unavailable ({type(err).__name__}); polling", flush=True)
+    except Exception as err:  # no websocket (e.g. behind a proxy): poll the log instead
+        print(f"[submit] log stream unavailable ({type(err).__name__}); polling the log", flush=True)
         shown = 0
-        while str(client.get_job_status(sid)) not in TERMINAL:
-            if deadline and time.monotonic() > deadline:
-                raise TimeoutError from None
+    # the stream closes as the job ends, and the status follows within moments; a stream that closed
+    # early (a dropped connection) must not be read as the end of the job
+    while True:
+        status = str(client.get_job_status(sid))
+        if shown is not None:
             logs = client.get_job_logs(sid)
             sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
             shown = len(logs)
-            time.sleep(2)
-    # the stream closes as the job ends; its status follows within moments
-    for _ in range(60):
-        status = str(client.get_job_status(sid))
         if status in TERMINAL:
             return status
-        time.sleep(0.5)
-    return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(1 if shown is None else 2)
 
 
 def install_outputs(root: Path, spec_name: str, staging: Path) -> list[str]:
@@ -331,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SubmitError(f"Ray job server at {address}: {err}") from None
 
     if args.attach:
-        meta = client.get_job_info(args.attach).metadata or {}
+        try:
+            meta = client.get_job_info(args.attach).metadata or {}
+        except Exception as err:  # the client raises RuntimeError with the HTTP answer
+            raise SubmitError(f"no job {args.attach!r} on {address} ({str(err).splitlines()[0][:200]})") from None
         sid, stage, staging = args.attach, meta.get("stage", "?"), Path(meta.get("staging", root / JOBS_DIR / args.attach))
     else:
         env = job_env(root, args.env)
