@@ -173,16 +173,19 @@ def _scores(matrix: ConfusionMatrix, info: DatasetInfo) -> dict:
 def real_statistics(data_root: str | Path, n: int | None = None, *, split: str = "test",
                     cache_dir: str | Path | None = None, batch_size: int = 8,
                     device: str | torch.device = "cpu") -> dict:
-    """Inception features of the first ``n`` real photos of a split (all when None), cached.
+    """Inception features of the real photos of the first ``n`` pairs of a split (all when None), cached.
 
-    The cache file is ``<cache_dir>/<dataset>-<H>x<W>.fid-<split>.npz`` (``-first<n>`` added for a
-    subset), keyed by the files' bytes (asap.metrics.fid.real_stats_from_files): a re-prepared
-    dataset recomputes it. Without ``cache_dir`` it lies beside the prepared folder, never inside it.
+    The pairs are taken in PreparedDataset's order (the manifest's sorted stems), so a subset is
+    exactly the pairs a generator is scored on. The cache file is
+    ``<cache_dir>/<dataset>-<H>x<W>.fid-<split>.npz`` (``-first<n>`` added for a subset), keyed by the
+    files' bytes (asap.metrics.fid.real_stats_from_files): a re-prepared dataset recomputes it.
+    Without ``cache_dir`` it lies beside the prepared folder, never inside it.
     """
     root = Path(data_root)
-    files = fid.image_files(root / split / "images")
-    subset = n is not None and n < len(files)
-    files = files[:n] if subset else files
+    stems = PreparedDataset(root, split, in_memory=False).stems
+    subset = n is not None and n < len(stems)
+    stems = stems[:n] if subset else stems
+    files = [root / split / "images" / f"{stem}.png" for stem in stems]
     name = f"{root.name}.fid-{split}{f'-first{n}' if subset else ''}.npz"
     cache_path = (Path(cache_dir) if cache_dir is not None else root.parent) / name
     return fid.real_stats_from_files(files, cache_path, batch_size=batch_size, device=device)

@@ -110,3 +110,29 @@ def test_missing_generator_fails_the_stage_with_one_clear_line(tmp_path, facades
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: models/asapnet/generator.pt missing: run `dvc repro train` "
                                    "(or `python -m pipelines.train`)")
+
+
+def test_a_checkpoint_without_a_known_training_run_gets_an_evaluate_run(tmp_path, facades64, monkeypatch):
+    import pipelines.evaluate as stage
+    from pipelines import common
+
+    project = make_project(tmp_path / "proj", facades64)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")  # restored after the test
+    metrics = {"fid": 12.5, "kid_mean": 0.1, "kid_std": 0.0, "pixel_acc": 0.5, "miou": 0.25, "num_images": 2,
+               "generator_steps": 3, "generator_mlflow_run_id": "0123456789abcdef", "segmenter": "models/s.pt",
+               "real": {"pixel_acc": 0.6, "miou": 0.3},
+               "per_class": [{"class": 0, "name": "traffic light", "pixel_share": 1.0, "iou": None, "real_iou": 0.5}]}
+    common.write_json(project / stage.EVAL_JSON, metrics)
+    stage.write_per_class_csv(project / stage.PER_CLASS_CSV, metrics["per_class"])
+    try:
+        run_id = stage.log_to_mlflow(metrics, DATASET, "asapnet", project)
+    finally:
+        mlflow.set_tracking_uri(None)
+    run = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)
+    assert run.info.run_name == f"evaluate-asapnet-{DATASET}" and run.info.status == "FINISHED"
+    assert run.data.tags["eval.linked_to_training_run"] == "false"
+    assert run.data.metrics == {"eval_fid": 12.5, "eval_kid_mean": 0.1, "eval_kid_std": 0.0, "eval_pixel_acc": 0.5,
+                                "eval_miou": 0.25, "eval_real_pixel_acc": 0.6, "eval_real_miou": 0.3,
+                                "eval_num_images": 2.0, "eval_pixel_share_traffic_light": 1.0,
+                                "eval_real_iou_traffic_light": 0.5}
