@@ -34,6 +34,7 @@ from asap.config import ConfigError, require
 from asap.data.prepared import DatasetInfo, PreparedDataset
 from asap.metrics import fid
 from asap.metrics.segmentation import ConfusionMatrix
+from asap.models.fast import resolve_device
 from asap.models.inputs import DONTCARE_VALUE
 
 # A translation turns one collated test batch (dict of "label"/"edge"/"input"/"image"/"name", see
@@ -102,16 +103,6 @@ class SegmenterTrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when torch sees one, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use auto or cpu")
-    return device
 
 
 # ----------------------------------------------------------------------------------------------

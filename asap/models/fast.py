@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from asap.config import ConfigError
 from asap.models.asapnet import ASAPNetGenerator, tent_downsample
 from asap.models.inputs import DONTCARE_VALUE, encode_input
 from asap.models.pixelwise import pixelwise_mlp
@@ -44,7 +45,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device cpu or auto")
     return device
 
 
