@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from asap.config import ConfigError, require, require_choice
-from asap.data.common import (FITS, DataError, DatasetSpec, PairSource, PrepareOptions, RawPair,
-                              index_array, open_image, parse_size, prepare, rgb_array)
+from asap.config import require, require_choice
+from asap.data.common import (FITS, DataError, check_sizes, DatasetSpec, PairSource, PrepareOptions, RawPair,
+                              index_array, open_image, prepare, rgb_array)
 
 CITATION = ("Marius Cordts et al., The Cityscapes Dataset for Semantic Urban Scene Understanding, "
             "CVPR 2016")
@@ -45,12 +45,7 @@ class CityscapesConfig:
     fit: str = "stretch"                # 2048x1024 sources: stretch and crop agree at 1:2 sizes
 
     def __post_init__(self):
-        object.__setattr__(self, "sizes", tuple(self.sizes or ()))
-        for size in self.sizes:
-            try:
-                parse_size(size)
-            except DataError as err:
-                raise ConfigError(f"prepare.cityscapes.sizes: {err}") from None
+        object.__setattr__(self, "sizes", check_sizes("prepare.cityscapes.sizes", self.sizes))
         require_choice("prepare.cityscapes.fit", self.fit, set(FITS))
         require(not self.sizes or bool(self.root),
                 "prepare.cityscapes.sizes is set but prepare.cityscapes.root is null: set root to the "

@@ -66,6 +66,19 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def check_sizes(key: str, sizes) -> tuple[str, ...]:
+    """A params list of sizes as a tuple, each checked; errors name the params key (ConfigError)."""
+    from asap.config import ConfigError
+
+    sizes = tuple(sizes or ())
+    for size in sizes:
+        try:
+            parse_size(size)
+        except DataError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    return sizes
+
+
 def prepared_name(dataset: str, height: int, width: int) -> str:
     return f"{dataset}-{height}x{width}"
 

@@ -26,8 +26,8 @@ from typing import Callable
 import numpy as np
 
 from asap.config import ConfigError, require, require_choice
-from asap.data.common import (FITS, DataError, PairSource, PrepareOptions, RawPair,
-                              DatasetSpec, index_array, open_image, parse_size, prepare, rgb_array)
+from asap.data.common import (FITS, DataError, check_sizes, PairSource, PrepareOptions, RawPair,
+                              DatasetSpec, index_array, open_image, prepare, rgb_array)
 
 URL = "https://cmp.felk.cvut.cz/~tylecr1/facade/CMP_facade_DB_base.zip"
 ARCHIVE_ENV = "ASAP_FACADES_ARCHIVE"
@@ -55,12 +55,7 @@ class FacadesConfig:
     fit: str = "stretch"                # "stretch" to HxW, or "crop" the centre to H:W first
 
     def __post_init__(self):
-        object.__setattr__(self, "sizes", tuple(self.sizes or ()))
-        for size in self.sizes:
-            try:
-                parse_size(size)
-            except DataError as err:
-                raise ConfigError(f"prepare.facades.sizes: {err}") from None
+        object.__setattr__(self, "sizes", check_sizes("prepare.facades.sizes", self.sizes))
         require_choice("prepare.facades.split", self.split, {"authors", "random"})
         require_choice("prepare.facades.fit", self.fit, set(FITS))
         require(isinstance(self.test_count, int) and self.test_count >= 1,

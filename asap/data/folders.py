@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 
 from asap.config import ConfigError, require, require_choice
-from asap.data.common import (FITS, DataError, DatasetSpec, PairSource, PrepareOptions, RawPair,
-                              index_array, open_image, parse_size, prepare, rgb_array)
+from asap.data.common import (FITS, DataError, check_sizes, DatasetSpec, PairSource, PrepareOptions, RawPair,
+                              index_array, open_image, prepare, rgb_array)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INDEX_EXTS = (".png",)  # class and instance ids must be lossless
@@ -41,14 +41,9 @@ class FoldersConfig:
     fit: str = "stretch"                # "stretch" to HxW, or "crop" the centre to H:W first
 
     def __post_init__(self):
-        object.__setattr__(self, "sizes", tuple(self.sizes or ()))
+        object.__setattr__(self, "sizes", check_sizes("prepare.folders.sizes", self.sizes))
         if self.label_names is not None:
             object.__setattr__(self, "label_names", tuple(self.label_names))
-        for size in self.sizes:
-            try:
-                parse_size(size)
-            except DataError as err:
-                raise ConfigError(f"prepare.folders.sizes: {err}") from None
         require(isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(),
                 f"prepare.folders.name must be letters, digits, '-' or '_', got {self.name!r}")
         require(self.num_classes is None or (isinstance(self.num_classes, int) and 1 <= self.num_classes <= 255),

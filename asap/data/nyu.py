@@ -22,8 +22,8 @@ from typing import Callable
 import numpy as np
 
 from asap.config import ConfigError, require, require_choice
-from asap.data.common import (FITS, DataError, DatasetSpec, PairError, PairSource, PrepareOptions,
-                              RawPair, parse_size, prepare)
+from asap.data.common import (FITS, DataError, check_sizes, DatasetSpec, PairError, PairSource, PrepareOptions,
+                              RawPair, prepare)
 
 CITATION = ("Nathan Silberman, Derek Hoiem, Pushmeet Kohli and Rob Fergus, Indoor Segmentation and "
             "Support Inference from RGBD Images, ECCV 2012")
@@ -46,12 +46,7 @@ class NYUConfig:
     fit: str = "crop"                   # 4:3 sources: crop the centre to H:W, then resize
 
     def __post_init__(self):
-        object.__setattr__(self, "sizes", tuple(self.sizes or ()))
-        for size in self.sizes:
-            try:
-                parse_size(size)
-            except DataError as err:
-                raise ConfigError(f"prepare.nyu.sizes: {err}") from None
+        object.__setattr__(self, "sizes", check_sizes("prepare.nyu.sizes", self.sizes))
         require_choice("prepare.nyu.direction", self.direction, set(DIRECTIONS))
         require_choice("prepare.nyu.split", self.split, {"ordered", "random"})
         require_choice("prepare.nyu.fit", self.fit, set(FITS))
