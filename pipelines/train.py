@@ -187,7 +187,10 @@ def fit(cfg: dict, storage_path: Path, callbacks=None):
         name=cfg["run_name"], storage_path=str(storage_path),
         failure_config=ray.train.FailureConfig(max_failures=cfg["max_failures"]),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg["keep_checkpoints"]),
-        callbacks=callbacks or None)
+        callbacks=callbacks or None,
+        # Train V2 reroutes print() into logging and also tees it to stdout: every progress line
+        # would reach the driver twice. Our workers print plain progress lines; keep them single.
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     trainer = TorchTrainer(train_worker, train_loop_config=cfg, scaling_config=scaling, run_config=run_config)
     return trainer.fit()
 
