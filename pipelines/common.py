@@ -29,6 +29,14 @@ def params(path: str | Path | None = None) -> dict:
     return load_params(path or project_root() / "params.yaml")
 
 
+def dataset_name(p: dict) -> str:
+    """params.yaml's `dataset` (a prepared dataset name), required by every stage past prepare."""
+    name = p.get("dataset")
+    if not name:
+        raise ConfigError("params.yaml: `dataset` (e.g. facades-256x256) is required")
+    return name
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,

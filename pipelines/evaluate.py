@@ -140,9 +140,7 @@ def main() -> None:
 
     root = common.project_root()
     p = common.params()
-    dataset = p.get("dataset")
-    if not dataset:
-        raise ConfigError("params.yaml: `dataset` (e.g. facades-256x256) is required")
+    dataset = common.dataset_name(p)
     name = (p.get("train") or {}).get("name", "asapnet")
     cfg = from_dict(EvalConfig, p.get("evaluate"), "params.yaml evaluate")
     data_root, generator_path, segmenter_path = check_inputs(root, dataset, name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from asap.config import ConfigError, flatten, from_dict
+from asap.config import flatten, from_dict
 from asap.data.prepared import DEFAULT_ROOT, DatasetInfo, prepare_hint
 from asap.evaluation import SegmenterTrainConfig, score_real_photos, train_scoring_segmenter
 from pipelines import common
@@ -31,9 +31,7 @@ def _eta(elapsed: float, done: int, total: int) -> str:
 def main() -> None:
     root = common.project_root()
     p = common.params()
-    dataset = p.get("dataset")
-    if not dataset:
-        raise ConfigError("params.yaml: `dataset` (e.g. facades-256x256) is required")
+    dataset = common.dataset_name(p)
     cfg = from_dict(SegmenterTrainConfig, p.get("segmenter"), "params.yaml segmenter")
     data_root = root / DEFAULT_ROOT / dataset
     if not (data_root / "dataset.json").is_file():

@@ -45,9 +45,7 @@ CADENCE_KEYS = {"log_every", "checkpoint_every", "sample_every"}
 def resolve(p: dict, dataset: str | None = None) -> dict:
     """params.yaml -> a plain, validated dict every Ray worker can rebuild its configs from."""
     root = common.project_root()
-    dataset = dataset or p.get("dataset")
-    if not dataset:
-        raise ConfigError("params.yaml: `dataset` (e.g. facades-256x256) is required")
+    dataset = dataset or common.dataset_name(p)
     data_root = (root / DEFAULT_ROOT / dataset).resolve()
     info = DatasetInfo.load(data_root)
     model = dict(p.get("model") or {})
