@@ -159,7 +159,9 @@ def init_ray() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; a real cluster sets its own
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+        # "local": always a fresh local instance unless RAY_ADDRESS names a cluster (a plain
+        # ray.init() would attach to whatever cluster `ray start` left registered on this machine)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  log_to_driver=True, configure_logging=False)
 
 
