@@ -134,9 +134,13 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
+class MissingInput(FileNotFoundError):
+    """A stage input is absent; the message names it and the stage that makes it."""
+
+
 def run_stage(main) -> None:
-    """Run a stage's main(), turning configuration errors into clear messages."""
+    """Run a stage's main(), turning configuration errors and missing inputs into clear messages."""
     try:
         main()
-    except ConfigError as err:
+    except (ConfigError, MissingInput) as err:
         fail(str(err))

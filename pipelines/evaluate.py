@@ -26,14 +26,11 @@ from asap.data.prepared import DEFAULT_ROOT, prepare_hint
 from asap.evaluation import (EvalConfig, batch1_runtime, evaluate_generator, generate_test_images, resolve_device,
                              score_real_photos)
 from pipelines import common
+from pipelines.common import MissingInput
 
 EVAL_JSON = Path("metrics/eval.json")
 PER_CLASS_CSV = Path("metrics/eval_per_class.csv")
 SAMPLES = Path("metrics/samples")
-
-
-class MissingInput(FileNotFoundError):
-    """An input of the stage does not exist; the message names the stage that makes it."""
 
 
 def metric_key(name: str) -> str:
@@ -204,7 +201,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        common.run_stage(main)
-    except MissingInput as err:
-        common.fail(str(err))
+    common.run_stage(main)

@@ -17,10 +17,7 @@ from asap.config import flatten, from_dict
 from asap.data.prepared import DEFAULT_ROOT, DatasetInfo, prepare_hint
 from asap.evaluation import SegmenterTrainConfig, score_real_photos, train_scoring_segmenter
 from pipelines import common
-
-
-class MissingInput(FileNotFoundError):
-    """An input of the stage does not exist; the message names the stage that makes it."""
+from pipelines.common import MissingInput
 
 
 def _eta(elapsed: float, done: int, total: int) -> str:
@@ -85,7 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        common.run_stage(main)
-    except MissingInput as err:
-        common.fail(str(err))
+    common.run_stage(main)
