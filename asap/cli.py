@@ -2,6 +2,7 @@
 
     asap convert-authors latest_net_G.pth generator.pt [--num-classes 13 ...]
     asap translate ...            (inference; see asap/infer.py)
+    asap train DATA [--generator NAME] ...   (in-process training; see asap/train_command.py)
 
 Each subcommand lives in its own module and registers itself through COMMANDS.
 """
@@ -16,6 +17,7 @@ import sys
 COMMANDS = {
     "convert-authors": "asap.convert",
     "translate": "asap.infer",
+    "train": "asap.train_command",
 }
 
 

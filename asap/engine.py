@@ -1,12 +1,18 @@
-"""GAN training for ASAP-Net, in-process (no Ray): one step and a loop.
+"""GAN training, in-process (no Ray): one step and a loop, for any generator (ASAP-Net, pix2pixHD, SPADE).
 
 Paper Sec. 3.4 follows SPADE: hinge GAN loss + discriminator feature matching + perceptual loss,
 Adam with the two time-scale update rule (G 1e-4, D 4e-4, betas (0, 0.9)) and a linear
 learning-rate decay to zero over the second half of training.
 
-The Ray Train stage (pipelines/train.py) wraps this same loop; on a GPU machine without Ray it runs
-as it is. Data order and flips are a pure function of (seed, step, rank), so a resumed run sees
-exactly the batches the uninterrupted run would have seen.
+Training ends at ``steps`` or, when ``time_budget_s`` is set, when that much wall-clock time has been
+spent in the loop, whichever comes first; the learning-rate decay follows the larger of the two
+fractions (steps done / steps, seconds spent / budget), so a budgeted run decays to zero as its
+time runs out. Seconds spent are part of the checkpoint: a resumed run continues the same budget.
+
+asap/training.py builds a trainer for any architecture from typed config and runs this loop with
+checkpoints; the Ray Train stage (pipelines/train.py) wraps the same loop. Data order and flips are a
+pure function of (seed, step, rank), so a resumed run sees exactly the batches the uninterrupted run
+would have seen.
 """
 
 from __future__ import annotations
@@ -18,18 +24,20 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from asap.config import require
 from asap.losses import GANLossConfig, feature_matching_loss, hinge_d_loss, hinge_g_loss
 
-CHECKPOINT_FORMAT = "asap-train-state/1"
+CHECKPOINT_FORMAT = "asap-train-state/2"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings; defaults are the paper's (SPADE's) except the step budget."""
-    steps: int = 200                # total generator updates
+    steps: int = 200                # generator updates at most (the budget below may stop earlier)
+    time_budget_s: float | None = None  # wall-clock seconds of training; None: `steps` alone decides
     batch_size: int = 1             # per worker (SPADE: 1 per GPU on facades)
     lr_g: float = 1e-4              # TTUR (Heusel et al.), as SPADE: G 1e-4, D 4e-4
     lr_d: float = 4e-4
@@ -44,6 +52,7 @@ class TrainConfig:
     mixed_precision: bool = True    # bf16 autocast on CUDA; ignored on CPU
     log_every: int = 10
     checkpoint_every: int = 50
+    checkpoint_every_s: float | None = None  # also checkpoint after this many training seconds
     sample_every: int = 100
 
     def __post_init__(self):
@@ -56,6 +65,11 @@ class TrainConfig:
             v = getattr(self, name)
             require(isinstance(v, (int, float)) and v > 0, f"train {name} must be > 0, got {v!r}")
         require(0.0 <= self.decay_from <= 1.0, f"train decay_from must be in [0, 1], got {self.decay_from!r}")
+        for name in ("time_budget_s", "checkpoint_every_s"):
+            v = getattr(self, name)
+            require(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and v > 0),
+                    f"train.{name} must be null (off) or a number of seconds > 0, got {v!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,15 +79,12 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the step was not applied, so the last checkpoint stays good."""
 
 
-def linear_decay(steps: int, decay_from: float) -> Callable[[int], float]:
-    """LR multiplier: 1 until ``decay_from * steps``, then linearly down to 0 at ``steps``."""
-    start = int(decay_from * steps)
-
-    def factor(step: int) -> float:
-        if step < start or steps == start:
-            return 1.0
-        return max(0.0, (steps - step) / (steps - start))
-    return factor
+def linear_decay(progress: float, decay_from: float) -> float:
+    """LR multiplier at ``progress`` in [0, 1] of training: 1 until ``decay_from``, then linearly
+    down to 0 at 1 (SPADE's schedule, as a function of the fraction of training done)."""
+    if progress <= decay_from or decay_from >= 1.0:
+        return 1.0
+    return max(0.0, (1.0 - progress) / (1.0 - decay_from))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,11 +142,43 @@ class GANTrainer:
         betas = (config.beta1, config.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
-        decay = linear_decay(config.steps, config.decay_from)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
         self.step = 0
+        self.elapsed_s = 0.0  # wall-clock seconds spent in train_loop, over every resume
         self.amp = config.mixed_precision and self.device.type == "cuda"
+
+    # -- budget and schedule ---------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of training done: steps, or seconds of the budget, whichever is further."""
+        c = self.config
+        done = self.step / c.steps
+        if c.time_budget_s is not None:
+            done = max(done, self.elapsed_s / c.time_budget_s)
+        return min(1.0, done)
+
+    def done(self) -> bool:
+        c = self.config
+        return self.step >= c.steps or (c.time_budget_s is not None and self.elapsed_s >= c.time_budget_s)
+
+    def stopped_by(self) -> str:
+        return "steps" if self.step >= self.config.steps else "time_budget"
+
+    def set_learning_rates(self) -> None:
+        """LRs for the next update from the fraction done (identical on every rank: see agree_elapsed)."""
+        factor = linear_decay(self.progress(), self.config.decay_from)
+        for opt, base in ((self.opt_g, self.config.lr_g), (self.opt_d, self.config.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+
+    def agree_elapsed(self, seconds: float) -> float:
+        """Under DDP every rank must stop, and checkpoint, at the same step and use the same LR: take
+        the slowest rank's clock (one scalar all-reduce per step, only when time decides anything)."""
+        timed = self.config.time_budget_s is not None or self.config.checkpoint_every_s is not None
+        if timed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            t = torch.tensor([seconds], dtype=torch.float64,
+                             device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return float(t.item())
+        return seconds
 
     # -- one step ---------------------------------------------------------------------------------
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +201,7 @@ class GANTrainer:
         return fake_out, real_out
 
     def train_step(self, batch: dict) -> dict[str, float]:
+        self.set_learning_rates()
         x, real = self.inputs(batch)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             fake = self.g_model(x)
@@ -179,8 +223,6 @@ class GANTrainer:
         d_loss.backward()
         self.opt_d.step()
 
-        self.sched_g.step()
-        self.sched_d.step()
         self.step += 1
         return {"G_total": g_total.item(), "G_gan": g_gan.item(), "G_feat": float(g_feat.detach()),
                 "G_vgg": float(g_vgg.detach()), "D": d_loss.item(),
@@ -196,28 +238,34 @@ class GANTrainer:
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything to resume: models, optimisers, schedulers, step (plain tensors and numbers)."""
-        return {"format": CHECKPOINT_FORMAT, "step": self.step,
+        """Everything to resume: models, optimisers, step and seconds spent (plain tensors and numbers).
+        The learning rates are not state: they follow from step and seconds (``set_learning_rates``)."""
+        from asap.models.checkpoint import arch_of
+
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "elapsed_s": self.elapsed_s,
+                "arch": arch_of(self.generator),
                 "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
                 "generator_config": self.generator.config.to_dict(), "train_config": self.config.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        from asap.models.checkpoint import arch_of
+
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a training checkpoint (format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-        if state["generator_config"] != self.generator.config.to_dict():
-            diff = {k: (v, self.generator.config.to_dict().get(k)) for k, v in state["generator_config"].items()
-                    if self.generator.config.to_dict().get(k) != v}
+            raise ValueError(f"not a training checkpoint of this version (format {state.get('format')!r}, "
+                             f"expected {CHECKPOINT_FORMAT!r}); start a fresh run (remove its checkpoint folder)")
+        saved = {"arch": state["arch"], **state["generator_config"]}
+        now = {"arch": arch_of(self.generator), **self.generator.config.to_dict()}
+        if saved != now:
+            diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
             raise ValueError(f"the checkpoint's generator differs from the configured one (saved, now): {diff}; "
                              "change params back or start a fresh run (remove the checkpoint folder)")
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
         self.step = int(state["step"])
+        self.elapsed_s = float(state["elapsed_s"])
 
     def save(self, path) -> None:
         from pathlib import Path
@@ -236,30 +284,32 @@ class GANTrainer:
 # ----------------------------------------------------------------------------------------------
 
 class Progress:
-    """Console progress: step, losses, it/s, images/s and ETA."""
+    """Console progress: step, losses, it/s, images/s and ETA (by steps, or by the time budget)."""
 
-    def __init__(self, total: int, start: int, batch_images: int, every: int, printer=print):
-        self.total, self.start, self.batch_images, self.every, self.printer = total, start, batch_images, every, printer
-        self.t0 = self.t_last = time.perf_counter()
-        self.last_step = start
+    def __init__(self, trainer: GANTrainer, batch_images: int, printer=print):
+        self.trainer, self.batch_images, self.printer = trainer, batch_images, printer
+        self.t_last, self.last_step = time.perf_counter(), trainer.step
 
     def update(self, step: int, losses: dict) -> dict:
         now = time.perf_counter()
         its = (step - self.last_step) / max(now - self.t_last, 1e-9)
         self.t_last, self.last_step = now, step
-        avg = (step - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / avg if avg > 0 else math.inf
-        stats = {"it_per_s": its, "images_per_s": its * self.batch_images}
+        c, t = self.trainer.config, self.trainer
+        done = t.progress()
+        eta = t.elapsed_s * (1 - done) / done if done > 0 else math.inf
+        stats = {"it_per_s": its, "images_per_s": its * self.batch_images, "elapsed_s": t.elapsed_s}
         text = " ".join(f"{k}={v:.3f}" for k, v in losses.items() if not k.startswith("lr"))
-        self.printer(f"[train] step {step}/{self.total} {text} | {its:.2f} it/s "
-                     f"{stats['images_per_s']:.2f} img/s | ETA {_fmt_time(eta)}", flush=True)
+        where = (f"step {step} | {_fmt_time(t.elapsed_s)}/{_fmt_time(c.time_budget_s)} of the time budget"
+                 if c.time_budget_s is not None else f"step {step}/{c.steps}")
+        self.printer(f"[train] {where} {text} | {its:.2f} it/s {stats['images_per_s']:.2f} img/s | "
+                     f"ETA {_fmt_time(eta)}", flush=True)
         return stats
 
 
 def _fmt_time(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    m, s = divmod(int(seconds), 60)
+    m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
 
@@ -269,27 +319,33 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
                on_checkpoint: Callable[[int], None] | None = None,
                on_sample: Callable[[int, dict], None] | None = None,
                printer=print) -> dict:
-    """Run from ``trainer.step`` to ``config.steps``. Callbacks get the step number *after* the update.
-    Returns the last logged losses."""
+    """Train from ``trainer.step`` until ``trainer.done()`` (steps reached or time budget spent).
+    Callbacks get the step number *after* the update; the last step is always logged, sampled and
+    checkpointed. ``trainer.elapsed_s`` counts the loop's wall-clock time (data, steps, logging and
+    checkpoints), added to what a resumed checkpoint had spent. Returns the last logged losses."""
     c = trainer.config
-    progress = Progress(c.steps, trainer.step, c.batch_size * world, c.log_every,
-                        printer if rank == 0 else (lambda *a, **k: None))
+    progress = Progress(trainer, c.batch_size * world, printer if rank == 0 else (lambda *a, **k: None))
     losses: dict = {}
     trainer.generator.train()
     trainer.discriminator.train()
-    while trainer.step < c.steps:
+    spent_before, t0 = trainer.elapsed_s, time.perf_counter()
+    last_checkpoint_s = trainer.elapsed_s
+    while not trainer.done():
         idx, flips = batch_plan(trainer.step, len(dataset), c.batch_size, c.seed, rank, world, c.flip)
         batch = collate(dataset, idx, flips)
         losses = trainer.train_step(batch)
-        step = trainer.step
-        if step % c.log_every == 0 or step == c.steps:
+        trainer.elapsed_s = trainer.agree_elapsed(spent_before + time.perf_counter() - t0)
+        step, final = trainer.step, trainer.done()
+        if step % c.log_every == 0 or final:
             losses.update(progress.update(step, losses))
             if on_log:
                 on_log(step, losses)
-        if on_sample and (step % c.sample_every == 0 or step == c.steps):
+        if on_sample and (step % c.sample_every == 0 or final):
             on_sample(step, batch)
-        if on_checkpoint and (step % c.checkpoint_every == 0 or step == c.steps):
+        due_by_time = c.checkpoint_every_s is not None and trainer.elapsed_s - last_checkpoint_s >= c.checkpoint_every_s
+        if on_checkpoint and (step % c.checkpoint_every == 0 or due_by_time or final):
             on_checkpoint(step)
+            last_checkpoint_s = trainer.elapsed_s
     return losses
 
 

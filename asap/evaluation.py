@@ -34,7 +34,7 @@ from asap.config import ConfigError, require
 from asap.data.prepared import DatasetInfo, PreparedDataset
 from asap.metrics import fid
 from asap.metrics.segmentation import ConfusionMatrix
-from asap.models.fast import resolve_device
+from asap.devices import resolve_device
 from asap.models.inputs import DONTCARE_VALUE
 
 # A translation turns one collated test batch (dict of "label"/"edge"/"input"/"image"/"name", see
@@ -278,6 +278,33 @@ def evaluate_generator(generator: nn.Module, data_root: str | Path, segmenter: n
                                  max_images=max_images, split=split, inception=inception, progress=progress)
     finally:
         generator.train(was_training)
+
+
+def real_vs_real_floor(data_root: str | Path, n: int | None = None, *, cache_dir: str | Path | None = None,
+                       batch_size: int = 8, device: str | torch.device = "cpu", kid_subsets: int = 100,
+                       kid_subset_size: int | None = None) -> dict:
+    """FID / KID of held-out real photos against the real test photos, with the protocol generated
+    images get (the same test photos, the same number of images): the best score a generator could
+    reach on this test set. On small sets FID is strongly biased (facades 256x256, 60 vs 60 images:
+    ~124, ../shared/DESIGN.md), so a generated FID means something only beside this floor.
+
+    The held-out photos are the first ``n`` training photos (the generators saw them in training,
+    but they are real photos of the same distribution, not the test photos). Features are cached
+    like the test photos'. Returns {"fid", "kid_mean", "kid_std", "num_images", "reference_split"}.
+    """
+    device = resolve_device(device)
+    test = PreparedDataset(data_root, "test", in_memory=False)
+    train = PreparedDataset(data_root, "train", in_memory=False)
+    n = min(len(test) if n is None else n, len(test), len(train))
+    if n < 2:
+        raise ValueError(f"the real-versus-real floor needs at least 2 test and 2 train photos, got {n}")
+    real = real_statistics(data_root, n, split="test", cache_dir=cache_dir, batch_size=batch_size, device=device)
+    held_out = real_statistics(data_root, n, split="train", cache_dir=cache_dir, batch_size=batch_size, device=device)
+    kid_size = min(kid_subset_size or n, n)
+    kid_mean, kid_std = fid.kid_from_features(real["features"], held_out["features"], subsets=kid_subsets,
+                                              subset_size=kid_size)
+    return {"fid": fid.fid_from_features(real["features"], held_out["features"]), "kid_mean": kid_mean,
+            "kid_std": kid_std, "num_images": n, "reference_split": "train"}
 
 
 def score_real_photos(data_root: str | Path, segmenter: nn.Module, *, batch_size: int = 8,

@@ -26,7 +26,8 @@ from PIL import Image
 
 from asap.models.asapnet import ASAPNetGenerator
 from asap.models.checkpoint import load_generator
-from asap.models.fast import PRECISIONS, FastGenerator, check_precision, resolve_device
+from asap.devices import resolve_device
+from asap.models.fast import PRECISIONS, FastGenerator, check_precision
 from asap.models.inputs import DONTCARE_VALUE, instance_edges
 
 LABEL_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I")

@@ -34,6 +34,8 @@ class GANLossConfig:
     vgg_layer_weights: tuple[float, ...] = field(default=VGG_LAYER_WEIGHTS)  # relu1_1 .. relu5_1
 
     def __post_init__(self):
+        if self.perceptual is False:  # YAML reads a bare `off` as false
+            object.__setattr__(self, "perceptual", "off")
         require_choice("loss perceptual", self.perceptual, set(PERCEPTUAL_KINDS))
         for name in ("lambda_feat", "lambda_vgg"):
             value = getattr(self, name)

@@ -1,36 +1,51 @@
-"""`evaluate` stage: FID / KID of the trained generator on the test split, and the pixel accuracy, mIoU
-and per-class IoU of the segmenter run on its images, with the real photos' scores as the ceiling
-(Sec. 4.1 of the paper; asap/evaluation.py does the work).
+"""`evaluate` and `evaluate-baseline` stages: FID / KID of a trained generator on the test split, the
+real-versus-real floor FID sits on, and the pixel accuracy, mIoU and per-class IoU of the segmenter
+run on its images, with the real photos' scores as the ceiling (Sec. 4.1 of the paper;
+asap/evaluation.py does the work), and its batch-1 runtime.
 
-    python -m pipelines.evaluate         # params.yaml: dataset, train.name, evaluate
+    python -m pipelines.evaluate                       # train.name (ASAP-Net)
+    python -m pipelines.evaluate --generator spade     # a key of params.yaml baselines
 
-Reads models/<train.name>/generator.pt (train stage), models/segmenter-<dataset>.pt (segmenter stage)
-and data/prepared/<dataset>/test/. Writes
-    metrics/eval.json            every number (a DVC metric)
-    metrics/eval_per_class.csv   class, name, pixel_share, iou, real_iou (Fig. 11 of the paper)
-    metrics/samples/<stem>.png   label | generated | real rows for the first evaluate.num_samples pairs
-and logs all of it as eval_* metrics, tags and artifacts into the MLflow run that trained the generator
-(its checkpoint meta "mlflow_run_id"). Real-photo Inception features are cached in evaluate.fid_cache
-(outside DVC's outputs, so they survive `dvc repro`; keyed by the photos' bytes).
+Reads models/<name>/generator.pt (train / train-baseline stage), models/segmenter-<dataset>.pt
+(segmenter stage) and data/prepared/<dataset>/test/. Writes
+    metrics/eval-<name>.json            every number (a DVC metric)
+    metrics/eval_per_class-<name>.csv   class, name, pixel_share, iou, real_iou (Fig. 11 of the paper)
+    metrics/samples/<name>/<stem>.png   label | generated | real rows for the first evaluate.num_samples pairs
+and logs the measurements as eval_* metrics (settings as tags) and the files as artifacts into the
+MLflow run that trained the generator (its checkpoint meta "mlflow_run_id"), without reopening it.
+Real-photo Inception features are cached in evaluate.fid_cache (outside DVC's outputs, so they
+survive `dvc repro`; keyed by the photos' bytes).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
+import sys
 import time
 from pathlib import Path
 
 from asap.config import ConfigError, from_dict
 from asap.data.prepared import DEFAULT_ROOT, prepare_hint
-from asap.evaluation import (EvalConfig, batch1_runtime, evaluate_generator, generate_test_images, resolve_device,
+from asap.devices import resolve_device
+from asap.evaluation import (EvalConfig, batch1_runtime, evaluate_generator, generate_test_images, real_vs_real_floor,
                              score_real_photos)
+from asap.training import generator_options, split_train_section
 from pipelines import common
 from pipelines.common import MissingInput
 
-EVAL_JSON = Path("metrics/eval.json")
-PER_CLASS_CSV = Path("metrics/eval_per_class.csv")
-SAMPLES = Path("metrics/samples")
+
+def eval_json(name: str) -> Path:
+    return Path(f"metrics/eval-{name}.json")
+
+
+def per_class_csv(name: str) -> Path:
+    return Path(f"metrics/eval_per_class-{name}.csv")
+
+
+def samples_dir(name: str) -> Path:
+    return Path("metrics/samples") / name
 
 
 def metric_key(name: str) -> str:
@@ -38,15 +53,17 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.\-]+", "_", name)
 
 
-def check_inputs(root: Path, dataset: str, name: str) -> tuple[Path, Path, Path]:
+def check_inputs(root: Path, dataset: str, name: str, baseline: bool) -> tuple[Path, Path, Path]:
     data_root = root / DEFAULT_ROOT / dataset
     generator = root / "models" / name / "generator.pt"
     segmenter = root / "models" / f"segmenter-{dataset}.pt"
     if not (data_root / "dataset.json").is_file():
         raise MissingInput(f"{DEFAULT_ROOT / dataset} missing: {prepare_hint(dataset)}")
     if not generator.is_file():
-        raise MissingInput(f"{generator.relative_to(root)} missing: run `dvc repro train` "
-                           "(or `python -m pipelines.train`)")
+        stage, module = ((f"train-baseline@{name}", f"pipelines.train --generator {name}") if baseline
+                         else ("train", "pipelines.train"))
+        raise MissingInput(f"{generator.relative_to(root)} missing: run `dvc repro {stage}` "
+                           f"(or `python -m {module}`)")
     if not segmenter.is_file():
         raise MissingInput(f"{segmenter.relative_to(root)} missing: run `dvc repro segmenter` "
                            "(or `python -m pipelines.segmenter`)")
@@ -83,12 +100,14 @@ def write_per_class_csv(path: Path, rows: list[dict]) -> None:
 
 
 def mlflow_metrics(metrics: dict) -> dict[str, float]:
-    """eval.json -> flat eval_* numbers for MLflow (None IoUs of absent classes are left out)."""
+    """eval-<name>.json -> flat eval_* measurements for MLflow (None IoUs of absent classes are left
+    out; settings such as the image count are tags, see mlflow_tags)."""
     out = {f"eval_{k}": float(metrics[k]) for k in ("fid", "kid_mean", "kid_std", "pixel_acc", "miou",
                                                    "generate_ms_per_image", "runtime_ms")
            if metrics.get(k) is not None}
-    out.update({"eval_real_pixel_acc": metrics["real"]["pixel_acc"], "eval_real_miou": metrics["real"]["miou"],
-                "eval_num_images": float(metrics["num_images"])})
+    out.update({"eval_real_pixel_acc": metrics["real"]["pixel_acc"], "eval_real_miou": metrics["real"]["miou"]})
+    if metrics.get("fid_floor"):
+        out.update({"eval_fid_floor": metrics["fid_floor"]["fid"], "eval_kid_floor": metrics["fid_floor"]["kid_mean"]})
     for c in metrics["per_class"]:
         key = metric_key(c["name"])
         out[f"eval_pixel_share_{key}"] = c["pixel_share"]
@@ -98,10 +117,21 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+def mlflow_tags(metrics: dict, dataset: str, linked: bool) -> dict[str, str]:
+    """The settings a measurement was made with: tags, not one-point metric charts."""
+    tags = {"eval.dataset": dataset, "eval.segmenter": metrics["segmenter"], "eval.num_images": metrics["num_images"],
+            "eval.kid_subset_size": metrics.get("kid_subset_size"), "eval.kid_subsets": metrics.get("kid_subsets"),
+            "eval.runtime_device": metrics.get("runtime_device"), "eval.runtime_threads": metrics.get("runtime_threads"),
+            "eval.git_commit": common.git_commit(), "eval.linked_to_training_run": str(linked).lower()}
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
 def log_to_mlflow(metrics: dict, dataset: str, name: str, root: Path) -> str:
-    """Log into the generator's training run; a new `evaluate-<name>-<dataset>` run when that run is
-    unknown to this store (e.g. a checkpoint from elsewhere). Returns the run id used."""
+    """Log into the generator's training run (through the client: the run is not reopened, so its
+    duration stays the training's); a new `evaluate-<name>-<dataset>` run when that run is unknown to
+    this store (e.g. a checkpoint from elsewhere). Returns the run id used."""
     import mlflow
+    from mlflow.entities import Metric, RunTag
 
     experiment_id = common.setup_mlflow(f"asapnet-{dataset}")
     client = mlflow.MlflowClient(common.tracking_uri())
@@ -111,69 +141,80 @@ def log_to_mlflow(metrics: dict, dataset: str, name: str, root: Path) -> str:
         try:
             client.get_run(run_id)
             linked = True
-        except Exception:
+        except mlflow.exceptions.MlflowException:
             print(f"[evaluate] warning: the generator's MLflow run {run_id} is not in {common.tracking_uri()}; "
                   "logging to a new run", flush=True)
-    tags = {"eval.dataset": dataset, "eval.segmenter": metrics["segmenter"], "eval.num_images": metrics["num_images"],
-            "eval.git_commit": common.git_commit(), "eval.linked_to_training_run": str(linked).lower()}
-    kwargs = {"run_id": run_id} if linked else {"experiment_id": experiment_id,
-                                                 "run_name": f"evaluate-{name}-{dataset}",
-                                                 "tags": {"stage": "evaluate"}}
-    with mlflow.start_run(**kwargs) as run:
-        mlflow.log_metrics(mlflow_metrics(metrics), step=int(metrics.get("generator_steps") or 0))
-        mlflow.set_tags(tags)
-        mlflow.log_artifact(str(root / EVAL_JSON), artifact_path="eval")
-        mlflow.log_artifact(str(root / PER_CLASS_CSV), artifact_path="eval")
-        if (root / SAMPLES).is_dir():
-            mlflow.log_artifacts(str(root / SAMPLES), artifact_path="eval/samples")
-        return run.info.run_id
+    if not linked:
+        run_id = client.create_run(experiment_id, run_name=f"evaluate-{name}-{dataset}",
+                                   tags={"stage": "evaluate", "generator": name}).info.run_id
+    step, now = int(metrics.get("generator_steps") or 0), int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in mlflow_metrics(metrics).items()],
+                     tags=[RunTag(k, v) for k, v in mlflow_tags(metrics, dataset, linked).items()])
+    client.log_artifact(run_id, str(root / eval_json(name)), artifact_path="eval")
+    client.log_artifact(run_id, str(root / per_class_csv(name)), artifact_path="eval")
+    if (root / samples_dir(name)).is_dir():
+        client.log_artifacts(run_id, str(root / samples_dir(name)), artifact_path="eval/samples")
+    if not linked:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import shutil
 
     from asap.models.checkpoint import load_generator
     from asap.models.segmenter import load_segmenter
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--generator", default=None, help="train.name (default) or a key of params.yaml baselines")
+    args = ap.parse_args(argv)
     root = common.project_root()
     p = common.params()
     dataset = common.dataset_name(p)
-    name = (p.get("train") or {}).get("name", "asapnet")
+    asapnet_name = split_train_section(p.get("train"))[1].name
+    name = args.generator or asapnet_name
+    arch, _, _ = generator_options(p, name)  # an unknown name fails here, naming the params keys
     cfg = from_dict(EvalConfig, p.get("evaluate"), "params.yaml evaluate")
-    data_root, generator_path, segmenter_path = check_inputs(root, dataset, name)
-    for stale in (root / EVAL_JSON, root / PER_CLASS_CSV):  # never leave a stale result DVC would count
+    data_root, generator_path, segmenter_path = check_inputs(root, dataset, name, baseline=name != asapnet_name)
+    for stale in (root / eval_json(name), root / per_class_csv(name)):  # never leave a stale result DVC would count
         stale.unlink(missing_ok=True)
-    shutil.rmtree(root / SAMPLES, ignore_errors=True)
+    shutil.rmtree(root / samples_dir(name), ignore_errors=True)
 
     generator, meta = load_generator(generator_path)
     if meta.get("dataset") not in (None, dataset):
         raise ConfigError(f"{generator_path.relative_to(root)} was trained on {meta['dataset']!r} but params.yaml "
-                          f"`dataset` is {dataset!r}: run `dvc repro train` for {dataset!r}")
+                          f"`dataset` is {dataset!r}: run `dvc repro` to retrain it on {dataset!r}")
     segmenter, seg_meta = load_segmenter(segmenter_path)
     if seg_meta.get("dataset") not in (None, dataset):
         raise ConfigError(f"{segmenter_path.relative_to(root)} was trained on {seg_meta['dataset']!r}, not "
                           f"{dataset!r}: run `dvc repro segmenter`")
     fid_cache = cache_dir(root, cfg.fid_cache)
-    print(f"[evaluate] {generator_path.relative_to(root)} (step {meta.get('steps', '?')}) on {dataset} test "
+    print(f"[evaluate] {generator_path.relative_to(root)} ({meta.get('steps', '?')} steps) on {dataset} test "
           f"split{f' (first {cfg.max_images})' if cfg.max_images else ''}; segmenter "
           f"{segmenter_path.relative_to(root)}; real FID features cached in {fid_cache}", flush=True)
 
     t0 = time.time()
 
     def progress(done: int, total: int) -> None:
-        print(f"[evaluate] generated and scored {done}/{total} images ({time.time() - t0:.0f}s)", flush=True)
+        print(f"[evaluate] {name}: generated and scored {done}/{total} images ({time.time() - t0:.0f}s)", flush=True)
 
     result = evaluate_generator(generator, data_root, segmenter, batch_size=cfg.batch_size, device=cfg.device,
                                 real_stats_cache=fid_cache, kid_subset_size=cfg.kid_subset_size,
                                 kid_subsets=cfg.kid_subsets, max_images=cfg.max_images, progress=progress)
+    floor = real_vs_real_floor(data_root, result["num_images"], cache_dir=fid_cache, batch_size=cfg.batch_size,
+                               device=cfg.device, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size)
     real = score_real_photos(data_root, segmenter, batch_size=cfg.batch_size, device=cfg.device,
                              max_images=cfg.max_images)
     per_class = merge_per_class(result["per_class"], real["per_class"])
     metrics = {
         **{k: v for k, v in result.items() if k != "per_class"},
-        "per_class": per_class,
+        "name": name, "arch": meta.get("arch", arch), "params": sum(t.numel() for t in generator.parameters()),
+        "width_mult": getattr(generator.config, "width_mult", None),
+        "per_class": per_class, "fid_floor": floor,
         "real": {"pixel_acc": real["pixel_acc"], "miou": real["miou"]},
         "generator": str(generator_path.relative_to(root)), "generator_steps": meta.get("steps"),
+        "generator_train_seconds": meta.get("train_seconds"), "generator_time_budget_s": meta.get("time_budget_s"),
+        "generator_stopped_by": meta.get("stopped_by"), "generator_global_batch": meta.get("global_batch"),
         "generator_run_name": meta.get("run_name"), "generator_mlflow_run_id": meta.get("mlflow_run_id", ""),
         "segmenter": str(segmenter_path.relative_to(root)), "segmenter_steps": seg_meta.get("steps"),
         "fid_real_cache": str(Path(result["fid_real_cache"]).relative_to(root))
@@ -181,24 +222,27 @@ def main() -> None:
         "wall_s": round(time.time() - t0, 1),
     }
     if cfg.runtime_iters:  # the paper's speed measure: one image at a time (Fig. 6 plots quality vs it)
+        import torch
+
         from asap.metrics.runtime import device_info, device_slug
 
         device = resolve_device(cfg.device)
         timing = batch1_runtime(generator, data_root, device=device, iters=cfg.runtime_iters)
         metrics.update(runtime_ms=timing["median_ms"], runtime_p10_ms=timing["p10_ms"],
                        runtime_p90_ms=timing["p90_ms"], runtime_timer=timing["timer"],
-                       runtime_device=device_slug(device_info(device)))
+                       runtime_device=device_slug(device_info(device)), runtime_threads=torch.get_num_threads())
     if cfg.num_samples:
-        generate_test_images(generator, data_root, root / SAMPLES, batch_size=cfg.batch_size, device=cfg.device,
-                             max_images=cfg.num_samples, triptych=True)
-    write_per_class_csv(root / PER_CLASS_CSV, per_class)
-    common.write_json(root / EVAL_JSON, metrics)
+        generate_test_images(generator, data_root, root / samples_dir(name), batch_size=cfg.batch_size,
+                             device=cfg.device, max_images=cfg.num_samples, triptych=True)
+    write_per_class_csv(root / per_class_csv(name), per_class)
+    common.write_json(root / eval_json(name), metrics)
     run_id = log_to_mlflow(metrics, dataset, name, root)
-    print(f"[evaluate] FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f} +- {metrics['kid_std']:.4f}, "
-          f"pixel acc {metrics['pixel_acc']:.3f} (real {real['pixel_acc']:.3f}), mIoU {metrics['miou']:.3f} "
-          f"(real {real['miou']:.3f}) on {metrics['num_images']} images; wrote {EVAL_JSON}, {PER_CLASS_CSV}, "
-          f"{SAMPLES}/; MLflow run {run_id}", flush=True)
+    print(f"[evaluate] {name}: FID {metrics['fid']:.1f} (real-vs-real floor {floor['fid']:.1f}), KID "
+          f"{metrics['kid_mean']:.4f} +- {metrics['kid_std']:.4f}, pixel acc {metrics['pixel_acc']:.3f} (real "
+          f"{real['pixel_acc']:.3f}), mIoU {metrics['miou']:.3f} (real {real['miou']:.3f}) on {metrics['num_images']} "
+          f"images; wrote {eval_json(name)}, {per_class_csv(name)}, {samples_dir(name)}/; MLflow run {run_id}",
+          flush=True)
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    common.run_stage(lambda: main(sys.argv[1:]))

@@ -18,8 +18,8 @@ PYTHON = sys.executable
 # Small enough for 2 CPU cores: a few seconds per training step with two Ray workers.
 TINY = {
     "model": {"lr_width": 8, "lr_max_width": 16, "lr_depth": 1, "mlp_width": 16},
-    "train": {"steps": 4, "ndf": 8, "d_layers": 2, "log_every": 1, "checkpoint_every": 2,
-              "sample_every": 2, "num_workers": 2, "cpus_per_worker": 0.9},
+    "train": {"steps": 4, "time_budget_s": None, "checkpoint_every_s": None, "ndf": 8, "d_layers": 2,
+              "log_every": 1, "checkpoint_every": 2, "sample_every": 2, "num_workers": 2, "cpus_per_worker": 0.9},
     "loss": {"perceptual": "hed-vgg16"},
 }
 

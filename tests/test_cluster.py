@@ -198,7 +198,7 @@ def test_stage_spec_is_dvc_yaml_with_params_interpolated(tmp_path):
 
     spec = stage_spec(project, "train")
     assert spec.cmd == stage["cmd"]
-    assert spec.outs == ["models/mine/generator.pt", "metrics/train.json"]  # ${train.name} by hand
+    assert spec.outs == ["models/mine/generator.pt", "metrics/train-mine.json"]  # ${train.name} by hand
     assert f"data/prepared/{params['dataset']}" in spec.deps and "pipelines/train.py" in spec.deps
     with pytest.raises(SubmitError, match=r"no stage 'trian'.*train"):
         stage_spec(project, "trian")
@@ -209,7 +209,7 @@ def test_upload_keeps_code_and_params_and_leaves_out_data_outputs_and_stores(tmp
     from ray._private.runtime_env.packaging import create_package
 
     files = ["params.yaml", "dvc.yaml", "asap/data/facades.py", "asap/models/asapnet.py", "pipelines/train.py",
-             "data/prepared/facades-64x64/manifest.csv", "models/asapnet/generator.pt", "metrics/train.json",
+             "data/prepared/facades-64x64/manifest.csv", "models/asapnet/generator.pt", "metrics/train-asapnet.json",
              "checkpoints/ray/run/state.pt", "mlflow.db", "mlartifacts/1/a.png", ".venv/bin/python",
              ".git/HEAD", ".dvc/config", ".dvc/cache/files/md5/00/ab", "asap/__pycache__/x.pyc"]
     for f in files:
@@ -271,7 +271,7 @@ def test_train_job_on_two_nodes_brings_outputs_back_with_its_mlflow_run(tmp_path
     model, meta = load_generator(generator)
     assert meta["steps"] == 2 and meta["dataset"] == "facades-64x64"
     assert model(torch.randint(1, 13, (1, 64, 64))).shape == (1, 3, 64, 64)
-    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    metrics = json.loads((project / "metrics" / "train-asapnet.json").read_text())
     assert metrics["steps"] == 2 and metrics["num_workers"] == 2
     [job_dir] = (project / "checkpoints" / "jobs").iterdir()
     assert sorted(p.name for p in job_dir.iterdir()) == ["job.log", "outputs.json"]  # outputs moved out
@@ -306,7 +306,7 @@ def test_failing_job_shows_its_log_tail_and_leaves_no_outputs(tmp_path, facades6
     *tail, line = proc.stderr.strip().splitlines()
     assert line.startswith("error: job asap-train-") and "FAILED" in line and "no outputs were installed" in line
     assert "error: train.num_workers must be >= 1, got 0" in tail  # the job log's tail, on stderr
-    assert not stale.exists() and not (project / "metrics" / "train.json").exists()
+    assert not stale.exists() and not (project / "metrics" / "train-asapnet.json").exists()
     [job_dir] = (project / "checkpoints" / "jobs").iterdir()
     assert [p.name for p in job_dir.iterdir()] == ["job.log"]
 

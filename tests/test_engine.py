@@ -39,9 +39,32 @@ def make_trainer(num_classes=13, size=64, steps=10, perceptual="off", **train):
 
 
 def test_linear_decay_hand_values():
-    f = linear_decay(100, 0.5)
-    assert [f(0), f(49), f(50), f(75), f(99), f(100)] == [1.0, 1.0, 1.0, 0.5, 0.02, 0.0]
-    assert linear_decay(10, 1.0)(9) == 1.0
+    f = lambda progress: linear_decay(progress, 0.5)  # noqa: E731
+    assert [f(0), f(0.49), f(0.5), f(0.75), f(1.0)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+    assert f(0.99) == pytest.approx(0.02)
+    assert linear_decay(0.9, 1.0) == 1.0
+
+
+def test_learning_rate_follows_the_larger_of_the_step_and_time_fractions():
+    trainer = make_trainer(steps=100, time_budget_s=10.0, lr_g=1e-4, lr_d=4e-4)
+    for step, elapsed, factor in [(0, 0.0, 1.0), (25, 7.5, 0.5), (75, 2.0, 0.5), (10, 9.0, 0.2), (40, 10.0, 0.0)]:
+        trainer.step, trainer.elapsed_s = step, elapsed
+        trainer.set_learning_rates()
+        assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4 * factor), (step, elapsed)
+        assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(4e-4 * factor), (step, elapsed)
+    trainer.step, trainer.elapsed_s = 99, 9.99
+    assert not trainer.done()
+    trainer.elapsed_s = 10.0
+    assert trainer.done() and trainer.stopped_by() == "time_budget"
+    trainer.step, trainer.elapsed_s = 100, 1.0
+    assert trainer.done() and trainer.stopped_by() == "steps"
+
+
+@pytest.mark.parametrize("value", [0, -5, float("inf"), "60"])
+def test_time_budget_must_be_positive_seconds(value):
+    from asap.config import ConfigError
+    with pytest.raises(ConfigError, match=r"train.time_budget_s must be null \(off\) or a number of seconds > 0"):
+        TrainConfig(time_budget_s=value)
 
 
 def test_batch_plan_covers_each_epoch_once_across_ranks():
@@ -77,7 +100,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(straight.discriminator.parameters(), resumed.discriminator.parameters()):
         torch.testing.assert_close(a, b)
     assert straight.opt_g.state_dict()["state"][0]["step"] == resumed.opt_g.state_dict()["state"][0]["step"] == 4
-    assert straight.sched_g.get_last_lr() == resumed.sched_g.get_last_lr()
+    assert straight.opt_g.param_groups[0]["lr"] == resumed.opt_g.param_groups[0]["lr"]
 
 
 def test_in_process_loop_overfits_one_real_pair():

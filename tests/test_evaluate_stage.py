@@ -1,6 +1,7 @@
 """The `evaluate` stage for real on facades at 64x64: a tiny generator checkpoint linked to an MLflow run
-made here, a tiny segmenter; eval.json, the per-class CSV, the samples, the FID cache, the eval_*
-metrics in that run; and the clear errors when an input is missing."""
+made here, a tiny segmenter; eval-<name>.json, the per-class CSV, the samples, the FID cache and the
+real-versus-real floor, the eval_* metrics in that run; a baseline's own eval file; and the clear
+errors when an input is missing."""
 
 import csv
 import json
@@ -11,8 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from scipy import linalg
+
 from asap.data.prepared import PreparedDataset
 from asap.models.asapnet import asapnet
+from asap.models.baselines import SPADEConfig, SPADEGenerator
 from asap.models.checkpoint import save_generator
 from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from project_helpers import make_project, run_stage
@@ -44,6 +48,7 @@ def training_run(project) -> str:
 def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_path, facades64):
     project = make_project(tmp_path / "proj", facades64, {"evaluate": EVAL})
     run_id = training_run(project)
+    ended_at = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.end_time
     generator, segmenter = tiny_generator(), tiny_segmenter()
     save_generator(project / "models" / "asapnet" / "generator.pt", generator,
                    meta={"dataset": DATASET, "steps": 7, "mlflow_run_id": run_id, "run_name": "train-asapnet-test"})
@@ -53,7 +58,7 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "scored 6/6 images" in proc.stdout
 
-    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    metrics = json.loads((project / "metrics" / "eval-asapnet.json").read_text())
     assert metrics["num_images"] == 6 and metrics["generator_steps"] == 7 and metrics["segmenter_steps"] == 5
     assert metrics["dataset"] == DATASET and metrics["generator_mlflow_run_id"] == run_id
     assert metrics["fid"] > 0 and metrics["kid_subset_size"] == 6
@@ -66,18 +71,29 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
         predicted = segmenter(generator(labels)).argmax(1)
     assert metrics["pixel_acc"] == pytest.approx((predicted == labels).double().mean().item(), abs=1e-4)
 
-    with open(project / "metrics" / "eval_per_class.csv") as f:
+    with open(project / "metrics" / "eval_per_class-asapnet.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows][:3] == ["unused", "background", "facade"] and len(rows) == 13
     for row, c in zip(rows, metrics["per_class"]):
         assert float(row["pixel_share"]) == pytest.approx(c["pixel_share"])
         assert (row["iou"] == "") == (c["iou"] is None)
 
-    samples = sorted((project / "metrics" / "samples").glob("*.png"))
+    samples = sorted((project / "metrics" / "samples" / "asapnet").glob("*.png"))
     assert [s.name for s in samples] == ["cmp_b0001.png", "cmp_b0002.png"]
     assert np.asarray(Image.open(samples[0])).shape == (64, 192, 3)
     cache = project / "data" / "cache"
     assert (cache / f"{DATASET}.fid-test-first6.npz").is_file() and (cache / ".gitignore").read_text().endswith("*\n")
+    # the floor: FID of 6 held-out real photos against the 6 test photos, from the cached Inception
+    # features, by the Frechet formula written out here with scipy
+    def stats(name):
+        with np.load(cache / name) as data:
+            f = data["features"].astype(np.float64)
+        return f.mean(0), np.cov(f, rowvar=False)
+    (mu1, s1), (mu2, s2) = stats(f"{DATASET}.fid-test-first6.npz"), stats(f"{DATASET}.fid-train-first6.npz")
+    covmean = linalg.sqrtm(s1 @ s2).real
+    floor = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+    assert metrics["fid_floor"]["fid"] == pytest.approx(floor, rel=1e-3)
+    assert metrics["fid_floor"]["num_images"] == 6 and metrics["name"] == "asapnet"
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(run_id)
@@ -86,9 +102,31 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     assert run.data.metrics["eval_miou"] == pytest.approx(metrics["miou"])
     assert run.data.metrics["eval_real_pixel_acc"] == pytest.approx(metrics["real"]["pixel_acc"])
     assert run.data.metrics["eval_pixel_share_facade"] == pytest.approx(metrics["per_class"][2]["pixel_share"])
+    assert run.data.metrics["eval_fid_floor"] == pytest.approx(floor, rel=1e-3)
     assert run.data.tags["eval.dataset"] == DATASET and run.data.tags["eval.linked_to_training_run"] == "true"
+    assert run.data.tags["eval.num_images"] == "6" and "eval_num_images" not in run.data.metrics  # a setting
     assert client.get_metric_history(run_id, "eval_fid")[0].step == 7
-    assert {a.path for a in client.list_artifacts(run_id, "eval")} >= {"eval/eval.json", "eval/eval_per_class.csv"}
+    assert {a.path for a in client.list_artifacts(run_id, "eval")} >= {"eval/eval-asapnet.json",
+                                                                      "eval/eval_per_class-asapnet.csv"}
+    # the training run was not reopened: its end time is still the one set before evaluation
+    assert run.info.end_time == ended_at
+
+
+@pytest.mark.slow
+def test_a_baseline_gets_its_own_eval_file(tmp_path, facades64):
+    project = make_project(tmp_path / "proj", facades64, {"evaluate": {**EVAL, "num_samples": 1, "runtime_iters": 0},
+                                                          "baselines": {"spade": {"arch": "spade", "width_mult": 0.1}}})
+    torch.manual_seed(2)
+    spade = SPADEGenerator(SPADEConfig(num_classes=13, width_mult=0.1)).eval()
+    save_generator(project / "models" / "spade" / "generator.pt", spade, meta={"dataset": DATASET, "steps": 3})
+    save_segmenter(project / "models" / f"segmenter-{DATASET}.pt", tiny_segmenter(), meta={"dataset": DATASET})
+    proc = run_stage(project, "pipelines.evaluate", "--generator", "spade", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((project / "metrics" / "eval-spade.json").read_text())
+    assert metrics["arch"] == "spade" and metrics["width_mult"] == 0.1 and metrics["generator_steps"] == 3
+    assert metrics["params"] == sum(t.numel() for t in spade.parameters())
+    assert [p.name for p in (project / "metrics" / "samples" / "spade").iterdir()] == ["cmp_b0001.png"]
+    assert not (project / "metrics" / "eval-asapnet.json").exists()
 
 
 def test_missing_inputs_name_the_stage_to_run(tmp_path, facades64, monkeypatch):
@@ -97,10 +135,15 @@ def test_missing_inputs_name_the_stage_to_run(tmp_path, facades64, monkeypatch):
     project = make_project(tmp_path / "proj", facades64, {"evaluate": EVAL})
     monkeypatch.chdir(project)
     with pytest.raises(stage.MissingInput, match=r"models/asapnet/generator.pt missing: run `dvc repro train`"):
-        stage.main()
+        stage.main([])
+    with pytest.raises(stage.MissingInput, match=r"models/pix2pixhd/generator.pt missing: run "
+                                                 r"`dvc repro train-baseline@pix2pixhd`"):
+        stage.main(["--generator", "pix2pixhd"])
+    with pytest.raises(stage.ConfigError, match=r"generator 'pix2pixHD' is neither train.name"):
+        stage.main(["--generator", "pix2pixHD"])
     save_generator(project / "models" / "asapnet" / "generator.pt", tiny_generator(), meta={"dataset": DATASET})
     with pytest.raises(stage.MissingInput, match=rf"models/segmenter-{DATASET}.pt missing: run `dvc repro segmenter`"):
-        stage.main()
+        stage.main([])
 
 
 @pytest.mark.slow
@@ -123,8 +166,8 @@ def test_a_checkpoint_without_a_known_training_run_gets_an_evaluate_run(tmp_path
                "generator_steps": 3, "generator_mlflow_run_id": "0123456789abcdef", "segmenter": "models/s.pt",
                "real": {"pixel_acc": 0.6, "miou": 0.3},
                "per_class": [{"class": 0, "name": "traffic light", "pixel_share": 1.0, "iou": None, "real_iou": 0.5}]}
-    common.write_json(project / stage.EVAL_JSON, metrics)
-    stage.write_per_class_csv(project / stage.PER_CLASS_CSV, metrics["per_class"])
+    common.write_json(project / stage.eval_json("asapnet"), metrics)
+    stage.write_per_class_csv(project / stage.per_class_csv("asapnet"), metrics["per_class"])
     try:
         run_id = stage.log_to_mlflow(metrics, DATASET, "asapnet", project)
     finally:
@@ -134,5 +177,5 @@ def test_a_checkpoint_without_a_known_training_run_gets_an_evaluate_run(tmp_path
     assert run.data.tags["eval.linked_to_training_run"] == "false"
     assert run.data.metrics == {"eval_fid": 12.5, "eval_kid_mean": 0.1, "eval_kid_std": 0.0, "eval_pixel_acc": 0.5,
                                 "eval_miou": 0.25, "eval_real_pixel_acc": 0.6, "eval_real_miou": 0.3,
-                                "eval_num_images": 2.0, "eval_pixel_share_traffic_light": 1.0,
-                                "eval_real_iou_traffic_light": 0.5}
+                                "eval_pixel_share_traffic_light": 1.0, "eval_real_iou_traffic_light": 0.5}
+    assert run.data.tags["eval.num_images"] == "2"

@@ -83,7 +83,7 @@ def test_train_stage_logs_to_an_mlflow_server_read_back_over_rest(tmp_path, faca
     proc = run_stage(project, "pipelines.train", env=stage_env(MLFLOW_TRACKING_URI=url))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (project / "mlflow.db").exists()  # nothing went to the local store
-    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    metrics = json.loads((project / "metrics" / "train-asapnet.json").read_text())
 
     exp = json.loads(get(url, "/api/2.0/mlflow/experiments/get-by-name",
                          experiment_name="asapnet-facades-64x64"))["experiment"]
@@ -127,5 +127,5 @@ def test_train_stage_stops_before_training_when_the_mlflow_server_is_down(tmp_pa
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: MLFLOW_TRACKING_URI={uri}: no MLflow server answers there")
-    assert not stale.exists() and not (project / "metrics" / "train.json").exists()
+    assert not stale.exists() and not (project / "metrics" / "train-asapnet.json").exists()
     assert not (project / "checkpoints").exists()  # no training run was started

@@ -26,7 +26,8 @@ OVERRIDES = {
                              "pix2pixhd-slim": {"arch": "pix2pixhd", "width_mult": 0.125}},
                   "cpu": {"models": ["asapnet", "pix2pixhd-slim"], "sizes": ["64x64", "64x128"],
                           "warmup": 0, "iters": 1}},
-    "sweep": {"downsampling": [4], "variants": ["no_pe"], "steps": 2, "eval_max_images": 4, "runtime_iters": 1},
+    "sweep": {"downsampling": [4], "variants": ["no_pe"], "steps": 2, "time_budget_s": None, "eval_max_images": 4,
+              "runtime_iters": 1},
     "report": {"samples": 2, "plot_models": ["asapnet", "pix2pixhd-slim"]},
 }
 
@@ -39,6 +40,7 @@ def make_dvc_project(root: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = deep_merge(deep_merge(params, TINY), OVERRIDES)
+    params["baselines"] = {"pix2pixhd": {"arch": "pix2pixhd", "width_mult": 0.125}}  # one baseline, tiny
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -58,16 +60,18 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(tmp_path):
     assert first.returncode == 0, out[-6000:]
 
     for path in ("data/prepared/facades-64x64/dataset.json", "models/asapnet/generator.pt",
-                 "models/segmenter-facades-64x64.pt", "metrics/train.json", "metrics/segmenter.json",
-                 "metrics/eval.json", "metrics/benchmark-cpu.json", "metrics/sweep.csv", "metrics/sweep.json",
-                 "reports/README.md", "reports/fig1_runtime_vs_resolution.png"):
+                 "models/pix2pixhd/generator.pt", "models/segmenter-facades-64x64.pt", "metrics/train-asapnet.json",
+                 "metrics/train-pix2pixhd.json", "metrics/segmenter.json", "metrics/eval-asapnet.json",
+                 "metrics/eval-pix2pixhd.json", "metrics/benchmark-cpu.json", "metrics/sweep.csv",
+                 "metrics/sweep.json", "reports/README.md", "reports/fig1_runtime_vs_resolution.png"):
         assert (project / path).is_file(), path
     prepared = json.loads((project / "data/prepared/facades-64x64/dataset.json").read_text())
     assert prepared["splits"] == {"train": 318, "test": 60}
-    ev = json.loads((project / "metrics/eval.json").read_text())
-    assert ev["fid"] > 0 and 0 <= ev["pixel_acc"] <= 1
-    # the report tabulates the evaluation it was given
-    assert f"{ev['fid']:.1f}" in (project / "reports/README.md").read_text()
+    report = (project / "reports/README.md").read_text()
+    for name, arch in (("asapnet", "asapnet"), ("pix2pixhd", "pix2pixhd")):
+        ev = json.loads((project / f"metrics/eval-{name}.json").read_text())
+        assert ev["arch"] == arch and ev["fid"] > 0 and 0 <= ev["pixel_acc"] <= 1 and ev["generator_steps"] == 4
+        assert f"{ev['fid']:.1f}" in report  # the report tabulates every evaluation it was given
 
     again = dvc(project, "repro")
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]

@@ -11,7 +11,7 @@ from project_helpers import make_project, run_stage
 
 pytestmark = pytest.mark.slow
 
-SWEEP = {"sweep": {"downsampling": [4], "variants": ["uniform"], "steps": 2, "num_workers": 1,
+SWEEP = {"sweep": {"downsampling": [4], "variants": ["uniform"], "steps": 2, "time_budget_s": None, "num_workers": 1,
                    "cpus_per_worker": 0.9, "eval_max_images": 4, "runtime_iters": 2}}
 
 
@@ -42,6 +42,13 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     assert sorted(c.data.params["sweep.variant"] for c in children) == ["full", "uniform"]
     assert all(c.data.params["sweep.S"] == "4" for c in children)
     assert all("eval_fid" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+    # each child run records the config its trial ran with, not params.yaml's train / model sections
+    by_variant = {c.data.params["sweep.variant"]: c.data.params for c in children}
+    assert by_variant["uniform"]["model.spatially_uniform"] == "True"
+    assert by_variant["full"]["model.spatially_uniform"] == "False"
+    for trial in by_variant.values():
+        assert trial["train.steps"] == "2" and trial["train.num_workers"] == "1" and trial["model.downsampling"] == "4"
+        assert trial["train.global_batch"] == "1" and trial["train.time_budget_s"] == "None"
 
     # a re-run (e.g. after an interruption) trains nothing again and keeps the same runs
     again = run_stage(project, "pipelines.sweep", timeout=420)

@@ -52,8 +52,9 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert meta["steps"] == 4 and meta["dataset"] == "facades-64x64"
     assert model(torch.randint(1, 13, (1, 64, 64))).shape == (1, 3, 64, 64)
     assert checkpoint_steps(project)[-2:] == [2, 4]
-    metrics = json.loads((project / "metrics" / "train.json").read_text())
-    assert metrics["steps"] == 4 and metrics["num_workers"] == 2
+    metrics = json.loads((project / "metrics" / "train-asapnet.json").read_text())
+    assert metrics["steps"] == 4 and metrics["num_workers"] == 2 and metrics["stopped_by"] == "steps"
+    assert metrics["global_batch"] == 2 and metrics["arch"] == "asapnet"
 
     client, runs = mlflow_run(project, "facades-64x64")
     assert len(runs) == 1
@@ -61,6 +62,9 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert run.info.status == "FINISHED" and run.info.run_id == metrics["mlflow_run_id"]
     assert run.data.params["model.lr_max_width"] == "16" and len(run.data.params["dataset.manifest_sha1"]) == 40
     assert run.data.params["train.lr_d"] == "0.0004"
+    # the resolved config that ran: S from the image size, the global batch, the worker count
+    assert run.data.params["model.downsampling"] == "4" and run.data.params["arch"] == "asapnet"
+    assert run.data.params["train.num_workers"] == "2" and run.data.params["train.global_batch"] == "2"
     history = client.get_metric_history(run.info.run_id, "G_total")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(m.value)) for m in history)
@@ -105,3 +109,31 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, facades64):
     assert len(runs) == 1  # the resumed run continues the same MLflow run
     steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "G_total"))
     assert steps[-1] == 8 and set(range(saved + 1, 9)) <= set(steps)
+
+
+def test_baseline_trained_by_the_stage_for_a_time_budget_on_two_workers(tmp_path, facades64):
+    """A baseline through the same stage: its own model folder, metrics file and MLflow run in the
+    dataset's experiment; two DDP workers agree on when the budget is spent (no rank left waiting)."""
+    budget = 8.0
+    project = make_project(tmp_path / "proj", facades64, {
+        "baselines": {"spade": {"arch": "spade", "width_mult": 0.125}},
+        "train": {"steps": 100000, "time_budget_s": budget, "log_every": 2, "checkpoint_every": 100000,
+                  "sample_every": 100000}})
+    proc = run_stage(project, "pipelines.train", "--generator", "spade")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "of the time budget" in out
+
+    metrics = json.loads((project / "metrics" / "train-spade.json").read_text())
+    assert metrics["stopped_by"] == "time_budget" and metrics["arch"] == "spade" and metrics["steps"] >= 2
+    assert budget <= metrics["train_seconds"] <= budget + 10
+    model, meta = load_generator(project / "models" / "spade" / "generator.pt")
+    assert type(model).__name__ == "SPADEGenerator" and meta["steps"] == metrics["steps"]
+    assert not (project / "models" / "asapnet").exists()
+
+    client, runs = mlflow_run(project, "facades-64x64")
+    [run] = runs
+    assert run.info.run_name.startswith("train-spade-facades-64x64-") and run.info.status == "FINISHED"
+    assert run.data.params["arch"] == "spade" and run.data.params["model.width_mult"] == "0.125"
+    assert run.data.params["train.time_budget_s"] == str(budget) and run.data.tags["generator"] == "spade"
+    assert run.data.metrics["final_steps"] == metrics["steps"]

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from asap.config import ConfigError
 from asap.models.asapnet import ASAPNetGenerator, tent_downsample
 from asap.models.inputs import DONTCARE_VALUE, encode_input
 from asap.models.pixelwise import pixelwise_mlp
@@ -37,16 +36,6 @@ PRECISIONS = {
     "fp16": (torch.float16, "ieee"),
 }
 MAX_GRAPHS = 8  # captured input shapes kept alive (each holds its own static buffers)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device cpu or auto")
-    return device
 
 
 def check_precision(precision: str) -> None:

@@ -1,0 +1,223 @@
+"""The in-process trainer (asap/training.py, `asap train`): every architecture through one set-up, on
+real facades pairs; a wall-clock budget that stops training and survives a kill; load_generator
+round trips; bad params named before anything starts; no Ray, MLflow or DVC on the path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asap.config import ConfigError
+from asap.models.checkpoint import load_generator
+from asap.training import TrainingRun, build_trainer, train
+from project_helpers import PYTHON, REPO
+
+TINY = {
+    "model": {"lr_width": 8, "lr_max_width": 16, "lr_depth": 1, "mlp_width": 16},
+    "train": {"steps": 4, "ndf": 8, "d_layers": 2, "log_every": 1, "checkpoint_every": 2, "sample_every": 1000,
+              "num_workers": 1},
+    "loss": {"perceptual": "off"},
+    "baselines": {"pix2pixhd": {"arch": "pix2pixhd", "width_mult": 0.125},
+                  "spade": {"arch": "spade", "width_mult": 0.125}},
+}
+
+
+def params(**train):
+    p = json.loads(json.dumps(TINY))
+    p["train"].update(train)
+    return p
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+@pytest.mark.parametrize("name", ["pix2pixhd", "spade"])
+def test_a_baseline_learns_a_real_pair_with_the_shared_recipe(facades64, name):
+    """Each baseline, built by name through build_trainer with the discriminator and losses ASAP-Net
+    gets, moves towards a real training photo: the L1 and perceptual (HED VGG16) distances between its
+    output and the photo fall over 40 steps on that one pair (lr raised so that few steps suffice)."""
+    from asap.data.prepared import PreparedDataset
+    from asap.engine import collate
+
+    p = params(steps=40, lr_g=1e-3, lr_d=4e-3, decay_from=1.0, flip=False)
+    p["loss"]["perceptual"] = "hed-vgg16"
+    run = TrainingRun.from_params(p, facades64, name)
+    trainer = build_trainer(run)
+    assert type(trainer.generator).__name__ == {"pix2pixhd": "Pix2PixHDGenerator", "spade": "SPADEGenerator"}[name]
+    pair = collate(PreparedDataset(facades64, "train"), [0], [False])
+
+    def distances():
+        with torch.no_grad():
+            trainer.generator.eval()
+            out = trainer.generator(pair["label"])
+            trainer.generator.train()
+            return (out - pair["image"]).abs().mean().item(), trainer.perceptual(out, pair["image"]).item()
+
+    l1_before, vgg_before = distances()
+    for _ in range(40):
+        trainer.train_step(pair)
+    l1_after, vgg_after = distances()
+    assert l1_after < 0.8 * l1_before, (l1_before, l1_after)
+    assert vgg_after < 0.8 * vgg_before, (vgg_before, vgg_after)
+
+
+@pytest.mark.parametrize("name", ["asapnet", "pix2pixhd", "spade"])
+def test_trained_generator_round_trips_through_load_generator(tmp_path, facades64, name):
+    run = TrainingRun.from_params(params(steps=2), facades64, name)
+    summary = train(run, tmp_path / name, printer=quiet)
+    model, meta = load_generator(summary["generator"])
+    assert meta["arch"] == run.arch and meta["steps"] == 2 and meta["stopped_by"] == "steps"
+    assert meta["dataset"] == "facades-64x64" and (meta["height"], meta["width"]) == (64, 64)
+    # the same weights as the last training checkpoint, hence the same images
+    state = torch.load(sorted((tmp_path / name / "checkpoints").glob("step_*"))[-1] / "state.pt",
+                       weights_only=True)
+    fresh = build_trainer(run).generator
+    fresh.load_state_dict(state["generator"])
+    labels = torch.randint(1, 13, (1, 64, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(model(labels), fresh.eval()(labels))
+
+
+def test_budgeted_run_stops_at_its_budget(tmp_path, facades64):
+    budget = 4.0
+    run = TrainingRun.from_params(params(steps=100000, time_budget_s=budget, log_every=5), facades64, "asapnet")
+    t0 = time.perf_counter()
+    summary = train(run, tmp_path / "run", printer=quiet)
+    wall = time.perf_counter() - t0
+    assert summary["stopped_by"] == "time_budget" and summary["steps"] > 3
+    one_step = budget / summary["steps"]
+    # stops at the first step that ends past the budget, so within one step of it
+    assert budget <= summary["train_seconds"] <= budget + 2 * one_step + 0.5
+    assert wall < budget + 15  # set-up and the final save are the rest
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [line["lr_G"] for line in lines]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.3 * run.train.lr_g  # decays with the seconds spent
+
+
+@pytest.mark.slow
+def test_killed_budgeted_run_resumes_without_spending_its_time_again(tmp_path, facades64):
+    """`asap train` killed with SIGKILL mid-budget, then run again: the second run starts from the last
+    checkpoint with its seconds counted, trains only for what is left, and ends at the budget."""
+    budget = 16.0
+    run_dir = tmp_path / "run"
+    cmd = [PYTHON, "-m", "asap.cli", "train", str(facades64), "--generator", "asapnet", "--time-budget", str(budget),
+           "--run-dir", str(run_dir), "--device", "cpu"]
+    for key, value in [("model.lr_width", 8), ("model.lr_max_width", 16), ("model.lr_depth", 1),
+                       ("model.mlp_width", 16), ("train.ndf", 8), ("train.d_layers", 2), ("train.steps", 100000),
+                       ("train.checkpoint_every", 100000), ("train.checkpoint_every_s", 2), ("loss.perceptual", "off")]:
+        cmd += ["--set", f"{key}={value}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    def spent_at_checkpoints():
+        out = []
+        for folder in sorted((run_dir / "checkpoints").glob("step_*[0-9]")):
+            try:
+                out.append(torch.load(folder / "state.pt", weights_only=True)["elapsed_s"])
+            except (RuntimeError, OSError, EOFError):
+                pass
+        return out
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(s >= 5 for s in spent_at_checkpoints()):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = max(spent_at_checkpoints())
+    assert 5 <= saved < budget
+    assert not (run_dir / "generator.pt").exists()
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming asapnet from step" in again.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_by"] == "time_budget" and summary["resumed_from_step"] > 0
+    assert budget <= summary["train_seconds"] <= budget + 3
+    # the second process trained only for what the first had left (plus one step's overshoot)
+    assert summary["this_session_s"] <= budget - saved + 3, (summary, saved)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # steps redone after the kill are not logged twice
+
+
+def test_asap_train_runs_without_ray_mlflow_or_dvc(tmp_path, facades64):
+    script = f"""
+import sys
+from asap.cli import main
+code = main(["train", {str(facades64)!r}, "--arch", "spade", "--steps", "2", "--run-dir", {str(tmp_path / 'r')!r},
+             "--set", "baselines.spade.width_mult=0.125", "--set", "train.ndf=8", "--set", "loss.perceptual=off"])
+loaded = sorted(m for m in ("ray", "mlflow", "dvc") if m in sys.modules)
+print("LOADED", loaded)
+sys.exit(code)
+"""
+    proc = subprocess.run([PYTHON, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "LOADED []" in proc.stdout
+    model, meta = load_generator(tmp_path / "r" / "generator.pt")
+    assert meta["arch"] == "spade" and meta["steps"] == 2 and model.config.width_mult == 0.125
+    helped = subprocess.run([PYTHON, "-m", "asap.cli", "train", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert helped.returncode == 0 and "--time-budget" in helped.stdout
+
+
+def test_a_run_folder_of_another_config_is_refused(tmp_path, facades64):
+    train(TrainingRun.from_params(params(steps=1), facades64, "asapnet"), tmp_path / "r", printer=quiet)
+    other = TrainingRun.from_params(params(steps=1, lr_g=2e-4), facades64, "asapnet")
+    with pytest.raises(ConfigError, match="holds another training run"):
+        train(other, tmp_path / "r", printer=quiet)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, facades64):
+    run = TrainingRun.from_params(params(steps=4), facades64, "asapnet")
+    train(run, tmp_path / "r", printer=quiet)
+    newest = sorted((tmp_path / "r" / "checkpoints").glob("step_*"))[-1] / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    lines = []
+    summary = train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any(f"checkpoint {newest} does not load" in line for line in lines)
+    assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"baselines": {"p2p": {"arch": "pix2pixHD"}}}, r"params.yaml baselines.p2p.arch: unknown architecture "
+                                                    r"'pix2pixHD'; allowed: asapnet, pix2pixhd, spade"),
+    ({"baselines": {"p2p": {"width_mult": 0.5}}}, r"params.yaml baselines.p2p needs an `arch`"),
+    ({"baselines": {"p2p": {"arch": "spade", "num_upsampling_layers": "most"}}},
+     r"params.yaml baselines.p2p: spade needs image sides divisible by 128, but the dataset is 64x64"),
+    ({"baselines": {"p2p": {"arch": "pix2pixhd", "num_classes": 5}}}, r"come from the dataset"),
+    ({"train": {"time_budget_s": 0}}, r"train.time_budget_s must be null \(off\) or a number of seconds > 0"),
+])
+def test_bad_generator_params_name_the_key(facades64, change, match):
+    p = params()
+    for section, value in change.items():
+        p[section] = {**p.get(section, {}), **value} if section == "train" else value
+    with pytest.raises(ConfigError, match=match):
+        TrainingRun.from_params(p, facades64, "p2p" if "baselines" in change else None)
+
+
+def test_bad_baseline_fails_the_stage_before_ray_starts(tmp_path, facades64, monkeypatch):
+    import pipelines.train as stage
+    from project_helpers import make_project
+
+    project = make_project(tmp_path / "proj", facades64, {"baselines": {"spade": {"arch": "spade", "nf": 0}}})
+    monkeypatch.chdir(project)
+    with pytest.raises(ConfigError, match=r"^params.yaml baselines.spade: SPADE nf must be a positive integer, got 0"):
+        stage.main(["--generator", "spade"])
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+    assert not (project / "checkpoints").exists()
+
+
+def test_loss_perceptual_off_as_yaml_reads_it():
+    import yaml
+
+    from asap.losses import GANLossConfig
+    assert GANLossConfig(**yaml.safe_load("perceptual: off")).perceptual == "off"
