@@ -58,6 +58,7 @@ class EvalConfig:
     max_images: int | None = None        # score only the first N test pairs (null: all)
     num_samples: int = 8                 # label | generated | real rows written for the report
     runtime_iters: int = 5               # batch-1 generation timing iterations (0: not timed)
+    runtime_threads: int | None = None   # CPU threads while timing (null: every core); the sweep uses it too
 
     def __post_init__(self):
         for name in ("batch_size", "kid_subsets", "kid_subset_size"):
@@ -73,6 +74,10 @@ class EvalConfig:
                     f"evaluate.{name} must be an integer >= 0, got {value!r}")
         require(str(self.device) == "auto" or str(self.device).split(":")[0] in ("cpu", "cuda"),
                 f"evaluate.device must be auto, cpu or cuda[:N], got {self.device!r}")
+        require(self.runtime_threads is None or (isinstance(self.runtime_threads, int)
+                                                 and not isinstance(self.runtime_threads, bool)
+                                                 and self.runtime_threads >= 1),
+                f"evaluate.runtime_threads must be null (every core) or an integer >= 1, got {self.runtime_threads!r}")
 
 
 @dataclass(frozen=True)
@@ -330,7 +335,7 @@ def score_real_photos(data_root: str | Path, segmenter: nn.Module, *, batch_size
 
 
 def batch1_runtime(generator: nn.Module, data_root: str | Path, *, device: str | torch.device = "cpu",
-                   iters: int = 5, warmup: int = 2, split: str = "test") -> dict:
+                   iters: int = 5, warmup: int = 2, split: str = "test", threads: int | None = None) -> dict:
     """Batch-1 generation time on the first pair of ``split`` (the paper's runtime: one image at a
     time, Sec. 4.1): asap.metrics.runtime.time_module's {"median_ms", "p10_ms", "p90_ms", ...}."""
     from asap.metrics.runtime import time_module
@@ -339,7 +344,7 @@ def batch1_runtime(generator: nn.Module, data_root: str | Path, *, device: str |
     batch = next(_batches(PreparedDataset(data_root, split), 1, 1))
     translate = generator_translate(generator.to(device).eval(), device)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    return time_module(lambda: translate(batch), warmup=warmup, iters=iters, device=device)
+    return time_module(lambda: translate(batch), warmup=warmup, iters=iters, device=device, threads=threads)
 
 
 # ----------------------------------------------------------------------------------------------

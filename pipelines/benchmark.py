@@ -31,7 +31,7 @@ import torch
 
 from asap.config import ConfigError, require, require_choice
 from asap.metrics.runtime import time_asapnet, device_info, device_slug, time_module
-from pipelines.common import git_commit, params, project_root, run_stage, write_json
+from pipelines.common import git_commit, params, project_root, run_stage, run_tags, write_json
 
 SCHEMA = "asap-benchmark/1"
 ARCHS = ("asapnet", "pix2pixhd", "spade")
@@ -178,7 +178,8 @@ def log_mlflow(result: dict, out: Path) -> None:
     from pipelines.common import setup_mlflow
 
     experiment_id = setup_mlflow("benchmark")
-    with mlflow.start_run(run_name=f"benchmark-{device_slug(result['device'])}", experiment_id=experiment_id):
+    with mlflow.start_run(run_name=f"benchmark-{device_slug(result['device'])}", experiment_id=experiment_id,
+                          tags={**run_tags(), "stage": "benchmark"}):
         mlflow.log_params({f"device.{k}": v for k, v in result["device"].items()}
                           | {"warmup": result["warmup"], "iters": result["iters"]})
         metrics = {}

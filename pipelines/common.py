@@ -47,6 +47,14 @@ def git_commit() -> str:
 
 # -- MLflow -------------------------------------------------------------------------------------
 
+def run_tags() -> dict[str, str]:
+    """Tags every MLflow run of a stage gets, so the MLflow and the DVC records meet: the code's git
+    commit and the DVC experiment (DVC sets DVC_EXP_NAME under `dvc exp run`; `dvc repro` and a
+    direct run have none: "workspace")."""
+    return {"git_commit": git_commit(), "dvc.exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
+            "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV") or ""}
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set (a server, another store); else the project's sqlite file."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")

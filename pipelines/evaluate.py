@@ -122,7 +122,8 @@ def mlflow_tags(metrics: dict, dataset: str, linked: bool) -> dict[str, str]:
     tags = {"eval.dataset": dataset, "eval.segmenter": metrics["segmenter"], "eval.num_images": metrics["num_images"],
             "eval.kid_subset_size": metrics.get("kid_subset_size"), "eval.kid_subsets": metrics.get("kid_subsets"),
             "eval.runtime_device": metrics.get("runtime_device"), "eval.runtime_threads": metrics.get("runtime_threads"),
-            "eval.git_commit": common.git_commit(), "eval.linked_to_training_run": str(linked).lower()}
+            "eval.git_commit": common.git_commit(), "eval.dvc_exp_name": common.run_tags()["dvc.exp_name"],
+            "eval.linked_to_training_run": str(linked).lower()}
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
@@ -146,7 +147,7 @@ def log_to_mlflow(metrics: dict, dataset: str, name: str, root: Path) -> str:
                   "logging to a new run", flush=True)
     if not linked:
         run_id = client.create_run(experiment_id, run_name=f"evaluate-{name}-{dataset}",
-                                   tags={"stage": "evaluate", "generator": name}).info.run_id
+                                   tags={**common.run_tags(), "stage": "evaluate", "generator": name}).info.run_id
     step, now = int(metrics.get("generator_steps") or 0), int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in mlflow_metrics(metrics).items()],
                      tags=[RunTag(k, v) for k, v in mlflow_tags(metrics, dataset, linked).items()])
@@ -222,15 +223,15 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": round(time.time() - t0, 1),
     }
     if cfg.runtime_iters:  # the paper's speed measure: one image at a time (Fig. 6 plots quality vs it)
-        import torch
-
         from asap.metrics.runtime import device_info, device_slug
 
         device = resolve_device(cfg.device)
-        timing = batch1_runtime(generator, data_root, device=device, iters=cfg.runtime_iters)
+        timing = batch1_runtime(generator, data_root, device=device, iters=cfg.runtime_iters,
+                                threads=cfg.runtime_threads)
         metrics.update(runtime_ms=timing["median_ms"], runtime_p10_ms=timing["p10_ms"],
                        runtime_p90_ms=timing["p90_ms"], runtime_timer=timing["timer"],
-                       runtime_device=device_slug(device_info(device)), runtime_threads=torch.get_num_threads())
+                       runtime_device=device_slug(device_info(device)), runtime_threads=timing["threads"],
+                       runtime_iters=timing["n"])
     if cfg.num_samples:
         generate_test_images(generator, data_root, root / samples_dir(name), batch_size=cfg.batch_size,
                              device=cfg.device, max_images=cfg.num_samples, triptych=True)

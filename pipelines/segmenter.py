@@ -49,7 +49,7 @@ def main() -> None:
           f"crop {cfg.crop or 'none'} on {info.splits.get('train')} real training pairs", flush=True)
     t0 = time.time()
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                          tags={"stage": "segmenter", "git_commit": common.git_commit()}) as run:
+                          tags={**common.run_tags(), "stage": "segmenter"}) as run:
         mlflow.log_params({**flatten({"segmenter": cfg.to_dict()}), "dataset": dataset})
 
         def on_log(step: int, loss: float) -> None:

@@ -134,10 +134,54 @@ def run_trial(config: dict) -> None:
     row.update(score_trial(out, job.run.data_root, config))
     with mlflow.start_run(run_id=job.mlflow_run_id):
         mlflow.log_metrics({f"eval_{k}": float(v) for k, v in row.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v})
+                            if k in TRIAL_MEASURES and isinstance(v, (int, float)) and v == v})
+        mlflow.set_tags({"eval.runtime_threads": row["runtime_threads"], "eval.num_images": row["num_images"]})
+    client.log_artifact(job.mlflow_run_id, str(out), artifact_path="checkpoint")  # the trial's generator
     client.set_terminated(job.mlflow_run_id, "FINISHED")
     common.write_json(result_file, row)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+
+# The measurements of a trial that become eval_* metrics of its MLflow run (settings become tags).
+TRIAL_MEASURES = ("fid", "kid_mean", "kid_std", "pixel_acc", "miou", "runtime_ms", "lr_ms", "hr_ms", "steps",
+                  "train_seconds", "P", "params", "generate_ms_per_image")
+
+
+def summarize_parent(uri: str, parent: str, table, csv_path: Path, sweep: SweepConfig) -> None:
+    """The sweep's parent run shows the sweep: the table of trials (CSV and a markdown description),
+    FID against runtime as a figure, and the best trial by FID as metrics and tags."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    best = table.loc[table["fid"].idxmin()]
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    ax.scatter(table["runtime_ms"], table["fid"])
+    for _, row in table.iterrows():
+        ax.annotate(row["trial"], (row["runtime_ms"], row["fid"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    budget = f"{sweep.time_budget_s:g} s" if sweep.time_budget_s is not None else f"{sweep.steps} steps"
+    ax.set(xlabel=f"runtime per image, CPU, {int(table['runtime_threads'].iloc[0])} threads (ms)", ylabel="FID",
+           title=f"Sweep: FID vs runtime ({budget} of training per trial)")
+    fig.tight_layout()
+    columns = [c for c in ("trial", "S", "steps", "train_seconds", "fid", "kid_mean", "pixel_acc", "miou", "runtime_ms")
+               if c in table]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+    note = (f"Sweep over S and the ablations (paper Fig. 9), {budget} of training per trial. Best FID: "
+            f"{best['trial']} ({best['fid']:.1f}). FID on {int(table['num_images'].iloc[0])} test images is "
+            f"strongly biased: compare trials with each other, not with the paper.\n\n" + "\n".join(lines))
+    client.log_figure(parent, fig, "sweep_fid_vs_runtime.png")
+    plt.close(fig)
+    client.log_artifact(parent, str(csv_path))
+    client.log_metric(parent, "best_fid", float(best["fid"]))
+    client.log_metric(parent, "trials", float(len(table)))
+    for key, value in {"best_trial": best["trial"], "best_run_id": best["mlflow_run_id"],
+                       "mlflow.note.content": note}.items():
+        client.set_tag(parent, key, str(value))
+    client.set_terminated(parent, "FINISHED")
 
 
 def score_trial(generator_path: Path, data_root: str, config: dict) -> dict:
@@ -151,9 +195,9 @@ def score_trial(generator_path: Path, data_root: str, config: dict) -> dict:
     scores: dict = {"P": model.config.num_params,
                     "params": sum(p.numel() for p in model.parameters())}
     labels = torch.randint(1, model.config.num_classes, (1, meta["height"], meta["width"]))
-    timing = time_asapnet(model, labels, warmup=2, iters=config["runtime_iters"])
+    timing = time_asapnet(model, labels, warmup=2, iters=config["runtime_iters"], threads=ev.runtime_threads)
     scores.update({"runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
-                   "runtime_device": "cpu", "runtime_threads": torch.get_num_threads()})
+                   "runtime_device": "cpu", "runtime_threads": timing["threads"]})
     segmenter = None
     if config.get("segmenter_path") and Path(config["segmenter_path"]).is_file():
         from asap.models.segmenter import load_segmenter
@@ -170,7 +214,6 @@ def score_trial(generator_path: Path, data_root: str, config: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
-    import mlflow
     import pandas as pd
     from ray import tune
 
@@ -226,9 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     common.write_json(json_path, {"trials": table.to_dict(orient="records"), "dataset": dataset,
                                   "steps": sweep.steps, "time_budget_s": sweep.time_budget_s,
                                   "mlflow_parent_run_id": parent})
-    with mlflow.start_run(run_id=parent):
-        mlflow.log_artifact(str(csv_path))
-    mlflow.MlflowClient(uri).set_terminated(parent, "FINISHED")
+    summarize_parent(uri, parent, table, csv_path, sweep)
     print(table.to_string(index=False), flush=True)
     print(f"[sweep] wrote {csv_path} and {json_path}", flush=True)
 
@@ -251,7 +292,8 @@ def parent_run(uri: str, experiment: str, name: str, storage: Path, sweep: Sweep
         except mlflow.exceptions.MlflowException:  # the store was reset: a new parent run
             print(f"[sweep] the parent MLflow run in {id_file} is not in {uri}; starting a new one", flush=True)
     exp = client.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id, run_name=name, tags={"stage": "sweep", "mlflow.runName": name})
+    run = client.create_run(exp.experiment_id, run_name=name,
+                            tags={**common.run_tags(), "stage": "sweep", "mlflow.runName": name})
     client.log_param(run.info.run_id, "sweep.grid", json.dumps([s["trial"] for s in points]))
     client.log_param(run.info.run_id, "sweep.steps", sweep.steps)
     client.log_param(run.info.run_id, "sweep.time_budget_s", sweep.time_budget_s)

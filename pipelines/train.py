@@ -215,8 +215,8 @@ def mlflow_run(job: Job, storage: Path, parent_run_id: str | None = None, extra_
             print(f"[train] MLflow run {run_id} of {job.run_name} is not in {job.tracking_uri}; starting a new one",
                   flush=True)
     experiment_id = common.setup_mlflow(f"asapnet-{job.run.dataset}")
-    tags = {"mlflow.runName": job.run_name, "stage": "sweep-trial" if parent_run_id else "train",
-            "generator": job.run.name, "arch": job.run.arch, "git_commit": job.git_commit}
+    tags = {**common.run_tags(), "mlflow.runName": job.run_name, "stage": "sweep-trial" if parent_run_id else "train",
+            "generator": job.run.name, "arch": job.run.arch}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=job.run_name, tags=tags)
@@ -244,11 +244,17 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
     example = torch.zeros(1, c.in_channels, meta["height"], meta["width"])
     example[:, 0] = 1
     with mlflow.start_run(run_id=run_id):
+        # measurements only: the settings (budget, workers, batch) are the run's params already
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                            if k in MEASURED and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
         mlflow.pytorch.log_model(model, name="generator", input_example=example.numpy(),
                                  serialization_format="pt2")
         mlflow.log_artifact(str(generator_path), artifact_path="checkpoint")
+
+
+# What the final_* metrics of a training run are: measurements and the last logged losses.
+MEASURED = {"steps", "train_seconds", "wall_s", "G_total", "G_gan", "G_feat", "G_vgg", "D", "it_per_s", "images_per_s"}
 
 
 def metrics_path(root: Path, name: str) -> Path:

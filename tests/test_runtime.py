@@ -68,3 +68,17 @@ def test_cuda_events_agree_with_synchronized_wall_clock():
     wall = (time.perf_counter() - t0) * 1e3 / 20
     assert r["mean_ms"] == pytest.approx(wall, rel=0.25)
     assert device_info("cuda")["cuda"] == torch.version.cuda
+
+
+def test_cpu_timing_runs_with_the_recorded_thread_count_and_restores_it():
+    import os
+
+    from asap.metrics.runtime import time_module
+
+    seen = []
+    before = torch.get_num_threads()
+    row = time_module(lambda: seen.append(torch.get_num_threads()), warmup=0, iters=2, threads=1)
+    assert row["threads"] == 1 and seen == [1, 1]
+    row = time_module(lambda: seen.append(torch.get_num_threads()), warmup=0, iters=1)
+    assert row["threads"] == seen[-1] == len(os.sched_getaffinity(0))  # the default: every core we may use
+    assert torch.get_num_threads() == before

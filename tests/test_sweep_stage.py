@@ -42,6 +42,15 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     assert sorted(c.data.params["sweep.variant"] for c in children) == ["full", "uniform"]
     assert all(c.data.params["sweep.S"] == "4" for c in children)
     assert all("eval_fid" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+    # the parent run shows the sweep: best trial, the table, the figure; each child holds its generator
+    parent = parents[0]
+    best = table.loc[table["fid"].idxmin()]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial"] == best["trial"]
+    assert parent.data.metrics["best_fid"] == pytest.approx(best["fid"])
+    assert "| trial |" in parent.data.tags["mlflow.note.content"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.csv", "sweep_fid_vs_runtime.png"}
+    assert all([a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")] == ["checkpoint/generator.pt"]
+               for c in children)
     # each child run records the config its trial ran with, not params.yaml's train / model sections
     by_variant = {c.data.params["sweep.variant"]: c.data.params for c in children}
     assert by_variant["uniform"]["model.spatially_uniform"] == "True"

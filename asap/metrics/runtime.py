@@ -2,9 +2,11 @@
 
 GPU: CUDA events around every iteration after a warm-up and a ``torch.cuda.synchronize``: the events
 time the work on the device, not Python's launch loop alone (the paper's numbers are GPU times).
-CPU: ``time.perf_counter`` around every call. Both report the median and the 10th/90th percentiles,
-which are robust to the odd slow iteration (a page fault, another process) where a mean is not.
-Everything runs under ``torch.inference_mode()``.
+CPU: ``time.perf_counter`` around every call, with one thread policy everywhere: torch uses
+``threads`` intra-op threads while timing (default: every core this process may run on), and the
+count is recorded with the number, so two CPU times are compared only when measured the same way.
+Both report the median and the 10th/90th percentiles, which are robust to the odd slow iteration (a
+page fault, another process) where a mean is not. Everything runs under ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import platform
 import re
 import time
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
@@ -32,19 +35,38 @@ def summarize_ms(times_ms: list[float]) -> dict:
             "p90_ms": float(np.percentile(t, 90)), "mean_ms": float(t.mean()), "n": int(t.size)}
 
 
+def cpu_threads(threads: int | None = None) -> int:
+    """The CPU timing policy: ``threads``, or every core this process may run on."""
+    if threads is not None:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20,
-                device: str | torch.device = "cpu") -> dict:
+                device: str | torch.device = "cpu", threads: int | None = None) -> dict:
     """Time ``fn(*inputs)`` (a module or any callable; ``inputs`` a tensor or a tuple of arguments).
 
-    Returns {"median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer"} with ``timer`` "cuda_events" or
-    "perf_counter". The inputs must already be on ``device``.
+    Returns {"median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer", "threads"} with ``timer``
+    "cuda_events" or "perf_counter" and ``threads`` the torch CPU threads it ran with (see
+    ``cpu_threads``). The inputs must already be on ``device``.
     """
     if iters < 1 or warmup < 0:
         raise ValueError(f"time_module needs iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     args = _as_args(inputs)
     device = torch.device(device)
     times: list[float] = []
-    with torch.inference_mode():
+    n_threads = cpu_threads(threads)
+    with torch.inference_mode(), torch_threads(n_threads):
         for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init, CPU caches
             fn(*args)
         if device.type == "cuda":
@@ -64,7 +86,7 @@ def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20
                 fn(*args)
                 times.append((time.perf_counter() - t0) * 1e3)
             timer = "perf_counter"
-    return {**summarize_ms(times), "timer": timer}
+    return {**summarize_ms(times), "timer": timer, "threads": n_threads}
 
 
 def _cpu_model() -> str:
@@ -106,14 +128,14 @@ def device_slug(info: dict) -> str:
 
 
 def time_asapnet(model, labels: torch.Tensor, warmup: int = 5, iters: int = 20,
-                 device: str | torch.device = "cpu") -> dict:
+                 device: str | torch.device = "cpu", threads: int | None = None) -> dict:
     """End-to-end time of an ASAP-Net generator plus its split into the low-res stream (the conv net
     predicting the tile parameters) and the full-resolution pixelwise MLP (paper Fig. 4).
     Returns time_module's dict for the whole model with ``lr_ms`` and ``hr_ms`` (medians) added."""
     from asap.models.pixelwise import pixelwise_mlp
 
     c = model.config
-    timing = dict(warmup=warmup, iters=iters, device=device)
+    timing = dict(warmup=warmup, iters=iters, device=device, threads=threads)
     row = time_module(model, labels, **timing)
     with torch.inference_mode():
         encoded = model.encode(labels)              # (1, C, H, W) one-hot
