@@ -350,8 +350,12 @@ def train(run: TrainingRun, run_dir: str | Path, *, device: str | torch.device =
         train_loop(trainer, dataset, on_log=log, on_sample=on_sample or sample, printer=printer,
                    on_checkpoint=lambda step: save_checkpoint(trainer, run_dir, keep_checkpoints))
     out = Path(out) if out is not None else run_dir / "generator.pt"
+    from asap.metrics.runtime import device_info, device_slug
+
     save_generator(out, trainer.generator, meta=generator_meta(run, trainer.step, trainer.elapsed_s,
-                                                               run_name=run.run_name(), **(meta or {})))
+                                                               run_name=run.run_name(),
+                                                               train_device=device_slug(device_info(device)),
+                                                               **(meta or {})))
     summary = {"name": run.name, "arch": run.arch, "steps": trainer.step, "train_seconds": round(trainer.elapsed_s, 2),
                "time_budget_s": run.train.time_budget_s, "stopped_by": trainer.stopped_by(),
                "this_session_s": round(time.perf_counter() - t0, 2), "resumed_from_step": resumed_step,

@@ -94,8 +94,11 @@ def setup_mlflow(experiment: str) -> str:
     """Point MLflow at the store and create the experiment once, in the driver, before any worker
     starts (several processes creating a fresh sqlite DB at once fail: ../shared/STACK.md).
     Returns the experiment id. Exports MLFLOW_TRACKING_URI so Ray workers and trials inherit it."""
+    import logging
+
     import mlflow
 
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
     uri = tracking_uri()
     check_tracking_server(uri)  # fail in seconds, before any training, if a server does not answer
     os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         "segmenter": str(segmenter_path.relative_to(root)), "segmenter_steps": seg_meta.get("steps"),
         "fid_real_cache": str(Path(result["fid_real_cache"]).relative_to(root))
         if Path(result["fid_real_cache"]).is_relative_to(root) else result["fid_real_cache"],
-        "wall_s": round(time.time() - t0, 1),
+        "wall_s": round(time.time() - t0, 1), "git_commit": common.git_commit(),
     }
     if cfg.runtime_iters:  # the paper's speed measure: one image at a time (Fig. 6 plots quality vs it)
         from asap.metrics.runtime import device_info, device_slug

@@ -5,41 +5,41 @@
     python -m pipelines.report --benchmark metrics/benchmark-cpu.json   # this file must exist
 
 Reads every result file under metrics/ (asap/report/inputs.py lists them), the generator checkpoints
-under models/ and a few test pairs of the prepared dataset, and writes into reports/:
+under models/ (ASAP-Net = params.yaml `train.name`, the baselines = the keys of `baselines`, and any
+other models/<name>/generator.pt) and a few test pairs of the prepared dataset, and writes into reports/:
 
     fig1_runtime_vs_resolution.png  fig1b_fast_path.png   fig4_stream_split.png
     fig6_quality_vs_runtime.png     fig8_slim_baselines.png
     fig9_ablation_samples.png       fig9_s_tradeoff.png   fig11_per_class_iou.png
-    qualitative.png                 README.md (every figure's table; what is missing and which stage makes it)
+    qualitative.png                 README.md (every figure's table, its budget and provenance; what is
+                                    missing and which stage makes it)
     plots/*.csv                     the series of dvc.yaml `plots:` (`dvc plots diff` compares runs)
 
 A figure whose inputs are absent is left out and README.md says which stage produces them. The stage
 fails only when no result exists at all, or when an input named by --benchmark / --require /
 `report.require` is absent; the error names the stage to run. The paper's own numbers come from
 asap/report/paper.py (the one place they are written down) and are labelled as the paper's.
-The plotting code lives in asap/report/ (pure pandas/matplotlib/torch, usable from a notebook on any
-metrics folder); this module wires files to figures and writes the README.
+Reading, tables and figures live in asap/report/ (pure pandas/matplotlib/torch, usable from a
+notebook on any project folder); this module wires files to figures and writes the README.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from asap.config import ConfigError, from_dict, require
-from asap.report import paper
-from asap.report.inputs import SOURCES, Inputs, Missing, ReportInputError, read_inputs
+from asap.report import paper, tables
+from asap.report.inputs import SOURCES, Inputs, Missing, ReportInputError, params_generators, read_inputs, stages
+from asap.report.tables import fmt
 
 FIGURES = {  # key -> (file under reports/, what it shows)
     "fig1": ("fig1_runtime_vs_resolution.png", "Fig. 1: runtime vs resolution, ASAP-Net and the baselines"),
     "fig1b": ("fig1b_fast_path.png", "ASAP-Net reference generator vs the fast path"),
     "fig4": ("fig4_stream_split.png", "Fig. 4: low-res stream vs full-res pixelwise time"),
-    "fig6": ("fig6_quality_vs_runtime.png", "Fig. 6: FID / pixel accuracy / mIoU vs runtime"),
+    "fig6": ("fig6_quality_vs_runtime.png", "Fig. 6: FID / KID / pixel accuracy / mIoU vs runtime"),
     "fig8": ("fig8_slim_baselines.png", "Fig. 8: ASAP-Net vs slimmer pix2pixHD / SPADE"),
     "fig9": ("fig9_ablation_samples.png", "Fig. 9: ablation samples"),
     "fig9b": ("fig9_s_tradeoff.png", "Fig. 9: runtime and FID of S and the ablations"),
@@ -47,8 +47,6 @@ FIGURES = {  # key -> (file under reports/, what it shows)
     "qualitative": ("qualitative.png", "Qualitative: label | ASAP-Net | baselines | real photo"),
 }
 PLOTS = "plots"  # reports/plots/*.csv: the series of dvc.yaml `plots:`
-HEADERS = {"runtime_ms": "runtime ms", "lr_ms": "low-res ms", "hr_ms": "pixelwise ms", "fid": "FID",
-           "kid_mean": "KID", "pixel_acc": "pixel acc", "miou": "mIoU"}
 
 
 @dataclass(frozen=True)
@@ -56,11 +54,10 @@ class ReportConfig:
     """The `report` section of params.yaml."""
     samples: int = 3                    # test pairs per sample grid (qualitative, Fig. 9)
     sample_stems: list | None = None    # those test pairs by name; null = the first `samples` in sorted order
-    baselines: list = field(default_factory=list)  # more generator checkpoints for the qualitative grid
-                                        # (pix2pixHD/SPADE); models/<name>/generator.pt are found anyway
     require: list = field(default_factory=list)     # inputs that must exist: benchmark, inference, train, eval, sweep
     plot_models: list = field(default_factory=lambda: ["asapnet", "pix2pixhd", "pix2pixhd-slim", "spade",
                                                        "spade-slim"])  # columns of plots/runtime_vs_resolution.csv
+    paper_profile: str | None = "profiles/paper-gpu.yaml"  # the paper-like profile the budget is compared with
     dpi: int = 120
     device: str = "cpu"                 # where the sample grids' generators run
 
@@ -71,35 +68,21 @@ class ReportConfig:
         require(not unknown, f"report.require {unknown} unknown; allowed: {sorted(SOURCES)}")
         require(isinstance(self.dpi, int) and 50 <= self.dpi <= 600, f"report.dpi must be in 50..600, got {self.dpi!r}")
         require(self.device in ("cpu", "cuda"), f"report.device must be cpu or cuda, got {self.device!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Markdown
-# ----------------------------------------------------------------------------------------------
-
-def fmt(value, digits: int = 2) -> str:
-    """A number with fixed decimals; missing (None/NaN) -> "n/a"."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
-
-
-def md_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+        require(self.paper_profile is None or isinstance(self.paper_profile, str),
+                "report.paper_profile must be a path (e.g. profiles/paper-gpu.yaml) or null, got "
+                f"{self.paper_profile!r}")
 
 
 class Report:
     """Collects README sections and the figures written, and what could not be drawn."""
 
-    def __init__(self, root: Path, out: Path, cfg: ReportConfig, inputs: Inputs):
-        self.root, self.out, self.cfg, self.inputs = root, out, cfg, inputs
+    def __init__(self, root: Path, out: Path, cfg: ReportConfig, inputs: Inputs, params: dict):
+        self.root, self.out, self.cfg, self.inputs, self.params = root, out, cfg, inputs, params
         self.sections: list[str] = []
         self.written: list[str] = []
         self.missing: list[Missing] = list(inputs.missing)
+        self.asapnet = (params.get("train") or {}).get("name", "asapnet")  # train.name: Fig. 6's reference
+        self.budget = tables.budget_line(inputs.generators, inputs.reference)
 
     def save(self, key: str, fig) -> None:
         name = FIGURES[key][0]
@@ -137,29 +120,22 @@ def runtime_sections(rep: Report) -> None:
                  "the JSON it writes")
     if not bench.empty:
         rep.save("fig1", figures.runtime_vs_resolution(bench))
-        table = md_table(
-            ["device", "model", "size", "median ms", "p10 ms", "p90 ms", "low-res ms", "pixelwise ms", "params (M)"],
-            [[r.device, r.model, r.size, fmt(r.median_ms), fmt(r.p10_ms), fmt(r.p90_ms), fmt(r.lr_ms),
-              fmt(r.hr_ms), fmt(r.params / 1e6)] for r in bench.itertuples()])
-        paper_table = md_table(["device", "model", "size", "ms", "where the paper says so"],
-                               [[paper.PAPER_DEVICE, "ASAP-Net", s, fmt(ms, 1), "Sec. 1 and Fig. 2 caption"]
-                                for s, ms in paper.PAPER_ASAPNET_MS.items()])
         rep.section(FIGURES["fig1"][1],
-                    "Batch 1, median over the timed iterations (10th / 90th percentiles beside it), from "
-                    f"{', '.join(sorted(set(bench['file'])))}. Low-res / pixelwise: ASAP-Net's two streams "
-                    "timed separately (Fig. 4).", "Ours:", table, "The paper's stated numbers:", paper_table,
-                    speedups(bench), figure=FIGURES["fig1"][0])
+                    "Batch 1, median over the timed iterations (10th / 90th percentiles beside it), generators with "
+                    "random weights (no training budget: runtime does not depend on the weights). Low-res / "
+                    "pixelwise: ASAP-Net's two streams timed separately (Fig. 4). Measured by:",
+                    tables.benchmark_provenance(bench), "Ours:", tables.benchmark_table(bench),
+                    "The paper's stated numbers:", tables.paper_runtime_table(), tables.speedup_table(bench),
+                    figure=FIGURES["fig1"][0])
     if inference.empty:
         rep.lack("the fast-path comparison (Fig. 1b)", *SOURCES["inference"])
     else:
         rep.save("fig1b", figures.fast_path(inference))
-        rows = [[r.device, r.size, r.path, r.precision, fmt(r.median_ms), fmt(r.p10_ms), fmt(r.p90_ms), fmt(r.mlp_ms),
-                 fmt(r.max_abs_diff, 4)] for r in inference.itertuples()]
         rep.section(FIGURES["fig1b"][1], f"From {', '.join(sorted(set(inference['file'])))} "
-                    "(benchmarks/inference.py): batch-1 latency of the fp32 reference generator and the fast "
-                    "path; on a CPU the fast path falls back to the reference MLP.",
-                    md_table(["device", "size", "path", "precision", "median ms", "p10 ms", "p90 ms", "MLP ms",
-                              "max abs diff"], rows), figure=FIGURES["fig1b"][0])
+                    "(benchmarks/inference.py; the file records the machine and the time, not the commit): batch-1 "
+                    "latency of the fp32 reference generator and the fast path, random weights; on a CPU the fast "
+                    "path falls back to the reference MLP.", tables.inference_table(inference),
+                    figure=FIGURES["fig1b"][0])
     if bench.empty:
         return
     split = bench[(bench["arch"] == "asapnet") & bench["lr_ms"].notna()]
@@ -168,137 +144,69 @@ def runtime_sections(rep: Report) -> None:
                  "benchmark an `arch: asapnet` model without `fast: true`")
     else:
         rep.save("fig4", figures.stream_split(bench))
-        rows = [[r.device, r.size, fmt(r.lr_ms), fmt(r.hr_ms), fmt(r.median_ms),
-                 fmt(100 * r.lr_ms / (r.lr_ms + r.hr_ms), 1)] for r in split.itertuples()]
         rep.section(FIGURES["fig4"][1], "The paper: the conv net's time stays roughly constant with "
-                    "resolution, the pixelwise part grows with the pixel count (Sec. 4.1).",
-                    md_table(["device", "size", "low-res ms", "pixelwise ms", "end to end ms", "low-res %"], rows),
-                    figure=FIGURES["fig4"][0])
+                    "resolution, the pixelwise part grows with the pixel count (Sec. 4.1). Random weights; "
+                    "machines and commits as in Fig. 1.", tables.stream_table(split), figure=FIGURES["fig4"][0])
 
 
-def speedups(bench: pd.DataFrame) -> str:
-    """ASAP-Net's speed-up over each full-width baseline per device and size, beside the paper's."""
-    full = bench[(bench["width_mult"] == 1.0)]
-    rows = []
-    for (device, size), g in full.groupby(["device", "size"], sort=False):
-        ref = g[(g["arch"] == "asapnet") & ~g["fast"].astype(bool)]
-        if ref.empty:
-            continue
-        fast = g[(g["arch"] == "asapnet") & g["fast"].astype(bool)]
-        for arch in ("pix2pixhd", "spade"):
-            base = g[g["arch"] == arch]
-            if base.empty:
-                continue
-            ms = float(base["median_ms"].iloc[0])
-            rows.append([device, size, arch, fmt(ms), fmt(ms / float(ref["median_ms"].iloc[0])),
-                         fmt(ms / float(fast["median_ms"].iloc[0])) if not fast.empty else "n/a",
-                         fmt(paper.PAPER_MAX_SPEEDUP[arch], 1)])
-    if not rows:
-        return ""
-    return ("Speed-up of ASAP-Net over each baseline (baseline ms / ASAP-Net ms); the paper states maxima "
-            f"over its resolutions on an {paper.PAPER_DEVICE} (Sec. 4.1; also "
-            f"{paper.PAPER_MAX_SPEEDUP['cc-fpse']:g}x over CC-FPSE, not implemented here):\n\n"
-            + md_table(["device", "size", "baseline", "baseline ms", "speed-up (reference)",
-                        "speed-up (fast path)", "paper: up to"], rows))
-
-
-def quality_points(inputs: Inputs) -> pd.DataFrame:
-    """One row per scored generator: the evaluate stage's, then the sweep's trials."""
-    rows = [{"label": r.model, "group": "evaluate stage", "runtime_ms": r.runtime_ms,
-             "runtime_device": r.runtime_device, "generate_ms_per_image": r.generate_ms_per_image, "fid": r.fid,
-             "kid_mean": r.kid_mean, "pixel_acc": r.pixel_acc, "miou": r.miou, "real_pixel_acc": r.real_pixel_acc,
-             "real_miou": r.real_miou} for r in inputs.evals.itertuples()]
-    sweep = inputs.sweep
-    for r in sweep.to_dict("records"):
-        rows.append({"label": r.get("trial"), "group": f"sweep: {r.get('variant')}",
-                     "runtime_ms": r.get("runtime_ms"), "runtime_device": r.get("runtime_device", ""),
-                     "generate_ms_per_image": math.nan, "real_pixel_acc": math.nan, "real_miou": math.nan,
-                     **{k: r.get(k, math.nan) for k in ("fid", "kid_mean", "pixel_acc", "miou")}})
-    cols = ["label", "group", "runtime_ms", "runtime_device", "generate_ms_per_image", "fid", "kid_mean",
-            "pixel_acc", "miou", "real_pixel_acc", "real_miou"]
-    table = pd.DataFrame(rows, columns=cols)
-    for c in cols[4:] + ["runtime_ms"]:
-        table[c] = pd.to_numeric(table[c], errors="coerce")
-    table["runtime_device"] = table["runtime_device"].fillna("").astype(str)
-    return table
-
-
-def quality_sections(rep: Report) -> pd.DataFrame:
+def quality_sections(rep: Report) -> None:
     from asap.report import figures
 
-    points = quality_points(rep.inputs)
-    if points.empty:
+    gens, evals = rep.inputs.generators, rep.inputs.evals
+    if evals.empty:
         rep.lack("Fig. 6", *SOURCES["eval"])
-        return points
-    timed = points[points["runtime_ms"].notna()]
-    for r in points[points["runtime_ms"].isna()].itertuples():
-        rep.lack(f"Fig. 6 point of {r.label} ({r.group})", "metrics/eval.json with a batch-1 runtime_ms",
-                 "the evaluate stage records only batched generation time (generate_ms_per_image, in the "
-                 "Fig. 6 table), which is not the paper's batch-1 latency")
-    if not timed.empty:
-        rep.save("fig6", figures.quality_vs_runtime(points))
-    rows = [[r.label, r.group, fmt(r.runtime_ms), r.runtime_device or "n/a", fmt(r.generate_ms_per_image),
-             fmt(r.fid), fmt(r.kid_mean, 4), fmt(r.pixel_acc, 3), fmt(r.miou, 3)] for r in points.itertuples()]
-    ceiling = points.dropna(subset=["real_pixel_acc"])
-    extra = ""
-    if not ceiling.empty:
-        c = ceiling.iloc[0]
-        extra = (f"Real test photos through the same segmenter (the ceiling): pixel accuracy "
-                 f"{fmt(c.real_pixel_acc, 3)}, mIoU {fmt(c.real_miou, 3)}.")
-    rep.section(FIGURES["fig6"][1], "One point per scored generator (log runtime, as the paper's Fig. 6).",
-                md_table(["model", "source", "runtime ms", "runtime device", "batched generation ms/image",
-                          "FID", "KID", "pixel acc", "mIoU"], rows), extra, figure=FIGURES["fig6"][0])
-    return points
+        return
+    for r in evals[evals["runtime_ms"].isna()].itertuples():
+        rep.lack(f"Fig. 6 point of {r.name}", f"runtime_ms in {r.eval_file}",
+                 f"set evaluate.runtime_iters > 0 and run `dvc repro {stages(r.name, r.role)[1]}`")
+    if evals["runtime_ms"].notna().any():
+        rep.save("fig6", figures.quality_vs_runtime(evals, rep.budget, tables.point_label))
+    rep.section(FIGURES["fig6"][1],
+                "One point per generator trained by the pipeline (`train`, `train-baseline@<name>`) and scored by "
+                "`evaluate` / `evaluate-baseline@<name>`, with the same losses and the same budget; runtime is the "
+                "batch-1 time at the training size (log axis, as the paper's Fig. 6). The sweep's trials are not "
+                "drawn here: they get another budget and are scored on fewer test images (FID depends on the image "
+                "count), so Fig. 9 compares them among themselves.",
+                tables.budget_note(gens, rep.inputs.reference), tables.floor_note(gens), tables.noise_note(gens),
+                tables.quality_table(gens, rep.asapnet), tables.ceiling_note(gens), figure=FIGURES["fig6"][0])
 
 
 def slim_section(rep: Report) -> None:
     from asap.report import figures
 
-    bench = rep.inputs.benchmark
+    bench, evals = rep.inputs.benchmark, rep.inputs.evals
     if bench.empty:
         return
-    rep.save("fig8", figures.slim_baselines(bench, rep.inputs.evals))
-    d = bench[~bench["fast"].astype(bool)]
-    rows = [[r.device, r.model, r.arch, fmt(r.width_mult), fmt(r.params / 1e6, 3), r.size, fmt(r.median_ms)]
-            for r in d.itertuples()]
-    scored = rep.inputs.evals[rep.inputs.evals["arch"].isin(["pix2pixhd", "spade"])]
-    if scored.empty:
-        rep.lack("Fig. 8 (b) FID of the slim baselines", "metrics/eval-<baseline>.json",
-                 "no stage trains and evaluates pix2pixHD / SPADE yet (runtime is drawn without FID)")
-    rep.section(FIGURES["fig8"][1], "Runtime of the benchmark's generators (random weights: runtime does not "
-                "depend on them); the FID of every evaluated generator is in the Fig. 6 table.",
-                md_table(["device", "model", "arch", "width", "params (M)", "size", "median ms"], rows),
-                figure=FIGURES["fig8"][0])
+    rep.save("fig8", figures.slim_baselines(bench, evals, rep.budget))
+    if not evals["arch"].isin(["pix2pixhd", "spade"]).any():
+        names = rep.inputs.generators.query("role == 'baseline'")["name"].tolist()
+        rep.lack("Fig. 8 (b): FID of the baselines", "metrics/eval-<baseline>.json",
+                 "run " + ", ".join(f"`dvc repro evaluate-baseline@{n}`" for n in names) if names else
+                 "add pix2pixHD / SPADE entries to params.yaml `baselines` and run `dvc repro`")
+    rep.section(FIGURES["fig8"][1], "(a) Runtime of the benchmark's generators (random weights: runtime does not "
+                "depend on them; machines and commits as in Fig. 1). (b) FID against batch-1 runtime of the "
+                "generators the pipeline trained and scored (budget, noise and floor: Fig. 6).",
+                tables.slim_table(bench), figure=FIGURES["fig8"][0])
 
 
-def default_s(inputs: Inputs, height: int, width: int) -> int:
-    """The sweep's default S: the S of its ablation trials (they run at the default), else Sec. 3.2."""
-    from asap.models.asapnet import default_downsampling
-
-    ablations = inputs.sweep[inputs.sweep["variant"] != "full"]
-    if not ablations.empty:
-        return int(ablations["S"].iloc[0])
-    return default_downsampling(height, width)
-
-
-def ablation_sections(rep: Report, params: dict) -> None:
+def ablation_sections(rep: Report) -> None:
     from asap.report import figures
 
     sweep = rep.inputs.sweep
     if sweep.empty:
         rep.lack("Fig. 9", *SOURCES["sweep"])
         return
-    dataset = rep.inputs.sweep_meta.get("dataset") or params.get("dataset", "")
-    data_root = rep.root / "data" / "prepared" / dataset
+    dataset = rep.inputs.sweep_meta.get("dataset") or rep.params.get("dataset", "")
     size = dataset.rpartition("-")[2]
     try:
         height, width = (int(v) for v in size.split("x"))
     except ValueError:
         height = width = 256
-    s_default = default_s(rep.inputs, height, width)
-    device = ", ".join(sorted(set(sweep.get("runtime_device", pd.Series(["cpu"])).astype(str)))) + \
-        (f" ({dataset})" if dataset else "")
-    rep.save("fig9b", figures.s_tradeoff(sweep, s_default, device))
+    s_default = tables.default_s(sweep, height, width)
+    budget = tables.sweep_budget(sweep, rep.inputs.sweep_meta)
+    devices = sorted(set(sweep["runtime_device"].dropna().astype(str))) if "runtime_device" in sweep else []
+    device = (", ".join(devices) or "device not recorded") + (f" ({dataset})" if dataset else "")
+    rep.save("fig9b", figures.s_tradeoff(sweep, s_default, device, budget))
 
     # the grid: (a) input, (b) no PE, (c) uniform, (d) larger S, (e) smaller S, (f) full, as Fig. 9
     order = [r for v in ("no_pe", "uniform") for r in sweep[sweep["variant"] == v].to_dict("records")]
@@ -307,150 +215,119 @@ def ablation_sections(rep: Report, params: dict) -> None:
     order += full[full["S"] < s_default].sort_values("S", ascending=False).to_dict("records")
     order += full[full["S"] == s_default].to_dict("records")
     order += [r for r in sweep.to_dict("records") if r not in order]
-    pairs = _pairs(rep, data_root, dataset, "Fig. 9 sample grid")
+    pairs = _pairs(rep, dataset, "Fig. 9 sample grid")
     if pairs is not None:
         columns = [("input", pairs.inputs_rgb)]
         for r in order:
             title = (f"{figures.VARIANT_NAMES.get(r['variant'], r['variant'])}, S={r['S']}\n"
-                     f"{fmt(r.get('runtime_ms'), 1)} ms, FID {fmt(r.get('fid'), 1)}")
-            images, _ = _generated(rep, rep.root / "models" / "sweep" / str(r["trial"]) / "generator.pt", pairs,
-                                   f"Fig. 9 column {r['trial']}", SOURCES["sweep"][1])
-            columns.append((title, images))
+                     f"{fmt(r.get('steps'), 0)} steps; {fmt(r.get('runtime_ms'), 1)} ms, FID {fmt(r.get('fid'), 1)}")
+            path = rep.root / "models" / "sweep" / str(r["trial"]) / "generator.pt"
+            columns.append((title, _generated(rep, path, pairs, f"Fig. 9 column {r['trial']}", SOURCES["sweep"][1])))
         columns.append(("real photo", pairs.real_rgb))
-        rep.save("fig9", figures.image_grid(columns, pairs.stems, f"Fig. 9: ablations on {dataset} test "
-                                            f"pairs (runtime on {device})"))
-    cols = [c for c in ("trial", "variant", "S", "steps", "runtime_ms", "lr_ms", "hr_ms", "fid", "kid_mean",
-                        "pixel_acc", "miou") if c in sweep]
-    digits = {"runtime_ms": 2, "lr_ms": 2, "hr_ms": 2, "fid": 2, "kid_mean": 4, "pixel_acc": 3, "miou": 3}
-    rows = [[fmt(r[c], digits[c]) if c in digits else r[c] for c in cols] for r in sweep.to_dict("records")]
-    paper_rows = [[role, str(paper.PAPER_S_ABLATION_DEFAULT_S) if role == "default S" else "not stated",
-                   fmt(ms, 1)] for role, ms in paper.PAPER_S_ABLATION_MS.items()]
+        rep.save("fig9", figures.image_grid(columns, pairs.stems,
+                                            f"Fig. 9: ablations on {dataset} test pairs\n{budget}"))
     rep.section("Fig. 9: ablations (S, positional encoding, spatially uniform MLP)",
-                f"Trials of metrics/sweep.csv on {dataset}; default S = {s_default}.",
-                md_table([HEADERS.get(c, c) for c in cols], rows),
+                f"Trials of metrics/sweep.csv on {dataset}; default S = {s_default}. Budget: {budget}. One seed per "
+                "trial and no seed-to-seed noise measured: FID differences between trials are not known to exceed "
+                "training noise.", tables.sweep_table(sweep),
                 f"The paper's Fig. 9 caption ({paper.PAPER_S_ABLATION_SIZE} facades, {paper.PAPER_DEVICE}):",
-                md_table(["trial", "S", "ms"], paper_rows),
-                f"![{FIGURES['fig9b'][1]}]({FIGURES['fig9b'][0]})",
-                figure=FIGURES["fig9"][0] if "fig9_ablation_samples.png" in rep.written else None)
+                tables.paper_s_table(), f"![{FIGURES['fig9b'][1]}]({FIGURES['fig9b'][0]})",
+                figure=FIGURES["fig9"][0] if FIGURES["fig9"][0] in rep.written else None)
 
 
-def _pairs(rep: Report, data_root: Path, dataset: str, what: str):
+def _pairs(rep: Report, dataset: str, what: str):
     from asap.data.prepared import prepare_hint
     from asap.report import samples
 
+    data_root = rep.root / "data" / "prepared" / dataset
     if not (data_root / "dataset.json").is_file():
         rep.lack(what, rel(rep.root, data_root), prepare_hint(dataset))
         return None
     return samples.load_test_pairs(data_root, rep.cfg.samples, rep.cfg.sample_stems)
 
 
-def _generated(rep: Report, checkpoint: Path, pairs, what: str, how: str) -> tuple[list, dict]:
-    """The generator's images on the pairs and its checkpoint meta, or a column of None (and a
-    README note) when it is absent or does not fit the dataset."""
+def _generated(rep: Report, checkpoint: Path, pairs, what: str, how: str) -> list:
+    """The generator's images on the pairs, or a column of None (and a README note) when it is
+    absent or does not fit the dataset."""
     from asap.models.checkpoint import CheckpointError
     from asap.report import samples
 
     if not checkpoint.is_file():
         rep.lack(what, rel(rep.root, checkpoint), how)
-        return [None] * len(pairs.stems), {}
+        return [None] * len(pairs.stems)
     try:
-        return samples.generate(checkpoint, pairs, rep.cfg.device)
+        return samples.generate(checkpoint, pairs, rep.cfg.device)[0]
     except (CheckpointError, ValueError) as err:
         rep.lack(what, rel(rep.root, checkpoint), f"it could not run on {pairs.dataset}: {err}")
-        return [None] * len(pairs.stems), {}
+        return [None] * len(pairs.stems)
 
 
 def per_class_section(rep: Report) -> None:
     from asap.report import figures
 
-    table = rep.inputs.per_class
-    if table.empty or table["iou"].isna().all():
-        rep.lack("Fig. 11", "per-class IoU in metrics/eval.json or metrics/eval_per_class.csv",
+    names = [n for n in rep.inputs.evals["name"] if n in rep.inputs.per_class]
+    wide = tables.per_class_wide(rep.inputs.per_class, names)
+    names = [n for n in names if wide[f"iou_{n}"].notna().any()]
+    if not names:
+        rep.lack("Fig. 11", "per-class IoU in metrics/eval_per_class-<name>.csv",
                  "run the `evaluate` stage with a trained segmenter (`dvc repro segmenter evaluate`)")
         return
-    rep.save("fig11", figures.per_class_iou(table))
-    rows = [[r.name, fmt(100 * r.pixel_share, 2), fmt(r.iou, 3), fmt(r.real_iou, 3)]
-            for r in table.sort_values("pixel_share", ascending=False).itertuples()]
+    rep.save("fig11", figures.per_class_iou(wide, names, rep.budget))
     rep.section(FIGURES["fig11"][1], f"The paper sees IoU drop for classes under "
-                f"{paper.PAPER_SMALL_CLASS_SHARE:.0%} of the image (Fig. 11, Cityscapes).",
-                md_table(["class", "pixel share %", "IoU", "real-photo IoU"], rows), figure=FIGURES["fig11"][0])
+                f"{paper.PAPER_SMALL_CLASS_SHARE:.0%} of the image (Fig. 11, Cityscapes). Budget as in Fig. 6.",
+                tables.per_class_table(wide, names), figure=FIGURES["fig11"][0])
 
 
-def qualitative_section(rep: Report, params: dict) -> None:
+def qualitative_section(rep: Report) -> None:
     from asap.report import figures
 
-    dataset = params.get("dataset", "")
-    name = (params.get("train") or {}).get("name", "asapnet")
-    checkpoints = [("ASAP-Net", rep.root / "models" / name / "generator.pt")]
-    extra = [rep.root / p for p in rep.cfg.baselines]
-    models = rep.root / "models"
-    if models.is_dir():
-        extra += [d / "generator.pt" for d in sorted(models.iterdir())
-                  if d.name not in (name, "sweep") and (d / "generator.pt").is_file()]
-    checkpoints += [(p.parent.name, p) for p in dict.fromkeys(extra)]
-    present = [c for c in checkpoints if c[1].is_file()]
-    if not present:
-        rep.lack("the qualitative grid", rel(rep.root, checkpoints[0][1]), SOURCES["train"][1])
+    gens = rep.inputs.generators
+    shown = gens[gens["has_checkpoint"].astype(bool) | (gens["role"] != "other")]
+    if not shown["has_checkpoint"].any():
+        rep.lack("the qualitative grid", f"models/{rep.asapnet}/generator.pt", SOURCES["train"][1])
         return
-    pairs = _pairs(rep, rep.root / "data" / "prepared" / dataset, dataset, "the qualitative grid")
+    dataset = rep.params.get("dataset", "")
+    pairs = _pairs(rep, dataset, "the qualitative grid")
     if pairs is None:
         return
-    fids = {r.generator: r.fid for r in rep.inputs.evals.itertuples()}  # keyed by checkpoint path
     columns = [("label map" if "label" in pairs.batch else "input", pairs.inputs_rgb)]
-    for name, path in checkpoints:
-        images, meta = _generated(rep, path, pairs, f"qualitative column {name}", SOURCES["train"][1])
-        title = figures.model_label(meta.get("arch", ""), False, (meta.get("config") or {}).get("width_mult", 1.0))
-        title = f"{title} ({rel(rep.root, path.parent)})"
-        fid = fids.get(rel(rep.root, path))
-        columns.append((title + (f"\nFID {fmt(fid, 1)}" if fid is not None and fid == fid else ""), images))
+    for _, r in shown.iterrows():
+        path = rep.root / "models" / r["name"] / "generator.pt"
+        images = (_generated(rep, path, pairs, f"qualitative column {r['name']}", "")
+                  if r["has_checkpoint"] else [None] * len(pairs.stems))  # its absence is listed already
+        title = f"{figures.model_label(r['arch'], False, r['width_mult'])} ({r['name']})"
+        if r["has_checkpoint"]:
+            title += f"\n{fmt(r['steps'], 0)} steps, {fmt(r['train_seconds'], 0)} s"
+        if r["has_eval"]:
+            title += f"\nFID {fmt(r['fid'], 1)} (floor {fmt(r['floor_fid'], 1)})"
+        columns.append((title, images))
     columns.append(("real photo", pairs.real_rgb))
-    rep.save("qualitative", figures.image_grid(columns, pairs.stems, f"Test pairs of {dataset}"))
-    if len(checkpoints) == 1:
-        rep.lack("baseline columns of the qualitative grid", "models/<baseline>/generator.pt",
-                 "no stage trains pix2pixHD / SPADE yet (list their checkpoints in report.baselines)")
+    rep.save("qualitative", figures.image_grid(columns, pairs.stems, f"Test pairs of {dataset}\n{rep.budget}"))
     rep.section(FIGURES["qualitative"][1], "Generators: " + ", ".join(
-        f"{t} (`{rel(rep.root, p)}`)" for t, p in checkpoints) + f"; test pairs {', '.join(pairs.stems)}.",
+        f"{r['name']} (`models/{r['name']}/generator.pt`{'' if r['has_checkpoint'] else ', missing'})"
+        for _, r in shown.iterrows()) + f"; test pairs {', '.join(pairs.stems)}. Budget as in Fig. 6.",
         figure=FIGURES["qualitative"][0])
 
 
-def training_section(rep: Report) -> None:
-    train = rep.inputs.train
-    if train is None:
+def provenance_section(rep: Report) -> None:
+    gens = rep.inputs.generators
+    if gens.empty:
         return
-    rows = [[k, fmt(v, 4) if isinstance(v, float) else v] for k, v in sorted(train.items())
-            if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-    rep.section("Training run (metrics/train.json)", md_table(["key", "value"], rows))
-
-
-# ----------------------------------------------------------------------------------------------
-# dvc plots series
-# ----------------------------------------------------------------------------------------------
-
-def write_plot_series(rep: Report, points: pd.DataFrame) -> None:
-    """CSV series for dvc.yaml `plots:`; always written with every column dvc.yaml names, empty when
-    absent (DVC rejects a plot whose column is missing, but draws an empty one)."""
-    out = rep.out / PLOTS
-    out.mkdir(parents=True, exist_ok=True)
-    bench = rep.inputs.benchmark
-    primary = bench[bench["file"] == bench["file"].iloc[0]] if not bench.empty else bench
-    sizes = primary.drop_duplicates("size").sort_values("megapixels")[["size", "megapixels"]]
-    wide = sizes.copy()
-    for model in rep.cfg.plot_models:
-        ms = primary[primary["model"] == model].set_index("size")["median_ms"]
-        wide[model] = wide["size"].map(ms)
-    wide.to_csv(out / "runtime_vs_resolution.csv", index=False)
-    split = primary[(primary["arch"] == "asapnet") & primary["lr_ms"].notna()].drop_duplicates("size")
-    split[["size", "megapixels", "lr_ms", "hr_ms", "median_ms"]].sort_values("megapixels").to_csv(
-        out / "asapnet_streams.csv", index=False)
-    points[["label", "group", "runtime_ms", "fid", "kid_mean", "pixel_acc", "miou"]].to_csv(
-        out / "quality_vs_runtime.csv", index=False)
-    rep.inputs.per_class[["class", "name", "pixel_share", "iou", "real_iou"]].to_csv(
-        out / "per_class_iou.csv", index=False)
+    rep.section("Where each generator's numbers come from",
+                "The runs, files and commits behind every row of Fig. 6 (a commit or device a file does not "
+                "record is shown as not recorded).", tables.provenance_table(gens))
 
 
 # ----------------------------------------------------------------------------------------------
 # The stage
 # ----------------------------------------------------------------------------------------------
+
+def write_plot_series(rep: Report) -> None:
+    """CSV series for dvc.yaml `plots:` (tables.plot_series), written even when empty."""
+    (rep.out / PLOTS).mkdir(parents=True, exist_ok=True)
+    for name, table in tables.plot_series(rep.inputs, rep.cfg.plot_models).items():
+        table.to_csv(rep.out / PLOTS / f"{name}.csv", index=False)
+
 
 def make_report(root: str | Path, out: str | Path | None = None, params: dict | None = None,
                 benchmark_files: list[str] | None = None, require_inputs: list[str] | None = None) -> Report:
@@ -467,7 +344,7 @@ def make_report(root: str | Path, out: str | Path | None = None, params: dict | 
     if absent:
         raise ReportInputError(f"benchmark file(s) {[rel(root, f) for f in absent]} not found: "
                                f"{SOURCES['benchmark'][1]}")
-    inputs = read_inputs(root, named)
+    inputs = read_inputs(root, named, params_generators(params), cfg.paper_profile)
     if not any(inputs.present(k) for k in SOURCES):
         raise ReportInputError(
             f"no pipeline results under {root / 'metrics'}: nothing to report. Run the stages first "
@@ -477,15 +354,15 @@ def make_report(root: str | Path, out: str | Path | None = None, params: dict | 
     out.mkdir(parents=True, exist_ok=True)
     for name, _ in FIGURES.values():  # a figure not drawn this time must not linger from an earlier run
         (out / name).unlink(missing_ok=True)
-    rep = Report(root, out, cfg, inputs)
+    rep = Report(root, out, cfg, inputs, params)
     runtime_sections(rep)
-    points = quality_sections(rep)
+    quality_sections(rep)
     slim_section(rep)
-    ablation_sections(rep, params)
+    ablation_sections(rep)
     per_class_section(rep)
-    qualitative_section(rep, params)
-    training_section(rep)
-    write_plot_series(rep, points)
+    qualitative_section(rep)
+    provenance_section(rep)
+    write_plot_series(rep)
     write_readme(rep)
     return rep
 
@@ -497,6 +374,9 @@ def write_readme(rep: Report) -> Path:
             f"{paper.CITATION} (asap/report/paper.py), measured by its authors on an "
             f"{paper.PAPER_DEVICE}; every other number comes from these files:",
             "\n".join(f"- `{f}`" for f in rep.inputs.files)]
+    warning = tables.quick_warning(rep.inputs.generators, rep.inputs.reference)
+    if warning:
+        head.append(warning)
     missing = ["## Not drawn: what is missing and how to produce it",
                "\n".join(f"- {m.line()}" for m in rep.missing) or "Nothing: every figure was drawn."]
     if rep.inputs.problems:

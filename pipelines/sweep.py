@@ -122,6 +122,9 @@ def run_trial(config: dict) -> None:
     import mlflow
     client = mlflow.MlflowClient(config["tracking_uri"])
 
+    budget = (f"{job.run.train.time_budget_s:g} s" if job.run.train.time_budget_s is not None
+              else f"{job.run.train.steps} steps")
+    print(f"[sweep] {spec['trial']}: training for {budget} (run {job.run_name})", flush=True)
     t0 = time.time()
     result = train_stage.fit(job, Path(config["storage"]), callbacks=[TuneReportCallback()])
     if result.error:
@@ -139,6 +142,8 @@ def run_trial(config: dict) -> None:
     client.log_artifact(job.mlflow_run_id, str(out), artifact_path="checkpoint")  # the trial's generator
     client.set_terminated(job.mlflow_run_id, "FINISHED")
     common.write_json(result_file, row)
+    print(f"[sweep] {spec['trial']}: {row['steps']} steps in {row['train_seconds']:.0f} s; FID {row['fid']:.1f}, "
+          f"runtime {row['runtime_ms']:.0f} ms ({row['runtime_threads']} threads)", flush=True)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
 
@@ -242,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[sweep] {len(points)} trials on {dataset}: {[s['trial'] for s in points]}, "
           f"{budget} each; MLflow parent run {parent}", flush=True)
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new console output ignores verbose=0 for its header
     train_stage.init_ray()
     seg = root / "models" / f"segmenter-{dataset}.pt"
     fid_cache = Path(evaluate.fid_cache)
@@ -254,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
                      "fid_cache": str(fid_cache if fid_cache.is_absolute() else (root / fid_cache).resolve()),
                      "eval_max_images": sweep.eval_max_images, "runtime_iters": sweep.runtime_iters},
         tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"sweep-{dataset}", storage_path=str(storage / "tune"), verbose=1),
+        # verbose=0: no status tables, per-trial config dumps or TensorBoard hint (925 lines in a
+        # default run); the trials print one line when they start and one when they are scored
+        run_config=tune.RunConfig(name=f"sweep-{dataset}", storage_path=str(storage / "tune"), verbose=0),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error]
@@ -270,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
                                   "steps": sweep.steps, "time_budget_s": sweep.time_budget_s,
                                   "mlflow_parent_run_id": parent})
     summarize_parent(uri, parent, table, csv_path, sweep)
-    print(table.to_string(index=False), flush=True)
+    shown = [c for c in ("trial", "steps", "train_seconds", "fid", "kid_mean", "pixel_acc", "miou", "runtime_ms")
+             if c in table]
+    print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     print(f"[sweep] wrote {csv_path} and {json_path}", flush=True)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -75,6 +76,16 @@ def manifest_hash(data_root: str) -> str:
 # The per-worker loop (runs inside Ray Train workers)
 # ----------------------------------------------------------------------------------------------
 
+def quiet_train_reports() -> None:
+    """Ray Train 2.60 logs every ray.train.report as an INFO line holding the whole TrainingReport,
+    under a logger named by its file path, which LoggingConfig does not reach: raise that one to WARNING."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to quiet here
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -84,6 +95,7 @@ def train_worker(config: dict) -> None:
     from asap.training import build_trainer
 
     job: Job = config["job"]
+    quiet_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -116,13 +128,17 @@ def train_worker(config: dict) -> None:
         if mlflow:
             mlflow.log_image(sample_grid(trainer.generator, batch), artifact_file=f"samples/step_{step:06d}.png")
 
+    from asap.metrics.runtime import device_info, device_slug
+    train_device = device_slug(device_info(device))
+
     def on_checkpoint(step: int) -> None:
         metrics = {"step": step, "elapsed_s": trainer.elapsed_s, **{k: float(v) for k, v in last.items()}}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 trainer.save(Path(d) / STATE_FILE)
                 (Path(d) / "meta.json").write_text(json.dumps({"step": step, "elapsed_s": trainer.elapsed_s,
-                                                                "run_name": job.run_name}))
+                                                                "run_name": job.run_name, "device": train_device,
+                                                                "world_size": world}))
             # every rank reports (a barrier); only rank 0 hands over the checkpoint
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
 
@@ -147,8 +163,11 @@ def init_ray() -> None:
     if not ray.is_initialized():
         # "local": always a fresh local instance unless RAY_ADDRESS names a cluster (a plain
         # ray.init() would attach to whatever cluster `ray start` left registered on this machine)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
+        # The dashboard serves Ray's state API: without it Train's placement-group cleaner warns once a
+        # second that it cannot query the controller (1,018 console lines in one `make run`). It
+        # listens on loopback only.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
 
 
 def use_gpu(setting) -> bool:
@@ -174,6 +193,9 @@ def fit(job: Job, storage_path: Path, callbacks=None):
         failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.keep_checkpoints),
         callbacks=callbacks or None,
+        # Ray Train's own INFO lines (resource requests, worker-group start, every report's full
+        # TrainingReport) drown the progress lines; its warnings and errors still show.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         # Train V2 reroutes print() into logging and also tees it to stdout: every progress line
         # would reach the driver twice. Our workers print plain progress lines; keep them single.
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
@@ -191,10 +213,12 @@ def export_generator(result, job: Job, out: Path) -> dict:
         raise RuntimeError(f"training run {job.run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        written = json.loads((Path(d) / "meta.json").read_text())
     generator = build_generator(job.run.arch, job.run.generator)
     generator.load_state_dict(state["generator"])
     meta = generator_meta(job.run, int(state["step"]), float(state["elapsed_s"]), run_name=job.run_name,
-                          git_commit=job.git_commit, mlflow_run_id=job.mlflow_run_id)
+                          git_commit=job.git_commit, mlflow_run_id=job.mlflow_run_id,
+                          train_device=written.get("device", "unknown"))
     save_generator(out, generator, meta=meta)
     return meta
 
@@ -239,6 +263,8 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
     from asap.models.checkpoint import load_generator
 
     model, meta = load_generator(generator_path)
+    # torch.export notes that the batch dimension of the example is specialised: expected, not news
+    logging.getLogger("torch._export").setLevel(logging.ERROR)
     c = model.config
     # pt2 (torch.export) needs an example: one encoded input at the trained size
     example = torch.zeros(1, c.in_channels, meta["height"], meta["width"])
@@ -296,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                "num_workers": job.runner.num_workers, "global_batch": meta["global_batch"],
                **{k: v for k, v in (result.metrics or {}).items()
                   if isinstance(v, (int, float)) and k not in ("step", "elapsed_s")},
-               "arch": run.arch, "run_name": job.run_name, "mlflow_run_id": job.mlflow_run_id}
+               "arch": run.arch, "train_device": meta["train_device"], "run_name": job.run_name,
+               "mlflow_run_id": job.mlflow_run_id}
     log_final_model(job.mlflow_run_id, out, metrics)
     import mlflow
     mlflow.MlflowClient(job.tracking_uri).set_terminated(job.mlflow_run_id, "FINISHED")

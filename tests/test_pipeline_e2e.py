@@ -35,7 +35,7 @@ OVERRIDES = {
 def make_dvc_project(root: Path) -> Path:
     """A copy of the project's code and pipeline files with tiny params, as a fresh user would have."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("asap", "pipelines", "benchmarks"):
+    for folder in ("asap", "pipelines", "benchmarks", "profiles"):
         shutil.copytree(REPO / folder, root / folder, ignore=ignore)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -1,8 +1,10 @@
 """The report stage on a small project built by the real writers: the benchmark stage and
 benchmarks/inference.py at tiny sizes, the prepare stage on six real facades pairs, generator
-checkpoints from asap.models.checkpoint, per-class scores from asap.metrics.segmentation. The sweep,
-train and evaluate files (whose writers need minutes of Ray training) are written in their writers'
-exact schema. The README's tables are checked against the input files read independently here."""
+checkpoints saved as pipelines/train.py saves them (asap.training.TrainingRun + generator_meta),
+per-class scores from asap.metrics.segmentation and evaluate's own CSV/JSON writers. The sweep,
+train-<name> and eval-<name> files (whose writers need minutes of Ray training and Inception) are
+written in their writers' exact schema. The README's tables, the plot series and the drawn Fig. 6 are
+checked against the input files read independently here."""
 
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ from PIL import Image
 
 from asap.metrics.segmentation import segmentation_scores
 from asap.models.asapnet import asapnet
-from asap.models.baselines import SPADEConfig, SPADEGenerator
 from asap.models.checkpoint import save_generator
 from data_helpers import facades_archive
 from project_helpers import REPO, deep_merge
@@ -47,6 +48,25 @@ BENCHMARK = {
             "sizes": ["32x64", "64x64"], "warmup": 0, "iters": 2},
     "cuda": {"models": ["asapnet"], "sizes": ["64x64"], "warmup": 1, "iters": 2},
 }
+# The generators params.yaml trains (train.name + `baselines`), tiny, and what the project holds of each:
+# ASAP-Net, SPADE and a slim SPADE trained and evaluated; pix2pixHD trained, not evaluated;
+# pix2pixHD-slim in params.yaml only (nothing run).
+BASELINES = {
+    "pix2pixhd": {"arch": "pix2pixhd", "ngf": 4, "n_blocks": 1},
+    "pix2pixhd-slim": {"arch": "pix2pixhd", "ngf": 4, "n_blocks": 1, "width_mult": 0.5},
+    "spade": {"arch": "spade", "nf": 2, "spade_hidden": 8},
+    "spade-slim": {"arch": "spade", "nf": 2, "spade_hidden": 8, "width_mult": 0.5},
+}
+TRAINED = ["asapnet", "pix2pixhd", "spade", "spade-slim"]
+# name -> (FID, KID mean, KID std, batch-1 runtime ms, steps reached): SPADE's KID differs from
+# ASAP-Net's beyond noise, the slim SPADE's does not (FID and KID both higher, KID within its noise)
+SCORES = {"asapnet": (300.25, 0.3012, 0.0100, 50.5, 450),
+          "spade": (350.75, 0.4023, 0.0100, 210.25, 120),
+          "spade-slim": (310.5, 0.3104, 0.0200, 120.75, 260)}
+FLOOR = {"fid": 124.5, "kid_mean": 0.0123, "kid_std": 0.004, "num_images": 3, "reference_split": "train"}
+BUDGET_S = 180
+TRAIN_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
 # (trial, variant, S): the full model at three S around the default S=4 of 64x64, both ablations
 TRIALS = [("full-S2", "full", 2), ("full-S4", "full", 4), ("full-S8", "full", 8),
           ("no_pe-S4", "no_pe", 4), ("uniform-S4", "uniform", 4)]
@@ -58,10 +78,14 @@ TRIALS = [("full-S2", "full", 2), ("full-S4", "full", 4), ("full-S8", "full", 8)
 
 def write_params(project: Path, **report_section) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = deep_merge(params, {"dataset": DATASET, "benchmark": BENCHMARK,
+    params = deep_merge(params, {"dataset": DATASET, "benchmark": BENCHMARK, "model": TINY_ASAP,
+                                 "train": {"time_budget_s": BUDGET_S},
                                  "report": {"samples": 2, "dpi": 60, **report_section}})
+    params["baselines"] = BASELINES
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    (project / "profiles").mkdir(exist_ok=True)
+    shutil.copy(REPO / "profiles" / "paper-gpu.yaml", project / "profiles")
 
 
 def prepare_six_pairs(project: Path) -> Path:
@@ -93,49 +117,93 @@ def write_sweep(project: Path) -> list[dict]:
         save_generator(project / "models" / "sweep" / trial / "generator.pt", model,
                        meta={"dataset": DATASET, "steps": 2})
         timing = time_asapnet(model, torch.randint(1, 13, (1, SIZE, SIZE)), warmup=0, iters=1)
-        rows.append({"trial": trial, "variant": variant, "S": s, "steps": 2, "train_wall_s": 1.5,
+        rows.append({"trial": trial, "variant": variant, "S": s, "steps": 2, "train_seconds": 1.2, "train_wall_s": 1.5,
                      "run_name": f"sweep-{trial}-{DATASET}-abc", "mlflow_run_id": f"run{i}",
                      "P": model.config.num_params, "params": sum(p.numel() for p in model.parameters()),
                      "runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
-                     "runtime_device": "cpu", "fid": 150.0 + 10 * i + 0.123, "kid_mean": 0.1 + 0.01 * i,
+                     "runtime_device": "cpu", "runtime_threads": 1, "fid": 150.0 + 10 * i + 0.123,
+                     "kid_mean": 0.1 + 0.01 * i,
                      "kid_std": 0.01, "pixel_acc": 0.4 + 0.01 * i, "miou": 0.2 + 0.01 * i, "num_images": 3})
     with open(project / "metrics" / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     (project / "metrics" / "sweep.json").write_text(json.dumps(
-        {"trials": rows, "dataset": DATASET, "steps": 2, "mlflow_parent_run_id": "parent"}))
+        {"trials": rows, "dataset": DATASET, "steps": 2, "time_budget_s": 40, "mlflow_parent_run_id": "parent"}))
     return rows
 
 
-def write_eval_and_train(project: Path) -> dict:
-    """metrics/eval.json and eval_per_class.csv as pipelines/evaluate.py writes them (its own
-    merge/CSV writers; scores from asap.metrics.segmentation on a confusion matrix), and train.json."""
+def train_generators(project: Path) -> dict[str, dict]:
+    """models/<name>/generator.pt and metrics/train-<name>.json as pipelines/train.py writes them
+    (TrainingRun from params.yaml, asap.training.generator_meta, common.write_json). Returns the
+    train files' contents by name."""
+    from asap.models.checkpoint import build_generator
+    from asap.training import TrainingRun, generator_meta
+    from pipelines.common import write_json
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    written = {}
+    for i, name in enumerate(TRAINED):
+        run = TrainingRun.from_params(params, project / "data" / "prepared" / DATASET, name)
+        torch.manual_seed(i)
+        steps = SCORES.get(name, (0, 0, 0, 0, 90))[4]
+        meta = generator_meta(run, steps, BUDGET_S + 0.25 * i, run_name=run.run_name(), git_commit=TRAIN_COMMIT,
+                              mlflow_run_id=f"mlflow-{name}")
+        save_generator(project / "models" / name / "generator.pt", build_generator(run.arch, run.generator), meta=meta)
+        written[name] = {"steps": meta["steps"], "train_seconds": meta["train_seconds"],
+                         "stopped_by": meta["stopped_by"], "time_budget_s": BUDGET_S, "wall_s": BUDGET_S + 20.0,
+                         "num_workers": run.world_size, "global_batch": meta["global_batch"], "G_total": 3.5,
+                         "D": 1.25, "arch": run.arch, "run_name": run.run_name(), "mlflow_run_id": f"mlflow-{name}"}
+        write_json(project / "metrics" / f"train-{name}.json", written[name])
+    return written
+
+
+def confusion(seed: int) -> torch.Tensor:
+    """A (13, 13) confusion matrix (rows: the test labels) whose row sums, the classes' pixel counts,
+    are those of the one test set every generator is scored on; class 0 ("unused") never occurs in
+    facades labels (its IoU is None)."""
+    pixels = torch.arange(13) * 300                                   # ground-truth pixels per class
+    wrong = torch.randint(0, 20, (13, 13), generator=torch.Generator().manual_seed(seed)).fill_diagonal_(0)
+    wrong[0], wrong[:, 0] = 0, 0
+    return wrong + torch.diag(pixels - wrong.sum(1))
+
+
+def evaluate_generators(project: Path) -> dict[str, dict]:
+    """metrics/eval-<name>.json and eval_per_class-<name>.csv as pipelines/evaluate.py writes them
+    (its merge/CSV writers, common.write_json, main()'s keys; scores from
+    asap.metrics.segmentation on a confusion matrix; generator_* from the checkpoint's meta)."""
+    from asap.models.checkpoint import load_generator
+    from pipelines.common import write_json
     from pipelines.evaluate import merge_per_class, write_per_class_csv
 
     names = ["unused", "background", "facade", "window", "door", "cornice", "sill", "balcony", "blind",
              "deco", "molding", "pillar", "shop"]
-    gen = torch.Generator().manual_seed(0)
-    counts = torch.randint(0, 50, (13, 13), generator=gen) + torch.diag(torch.arange(13) * 40)
-    counts[0] = 0
-    counts[:, 0] = 0  # class 0 ("unused") never occurs in facades labels: its IoU is None
-    scores = segmentation_scores(counts, names)
-    real = segmentation_scores(counts + torch.diag(torch.full((13,), 100)) * (torch.arange(13) > 0), names)
-    per_class = merge_per_class(scores["per_class"], real["per_class"])
-    result = {"dataset": DATASET, "split": "test", "height": SIZE, "width": SIZE, "num_images": 3,
-              "fid": 123.456, "kid_mean": 0.0789, "kid_std": 0.01, "kid_subset_size": 3, "kid_subsets": 100,
-              "pixel_acc": scores["pixel_acc"], "miou": scores["miou"], "per_class": per_class,
-              "segmented_pixels": scores["pixels"], "timing": {"generate_s": 0.01}, "generate_ms_per_image": 3.25,
-              "real": {"pixel_acc": real["pixel_acc"], "miou": real["miou"]},
-              "generator": "models/asapnet/generator.pt", "generator_steps": 4, "generator_run_name": "train-x",
-              "generator_mlflow_run_id": "run", "segmenter": f"models/segmenter-{DATASET}.pt",
-              "segmenter_steps": 10, "fid_real_cache": "data/cache/x.npz", "wall_s": 1.0}
-    write_per_class_csv(project / "metrics" / "eval_per_class.csv", per_class)
-    (project / "metrics" / "eval.json").write_text(json.dumps(result))
-    (project / "metrics" / "train.json").write_text(json.dumps(
-        {"step": 4, "steps": 4, "loss_g": 3.25, "loss_d": 1.5, "wall_s": 12.3, "num_workers": 2,
-         "run_name": f"train-asapnet-{DATASET}-abc", "mlflow_run_id": "run"}))
-    return result
+    written = {}
+    for i, (name, (fid, kid, kid_std, runtime, _)) in enumerate(SCORES.items()):
+        scores = segmentation_scores(confusion(i), names)
+        real = segmentation_scores(confusion(99), names)
+        per_class = merge_per_class(scores["per_class"], real["per_class"])
+        generator, meta = load_generator(project / "models" / name / "generator.pt")
+        result = {
+            "dataset": DATASET, "split": "test", "height": SIZE, "width": SIZE, "num_images": 3, "fid": fid,
+            "kid_mean": kid, "kid_std": kid_std, "kid_subset_size": 2, "kid_subsets": 100,
+            "pixel_acc": scores["pixel_acc"], "miou": scores["miou"], "segmented_pixels": scores["pixels"],
+            "timing": {"generate_s": 0.01}, "generate_ms_per_image": 3.25, "fid_real_cached": True,
+            "name": name, "arch": meta["arch"], "params": sum(t.numel() for t in generator.parameters()),
+            "width_mult": getattr(generator.config, "width_mult", None), "per_class": per_class, "fid_floor": FLOOR,
+            "real": {"pixel_acc": real["pixel_acc"], "miou": real["miou"]},
+            "generator": f"models/{name}/generator.pt", "generator_steps": meta["steps"],
+            "generator_train_seconds": meta["train_seconds"], "generator_time_budget_s": meta["time_budget_s"],
+            "generator_stopped_by": meta["stopped_by"], "generator_global_batch": meta["global_batch"],
+            "generator_run_name": meta["run_name"], "generator_mlflow_run_id": meta["mlflow_run_id"],
+            "segmenter": f"models/segmenter-{DATASET}.pt", "segmenter_steps": 10,
+            "fid_real_cache": "data/cache/x.npz", "wall_s": 1.0, "runtime_ms": runtime,
+            "runtime_p10_ms": runtime - 1.5, "runtime_p90_ms": runtime + 2.5, "runtime_timer": "perf_counter",
+            "runtime_device": "cpu", "runtime_threads": 2}
+        write_per_class_csv(project / "metrics" / f"eval_per_class-{name}.csv", per_class)
+        write_json(project / "metrics" / f"eval-{name}.json", result)
+        written[name] = result
+    return written
 
 
 def run_benchmark_writers(project: Path) -> None:
@@ -157,11 +225,8 @@ def project(tmp_path_factory) -> Path:
     prepare_six_pairs(project)
     run_benchmark_writers(project)
     write_sweep(project)
-    write_eval_and_train(project)
-    torch.manual_seed(0)
-    save_generator(project / "models" / "asapnet" / "generator.pt", asapnet(13, SIZE, SIZE, **TINY_ASAP))
-    save_generator(project / "models" / "spade" / "generator.pt",
-                   SPADEGenerator(SPADEConfig(num_classes=13, nf=2, spade_hidden=8)))
+    train_generators(project)
+    evaluate_generators(project)
     return project
 
 
@@ -215,17 +280,17 @@ def test_every_figure_is_a_real_image(full_report):
 def test_readme_tables_hold_the_input_numbers(project, full_report):
     readme = (full_report / "README.md").read_text()
     bench = json.loads((project / "metrics" / "benchmark-cpu.json").read_text())
-    table = tables_after(readme, "Fig. 1:")[0]
+    table = tables_after(readme, "Fig. 1:")[1]  # [0]: which machine and commit measured the file
     assert len(table) == len(bench["rows"])
     for row, cell in zip(bench["rows"], table):
         assert (cell["model"], cell["size"]) == (row["model"], row["size"])
         for key, col in (("median_ms", "median ms"), ("p10_ms", "p10 ms"), ("p90_ms", "p90 ms"),
                          ("lr_ms", "low-res ms"), ("hr_ms", "pixelwise ms")):
             assert close(cell[col], row[key], 2), (row["model"], key, cell[col], row[key])
-    paper = tables_after(readme, "Fig. 1:")[1]
+    paper = tables_after(readme, "Fig. 1:")[2]
     assert [(r["size"], r["ms"]) for r in paper] == [("512x1024", "29.0"), ("1024x1024", "35.0")]
     assert all("2080 Ti" in r["device"] for r in paper)
-    speedups = tables_after(readme, "Fig. 1:")[2]
+    speedups = tables_after(readme, "Fig. 1:")[3]
     medians = bench["median_ms"]
     for r in speedups:
         assert close(r["speed-up (reference)"], medians[r["baseline"]][r["size"]] / medians["asapnet"][r["size"]], 2)
@@ -243,30 +308,159 @@ def test_readme_tables_hold_the_input_numbers(project, full_report):
     paper_s = {r["trial"]: r["ms"] for r in tables_after(readme, "Fig. 9: ablations")[1]}
     assert paper_s == {"larger S": "12.1", "default S": "14.2", "smaller S": "28.1"}
 
-    ev = json.loads((project / "metrics" / "eval.json").read_text())
-    quality = {r["model"]: r for r in tables_after(readme, "Fig. 6:")[0]}
-    assert close(quality["asapnet"]["FID"], ev["fid"], 2) and close(quality["asapnet"]["KID"], ev["kid_mean"], 4)
-    assert close(quality["asapnet"]["mIoU"], ev["miou"], 3)
-    assert close(quality["asapnet"]["pixel acc"], ev["pixel_acc"], 3)
-    assert close(quality["asapnet"]["batched generation ms/image"], ev["generate_ms_per_image"], 2)
-    assert f"mIoU {ev['real']['miou']:.3f}" in readme
     per_class = {r["class"]: r for r in tables_after(readme, "Fig. 11:")[0]}
-    with open(project / "metrics" / "eval_per_class.csv") as f:
-        expected = list(csv.DictReader(f))
-    assert len(per_class) == len(expected) == 13
-    for c in expected:
-        cell = per_class[c["name"]]
-        assert close(cell["IoU"], float(c["iou"]) if c["iou"] else None, 3)
-        assert close(cell["pixel share %"], 100 * float(c["pixel_share"]), 2)
-        assert close(cell["real-photo IoU"], float(c["real_iou"]) if c["real_iou"] else None, 3)
+    assert len(per_class) == 13
+    for name in SCORES:
+        with open(project / "metrics" / f"eval_per_class-{name}.csv") as f:
+            expected = list(csv.DictReader(f))
+        for c in expected:
+            cell = per_class[c["name"]]
+            assert close(cell[f"IoU {name}"], float(c["iou"]) if c["iou"] else None, 3)
+            assert close(cell["pixel share %"], 100 * float(c["pixel_share"]), 2)
+            if name == "asapnet":
+                assert close(cell["real-photo IoU"], float(c["real_iou"]) if c["real_iou"] else None, 3)
+
+
+def evals_on_disk(project: Path) -> dict[str, dict]:
+    return {p.stem.removeprefix("eval-"): json.loads(p.read_text()) for p in (project / "metrics").glob("eval-*.json")}
+
+
+def test_fig6_table_has_a_row_per_generator_with_its_budget(project, full_report):
+    readme = (full_report / "README.md").read_text()
+    rows = {r["generator"].split(" (")[0]: r for r in tables_after(readme, "Fig. 6:")[0]}
+    assert list(rows) == ["asapnet", *BASELINES]  # train.name first, then params.yaml's baselines
+    evals = evals_on_disk(project)
+    assert sorted(evals) == sorted(SCORES)
+    for name, ev in evals.items():
+        row = rows[name]
+        assert row["generator"] == f"{name} ({ev['arch']})"
+        assert close(row["FID"], ev["fid"], 1) and close(row["floor FID"], ev["fid_floor"]["fid"], 1)
+        kid, std = row["KID ± std"].split(" ± ")
+        assert close(kid, ev["kid_mean"], 4) and close(std, ev["kid_std"], 4)
+        floor_kid, floor_std = row["floor KID ± std"].split(" ± ")
+        assert close(floor_kid, ev["fid_floor"]["kid_mean"], 4) and close(floor_std, ev["fid_floor"]["kid_std"], 4)
+        assert close(row["pixel acc"], ev["pixel_acc"], 3) and close(row["mIoU"], ev["miou"], 3)
+        median, spread = row["runtime ms (p10–p90)"].rstrip(")").split(" (")
+        assert close(median, ev["runtime_ms"], 2)
+        assert [float(v) for v in spread.split("–")] == pytest.approx([ev["runtime_p10_ms"], ev["runtime_p90_ms"]],
+                                                                       abs=0.006)
+        assert row["runtime on"] == f"{ev['runtime_device']}, {ev['runtime_threads']} threads"
+        assert row["steps"] == str(ev["generator_steps"])
+        assert close(row["train s"], ev["generator_train_seconds"], 0)
+        assert row["budget"] == f"{ev['generator_time_budget_s']:g} s"
+        assert row["stopped by"] == ev["generator_stopped_by"]
+        assert close(row["params (M)"], ev["params"] / 1e6, 2)
+    # trained, not evaluated: its training budget from train-pix2pixhd.json, no scores
+    trained = json.loads((project / "metrics" / "train-pix2pixhd.json").read_text())
+    assert rows["pix2pixhd"]["steps"] == str(trained["steps"]) and rows["pix2pixhd"]["FID"] == "n/a"
+    assert "dvc repro evaluate-baseline@pix2pixhd" in rows["pix2pixhd"]["vs asapnet"]
+    assert rows["pix2pixhd-slim"]["steps"] == "n/a"
+    assert f"mIoU {evals['asapnet']['real']['miou']:.3f}" in readme
+
+
+def test_fig6_differences_are_judged_against_kid_noise(project, full_report):
+    """A difference within 2 x the combined KID std is not significant; the README says that no
+    seed-to-seed noise was measured (no file holds one)."""
+    readme = (full_report / "README.md").read_text()
+    rows = {r["generator"].split(" (")[0]: r for r in tables_after(readme, "Fig. 6:")[0]}
+    evals = evals_on_disk(project)
+    ref = evals["asapnet"]
+    assert rows["asapnet"]["vs asapnet"] == "reference"
+    for name in ("spade", "spade-slim"):
+        ev = evals[name]
+        noise = math.sqrt(ev["kid_std"] ** 2 + ref["kid_std"] ** 2)
+        within = abs(ev["kid_mean"] - ref["kid_mean"]) <= 2 * noise
+        verdict = rows[name]["vs asapnet"]
+        assert verdict.startswith(f"FID {ev['fid'] - ref['fid']:+.1f}, KID {ev['kid_mean'] - ref['kid_mean']:+.4f}")
+        assert ("not significant" in verdict) == within, (name, verdict)
+        if within:
+            assert f"KID within ±{2 * noise:.4f}" in verdict
+    assert "worse than asapnet" in rows["spade"]["vs asapnet"]  # 0.40 vs 0.30 with std 0.01: far outside
+    assert "not significant" in rows["spade-slim"]["vs asapnet"]  # FID +10, but KID within noise
+    assert "No seed-to-seed noise has been measured" in readme
+
+
+def test_budget_is_stated_plainly(project, full_report):
+    readme = (full_report / "README.md").read_text()
+    profile = yaml.safe_load((REPO / "profiles" / "paper-gpu.yaml").read_text())
+    steps = max(ev["generator_steps"] for ev in evals_on_disk(project).values())
+    intro = readme.split("\n## ")[0]  # the README's head, before the first figure
+    assert "rest on a quick CPU budget" in intro
+    assert f"at most {steps} steps, {steps / profile['train']['steps']:.1%} of the {profile['train']['steps']} steps" \
+        in intro
+    assert "python -m pipelines.profile profiles/paper-gpu.yaml --run" in intro
+    fig6 = readme.split("## Fig. 6:")[1].split("\n## ")[0]
+    trained = {name: json.loads((project / "metrics" / f"train-{name}.json").read_text()) for name in SCORES}
+    assert f"Training budget per generator: {BUDGET_S} s (global batch {trained['asapnet']['global_batch']})" in fig6
+    assert "steps reached: " + ", ".join(f"{n} {t['steps']}" for n, t in trained.items()) in fig6
+    assert "Runtime: batch 1 on cpu, 2 threads" in fig6
+    sweep = json.loads((project / "metrics" / "sweep.json").read_text())
+    fig9 = readme.split("## Fig. 9: ablations")[1]
+    assert f"{sweep['time_budget_s']} s of training per trial" in fig9
+    assert "no seed-to-seed noise measured" in fig9
+
+
+def test_provenance_names_runs_commits_and_machines(project, full_report):
+    readme = (full_report / "README.md").read_text()
+    rows = {r["generator"]: r for r in tables_after(readme, "Where each generator")[0]}
+    for name in TRAINED:
+        train = json.loads((project / "metrics" / f"train-{name}.json").read_text())
+        assert rows[name]["MLflow run"] == train["mlflow_run_id"]
+        assert rows[name]["training run"] == train["run_name"]
+        assert rows[name]["training commit"] == TRAIN_COMMIT[:10]  # from the checkpoint's meta
+        assert rows[name]["eval commit"] == "not recorded"  # eval files carry none today
+    assert rows["pix2pixhd-slim"]["MLflow run"] == "not recorded"
+    bench = json.loads((project / "metrics" / "benchmark-cpu.json").read_text())
+    measured = tables_after(readme, "Fig. 1:")[0]
+    assert measured == [{"file": "`metrics/benchmark-cpu.json`", "measured on": measured[0]["measured on"],
+                         "commit": bench["git_commit"][:10] if bench["git_commit"] != "unknown" else "not recorded",
+                         "timed iterations (warm-up)": f"{bench['iters']} ({bench['warmup']})"}]
+    assert bench["device"]["cpu_model"] in measured[0]["measured on"]
+
+
+def test_fig6_draws_a_point_per_generator_and_the_floor(project, tmp_path, monkeypatch):
+    """The Fig. 6 the report saves: FID at each generator's (runtime, FID), the floor as a line at
+    fid_floor.fid, KID with its std as error bars; and the dvc plots series has the same points."""
+    drawn = {}
+    monkeypatch.setattr(report.Report, "save", lambda self, key, fig: drawn.setdefault(key, fig))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    report.make_report(project, out=tmp_path, params=params)
+    evals = evals_on_disk(project)
+    fid_ax, kid_ax = drawn["fig6"].axes[:2]
+    points = {tuple(np.round(xy, 6)) for c in fid_ax.collections for xy in c.get_offsets()}
+    assert points == {(round(ev["runtime_ms"], 6), round(ev["fid"], 6)) for ev in evals.values()}
+    flat = [line.get_ydata()[0] for line in fid_ax.get_lines() if len(set(line.get_ydata())) == 1]
+    assert flat == pytest.approx([FLOOR["fid"]])
+    bars = {}
+    for container in kid_ax.containers:
+        (x, y), = container.lines[0].get_xydata()
+        (low, high), = [seg[:, 1] for seg in container.lines[2][0].get_segments()]
+        bars[round(x, 6)] = (y, (high - low) / 2)
+    assert bars == {round(ev["runtime_ms"], 6): pytest.approx((ev["kid_mean"], ev["kid_std"])) for ev in evals.values()}
+    with open(tmp_path / "plots" / "quality_vs_runtime.csv") as f:
+        series = {r["name"]: r for r in csv.DictReader(f)}
+    assert sorted(series) == sorted(evals)
+    for name, ev in evals.items():
+        r = series[name]
+        assert float(r["fid"]) == pytest.approx(ev["fid"]) and float(r["fid_floor"]) == pytest.approx(FLOOR["fid"])
+        assert float(r["runtime_ms"]) == pytest.approx(ev["runtime_ms"])
+        assert float(r["kid_std"]) == pytest.approx(ev["kid_std"])
+        assert float(r["steps"]) == ev["generator_steps"]
+        assert float(r["train_seconds"]) == pytest.approx(ev["generator_train_seconds"])
+    # the qualitative grid: label map + a column per trained or expected generator + the real photo
+    assert len(drawn["qualitative"].axes) == 2 * (1 + len(["asapnet", *BASELINES]) + 1)
 
 
 def test_readme_says_what_is_missing(full_report):
     readme = (full_report / "README.md").read_text()
     missing = readme.split("## Not drawn")[1]
-    # everything the project has is drawn; only baseline FIDs, which no stage produces, are missing
-    assert "FID of the slim baselines" in missing
-    for kind in ("benchmark results", "sweep results", "eval results", "inference results"):
+    # a baseline trained but not evaluated, one in params.yaml with nothing run: each with its stage
+    assert "metrics/eval-pix2pixhd.json; run `dvc repro evaluate-baseline@pix2pixhd`" in missing
+    assert "run `dvc repro train-baseline@pix2pixhd-slim`" in missing
+    assert "run `dvc repro evaluate-baseline@pix2pixhd-slim`" in missing
+    for name in SCORES:  # evaluated: nothing missing
+        assert f"eval-{name}.json" not in missing
+    for kind in ("benchmark results", "sweep results", "eval results", "inference results", "Fig. 8 (b)"):
         assert kind not in missing
 
 
@@ -312,7 +506,7 @@ def test_a_required_input_that_is_missing_names_its_stage(project, tmp_path, cap
     shutil.copy(project / "metrics" / "benchmark-cpu.json", tmp_path / "metrics")
     with pytest.raises(SystemExit):
         report.main(["--root", str(tmp_path), "--require", "eval"])
-    assert "metrics/eval.json" in (err := capsys.readouterr().err) and "dvc repro evaluate" in err
+    assert "metrics/eval-<name>.json" in (err := capsys.readouterr().err) and "dvc repro evaluate" in err
     with pytest.raises(SystemExit):
         report.main(["--root", str(tmp_path), "--benchmark", "metrics/benchmark-nvidia-h100.json"])
     assert "benchmark-nvidia-h100.json" in (err := capsys.readouterr().err) and "dvc repro benchmark" in err
@@ -346,7 +540,7 @@ def test_a_second_device_gets_its_own_panels_and_rows(project, full_report, tmp_
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     report.make_report(tmp_path, params=params, benchmark_files=["metrics/benchmark-cpu.json"])
     readme = (tmp_path / "reports" / "README.md").read_text()
-    table = tables_after(readme, "Fig. 1:")[0]
+    table = tables_after(readme, "Fig. 1:")[1]
     gpu_rows = [r for r in table if r["device"] == "Some GPU 80GB, fp32"]
     assert len(gpu_rows) == len(table) // 2 == len(gpu["rows"])
     for cell, row in zip(gpu_rows, gpu["rows"]):

@@ -8,6 +8,8 @@ uses them (Fig. 1, Fig. 6), and every axis names its unit. The paper's stated nu
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -64,6 +66,20 @@ def _note(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _suptitle(fig, text: str, fontsize: int = 10) -> None:
+    """The figure's title, each line wrapped to the figure's width (~11 characters an inch at 10 pt)."""
+    width = max(30, int(fig.get_figwidth() * 110 / fontsize))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.splitlines()), fontsize=fontsize)
+
+
+def _log_ms_axis(ax, axis: str = "x") -> None:
+    """A log runtime axis labelled in plain milliseconds (1, 2, 5, 10, 20, ...), not 2x10^1."""
+    getattr(ax, f"set_{axis}scale")("log")
+    scale = getattr(ax, f"{axis}axis")
+    scale.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    scale.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+
+
 def _errorbar(ax, g: pd.DataFrame, **style) -> None:
     lo = (g["median_ms"] - g["p10_ms"]).clip(lower=0).fillna(0)
     hi = (g["p90_ms"] - g["median_ms"]).clip(lower=0).fillna(0)
@@ -91,12 +107,13 @@ def runtime_vs_resolution(bench: pd.DataFrame) -> Figure:
         ax.plot(list(paper_mp), [paper.PAPER_ASAPNET_MS[s] for s in paper_mp.values()], **PAPER_STYLE,
                 label=f"ASAP-Net, paper ({paper.PAPER_DEVICE})")
         _size_ticks(ax, {**paper_mp, **_sizes(d)})
-        ax.set_yscale("log")
+        _log_ms_axis(ax, "y")
         ax.set(xlabel="resolution (megapixels, log scale)", ylabel="runtime per image, median (ms, log scale)",
-               title=f"ours: {device}")
+               title=f"ours: {device}{_commit(d)}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    fig.suptitle("Fig. 1: inference time vs resolution\n(batch 1; median, bars from 10th to 90th percentile)")
+    _suptitle(fig, "Fig. 1: inference time vs resolution, random weights (runtime does not depend on them)\n"
+                   "(batch 1; median, bars from 10th to 90th percentile)", fontsize=11)
     return fig
 
 
@@ -116,7 +133,7 @@ def fast_path(inference: pd.DataFrame) -> Figure:
             _errorbar(ax, g, color=f"C{i}", linestyle="-" if path == "reference" else "--",
                       label=f"{path} ({precision})")
         _size_ticks(ax, _sizes(d))
-        ax.set_yscale("log")
+        _log_ms_axis(ax, "y")
         device = d["device"].iloc[0].rsplit(",", 1)[0]
         ax.set(xlabel="resolution (megapixels, log scale)", ylabel="runtime per image, median (ms, log scale)",
                title=f"{device} ({file})")
@@ -140,11 +157,12 @@ def stream_split(bench: pd.DataFrame) -> Figure:
         ax.plot(x, d["median_ms"], linestyle="none", marker="_", markersize=28, color="black",
                 label="whole generator, timed end to end")
         ax.set_xticks(x, [f"{s}\n{m:.2g} MP" for s, m in zip(d["size"], d["megapixels"])], fontsize=8)
-        ax.set(xlabel="resolution", ylabel="runtime per image, median (ms)", title=f"ours: {device}")
+        ax.set(xlabel="resolution", ylabel="runtime per image, median (ms)", title=f"ours: {device}{_commit(d)}")
         ax.grid(True, axis="y", alpha=0.3)
         ax.set_ylim(0, 1.3 * max(d["median_ms"].max(), (d["lr_ms"] + d["hr_ms"]).max()))
         ax.legend(fontsize=8, loc="upper left", framealpha=0.85)
-    fig.suptitle("Fig. 4: ASAP-Net runtime split\nlow-res stream vs full-res pixelwise part (each timed alone)")
+    fig.suptitle("Fig. 4: ASAP-Net runtime split, random weights\nlow-res stream vs full-res pixelwise part "
+                 "(each timed alone)")
     return fig
 
 
@@ -152,48 +170,74 @@ def stream_split(bench: pd.DataFrame) -> Figure:
 # Quality vs runtime (Fig. 6, Fig. 8)
 # ----------------------------------------------------------------------------------------------
 
-QUALITY_AXES = (("fid", "FID (lower is better)"), ("pixel_acc", "pixel accuracy (higher is better)"),
-                ("miou", "mIoU (higher is better)"))
+QUALITY_AXES = (("fid", "FID", "FID (lower is better)"),  # (column, axis label, panel title)
+                ("kid_mean", "KID", "KID ± std over subsets (lower is better)"),
+                ("pixel_acc", "pixel accuracy", "pixel accuracy (higher is better)"),
+                ("miou", "mIoU", "mIoU (higher is better)"))
+FLOOR_STYLE = dict(color="C3", linestyle="--", linewidth=1.2, zorder=2)
+CEILING_STYLE = dict(color="0.3", linestyle=":", zorder=2)
 
 
-def quality_vs_runtime(points: pd.DataFrame) -> Figure:
-    """Fig. 6: FID, pixel accuracy and mIoU vs runtime (log scale), one point per scored generator.
+def _full(width_mult: float) -> bool:
+    return not width_mult == width_mult or width_mult >= 1  # NaN: ASAP-Net, which has no width multiplier
 
-    ``points``: label, group, runtime_ms, runtime_device, fid, pixel_acc, miou, real_pixel_acc, real_miou.
-    """
-    fig, axes = _figure(3, width=4.6)
-    groups = list(dict.fromkeys(points["group"]))
-    for ax, (metric, title) in zip(axes[0], QUALITY_AXES):
-        d = points[points[metric].notna() & points["runtime_ms"].notna()]
+
+def _floor_lines(ax, evals: pd.DataFrame, metric: str) -> None:
+    """The real-versus-real floor of FID (or KID, with its std as a band): one line per distinct floor."""
+    column = {"fid": "floor_fid", "kid_mean": "floor_kid_mean"}[metric]
+    for _, r in evals.dropna(subset=[column]).drop_duplicates([column, "floor_num_images"]).iterrows():
+        n = f"{r['floor_num_images']:.0f}"
+        ax.axhline(r[column], **FLOOR_STYLE, label=f"real vs real floor ({n} vs {n} photos): "
+                                                   f"{r[column]:.{1 if metric == 'fid' else 4}f}")
+        if metric == "kid_mean" and r["floor_kid_std"] == r["floor_kid_std"]:
+            ax.axhspan(r[column] - r["floor_kid_std"], r[column] + r["floor_kid_std"], color="C3", alpha=0.1)
+
+
+def _points(ax, d: pd.DataFrame, metric: str, labels) -> None:
+    for _, r in d.iterrows():
+        style = dict(color=ARCH_COLOURS.get(r["arch"], "C7"), alpha=1.0 if _full(r["width_mult"]) else 0.55, zorder=3)
+        if metric == "kid_mean":
+            ax.errorbar(r["runtime_ms"], r[metric], yerr=r["kid_std"] if r["kid_std"] == r["kid_std"] else None,
+                        marker="o", markersize=6, capsize=4, linestyle="none", **style)
+        else:
+            ax.scatter(r["runtime_ms"], r[metric], s=45, **style)
+        ax.annotate(labels(r), (r["runtime_ms"], r[metric]), fontsize=7, xytext=(5, 3), textcoords="offset points")
+
+
+def quality_vs_runtime(evals: pd.DataFrame, budget: str, labels) -> Figure:
+    """Fig. 6: FID, KID, pixel accuracy and mIoU vs batch-1 runtime (log scale), one point per evaluated
+    generator (``evals``: asap.report.inputs GENERATOR_COLUMNS), labelled by ``labels(row)``; the
+    real-vs-real floor as a dashed line (FID, KID), the segmenter on real photos as a dotted one."""
+    fig, axes = _figure(2, width=5.6, height=4.4, nrows=2)
+    timed = evals[evals["runtime_ms"].notna()]
+    for ax, (metric, ylabel, title) in zip(axes.flat, QUALITY_AXES):
+        d = timed[timed[metric].notna()]
         if d.empty:
-            _note(ax, f"no {metric} with a runtime in the inputs")
+            _note(ax, f"no {metric} with a runtime in the eval files")
             ax.set_title(title)
             continue
-        for i, group in enumerate(groups):
-            g = d[d["group"] == group]
-            if not g.empty:
-                ax.scatter(g["runtime_ms"], g[metric], s=40, color=f"C{i}", label=group, zorder=3)
-                for _, r in g.iterrows():
-                    ax.annotate(r["label"], (r["runtime_ms"], r[metric]), fontsize=7, xytext=(4, 3),
-                                textcoords="offset points")
-        ceiling = points.get(f"real_{metric}")
+        _points(ax, d, metric, labels)
+        if metric in ("fid", "kid_mean"):
+            _floor_lines(ax, evals, metric)
+        ceiling = evals.get(f"real_{metric}")
         if ceiling is not None and ceiling.notna().any():
-            ax.axhline(float(ceiling.dropna().iloc[0]), color="0.3", linestyle=":",
-                       label="real photos (segmenter ceiling)")
-        ax.set_xscale("log")
+            ax.axhline(float(ceiling.dropna().iloc[0]), **CEILING_STYLE, label="real photos (segmenter ceiling)")
+        _log_ms_axis(ax)
         lo, hi = d["runtime_ms"].min(), d["runtime_ms"].max()
-        ax.set_xlim(lo / 1.5, hi * 1.5)
-        ax.set(xlabel="runtime per image (ms, log scale)", ylabel=metric, title=title)
+        ax.set_xlim(lo / 1.6, hi * 2.2)  # room for the labels right of the points
+        ax.margins(y=0.25)
+        ax.set(xlabel="runtime per image, batch 1 (ms, log scale)", ylabel=ylabel, title=title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    devices = ", ".join(sorted(set(points["runtime_device"].dropna().astype(str)) - {""})) or "device not recorded"
-    fig.suptitle(f"Fig. 6: quality vs runtime (runtime measured on: {devices})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    _suptitle(fig, f"Fig. 6: quality vs runtime, one point per generator\n{budget}")
     return fig
 
 
-def slim_baselines(bench: pd.DataFrame, evals: pd.DataFrame) -> Figure:
+def slim_baselines(bench: pd.DataFrame, evals: pd.DataFrame, budget: str = "") -> Figure:
     """Fig. 8: ASAP-Net vs narrower pix2pixHD/SPADE: (a) runtime of every width at each size, one
-    panel per benchmarked device, (b) FID vs runtime where a generator has both."""
+    panel per benchmarked device (random weights), (b) FID vs runtime of the evaluated generators
+    (trained, scored by the evaluate stages), with the real-vs-real floor."""
     devices = list(dict.fromkeys(bench["device"]))
     fig, axes = _figure(len(devices) + 1, width=6.0)
     for ax, device in zip(axes[0], devices):
@@ -204,34 +248,43 @@ def slim_baselines(bench: pd.DataFrame, evals: pd.DataFrame) -> Figure:
         width = 0.8 / max(len(models), 1)
         for i, (_, m) in enumerate(models.iterrows()):
             g = d[d["model"] == m["model"]].set_index("size").reindex(sizes)
-            shade = 1.0 if m["width_mult"] >= 1 else 0.5
             ax.bar(np.arange(len(sizes)) + (i - (len(models) - 1) / 2) * width, g["median_ms"], width,
-                   color=ARCH_COLOURS.get(m["arch"], "C7"), alpha=shade,
+                   color=ARCH_COLOURS.get(m["arch"], "C7"), alpha=1.0 if _full(m["width_mult"]) else 0.5,
                    label=f"{model_label(m['arch'], False, m['width_mult'])} ({_params(m['params'])})")
         ax.set_xticks(np.arange(len(sizes)), sizes)
-        ax.set_yscale("log")
+        _log_ms_axis(ax, "y")
         ax.set(xlabel="resolution", ylabel="runtime per image, median (ms, log scale)",
-               title=f"(a) runtime by channel width\nours: {device}")
+               title=f"(a) runtime by channel width, random weights\nours: {device}{_commit(d)}")
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
     ax = axes[0][-1]
     scored = evals[evals["fid"].notna() & evals["runtime_ms"].notna()]
     if scored.empty or set(scored["arch"]) <= {"asapnet"}:
-        _note(ax, "no FID for pix2pixHD or SPADE yet:\nno pipeline stage trains and evaluates them\n"
+        _note(ax, "no FID for pix2pixHD or SPADE yet:\nrun `dvc repro evaluate-baseline@<name>`\n"
                   "(see reports/README.md)")
     else:
         for _, r in scored.iterrows():
             ax.scatter(r["runtime_ms"], r["fid"], s=50, color=ARCH_COLOURS.get(r["arch"], "C7"),
-                       alpha=1.0 if r["width_mult"] >= 1 else 0.5)
-            ax.annotate(model_label(r["arch"], False, r["width_mult"]), (r["runtime_ms"], r["fid"]),
-                        fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set(xlabel="runtime per image (ms, log scale)", ylabel="FID (lower is better)")
+                       alpha=1.0 if _full(r["width_mult"]) else 0.55, zorder=3)
+            ax.annotate(f"{model_label(r['arch'], False, r['width_mult'])}\n{r['steps']:.0f} steps",
+                        (r["runtime_ms"], r["fid"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        _floor_lines(ax, evals, "fid")
+        _log_ms_axis(ax)
+        ax.set_xlim(scored["runtime_ms"].min() / 1.6, scored["runtime_ms"].max() * 2.2)
+        ax.margins(y=0.25)
+        ax.set(xlabel="runtime per image, batch 1, at the training size (ms, log scale)",
+               ylabel="FID (lower is better)")
         ax.grid(True, which="both", alpha=0.3)
-    ax.set_title("(b) FID vs runtime")
-    fig.suptitle("Fig. 8: ASAP-Net vs slimmer pix2pixHD / SPADE")
+        ax.legend(fontsize=7, loc="best")
+    ax.set_title("(b) FID vs runtime, generators trained by the pipeline")
+    _suptitle(fig, "Fig. 8: ASAP-Net vs slimmer pix2pixHD / SPADE" + (f"\n(b): {budget}" if budget else ""))
     return fig
+
+
+def _commit(d: pd.DataFrame) -> str:
+    commits = sorted(set(c[:10] for c in d.get("commit", pd.Series(dtype=str)) if c and c != "unknown"))
+    return f" (commit {', '.join(commits)})" if commits else " (commit not recorded)"
 
 
 def _params(n: float) -> str:
@@ -265,11 +318,11 @@ def image_grid(columns: list[tuple[str, list]], row_labels: list[str], title: st
                 ax.set_title(name, fontsize=8)
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     return fig
 
 
-def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str) -> Figure:
+def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str, budget: str = "") -> Figure:
     """Fig. 9 in numbers: (a) runtime of the full model per S relative to the default S, ours beside
     the paper's (Fig. 9 caption), absolute ms on the bars; (b) FID of every trial."""
     fig, axes = _figure(2, width=5.6)
@@ -318,33 +371,38 @@ def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str) -> Figure:
         ax.set_xticks(x, [f"{v}\nS={s}" for v, s in zip(order["variant"], order["S"])], fontsize=8)
         ax.set(ylabel="FID (lower is better)", title="(b) FID per trial")
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("Fig. 9: the speed / quality trade-off of S and the ablations")
+    _suptitle(fig, "Fig. 9: the speed / quality trade-off of S and the ablations" + (f"\n{budget}" if budget else ""))
     return fig
 
 
-def per_class_iou(per_class: pd.DataFrame) -> Figure:
-    """Fig. 11: IoU of each class vs its share of the test pixels (log scale), the paper's 3% mark."""
-    fig, axes = _figure(1, width=7.0, height=4.6)
+def per_class_iou(wide: pd.DataFrame, names: list[str], title: str = "") -> Figure:
+    """Fig. 11: IoU of each class vs its share of the test pixels (log scale), one series per
+    generator (``wide``: tables.per_class_wide, columns iou_<name>), the real photos' IoU and the
+    paper's 3% mark."""
+    fig, axes = _figure(1, width=7.4, height=4.8)
     ax = axes[0][0]
-    d = per_class[per_class["pixel_share"] > 0]
-    ax.scatter(d["pixel_share"] * 100, d["iou"], s=40, color="C0", label="generated images", zorder=3)
+    d = wide[wide["pixel_share"] > 0]
+    share = d["pixel_share"] * 100
+    for i, name in enumerate(names):
+        ax.scatter(share, d[f"iou_{name}"], s=40 if i == 0 else 28, color=f"C{i}", marker="o" if i == 0 else "^",
+                   label=f"generated: {name}", zorder=3)
     for _, r in d.iterrows():
-        if r["iou"] == r["iou"]:
-            ax.annotate(str(r["name"]), (r["pixel_share"] * 100, r["iou"]), fontsize=7, xytext=(4, 3),
+        if r[f"iou_{names[0]}"] == r[f"iou_{names[0]}"]:
+            ax.annotate(str(r["name"]), (r["pixel_share"] * 100, r[f"iou_{names[0]}"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
     if d["real_iou"].notna().any():
-        ax.scatter(d["pixel_share"] * 100, d["real_iou"], s=40, facecolors="none", edgecolors="0.3",
+        ax.scatter(share, d["real_iou"], s=40, facecolors="none", edgecolors="0.3",
                    label="real photos (segmenter ceiling)", zorder=2)
     ax.axvline(paper.PAPER_SMALL_CLASS_SHARE * 100, color="C3", linestyle="--",
                label=f"{paper.PAPER_SMALL_CLASS_SHARE:.0%} of the image (paper, Fig. 11)")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}%" if f"{x:g}"[0] in "235" else ""))
-    shares = [*(d["pixel_share"] * 100), paper.PAPER_SMALL_CLASS_SHARE * 100]
+    shares = [*share, paper.PAPER_SMALL_CLASS_SHARE * 100]
     ax.set_xlim(min(shares) / 1.3, max(shares) * 1.5)  # room for the class names
     ax.set_ylim(-0.02, 1.02)
-    ax.set(xlabel="class share of the test pixels (%, log scale)", ylabel="IoU",
-           title="Fig. 11: per-class IoU vs class size")
+    ax.set(xlabel="class share of the test pixels (%, log scale)", ylabel="IoU")
+    _suptitle(fig, "Fig. 11: per-class IoU vs class size" + (f"\n{title}" if title else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig

@@ -2,8 +2,10 @@
 
     metrics/benchmark-<device>.json   pipelines/benchmark.py  (schema "asap-benchmark/1")
     metrics/inference-<device>.json   benchmarks/inference.py (reference vs fast path)
-    metrics/train.json                pipelines/train.py
-    metrics/eval.json, eval-*.json    pipelines/evaluate.py   (+ metrics/eval_per_class.csv)
+    metrics/train-<name>.json         pipelines/train.py      (stages train, train-baseline@<name>)
+    metrics/eval-<name>.json          pipelines/evaluate.py   (stages evaluate, evaluate-baseline@<name>;
+                                      + metrics/eval_per_class-<name>.csv)
+    models/<name>/generator.pt        the trained generators (their meta: budget, run, commit)
     metrics/sweep.csv, sweep.json     pipelines/sweep.py      (generators in models/sweep/<trial>/)
 
 Nothing here invents a number: a value a file lacks stays NaN and the report says which stage
@@ -29,8 +31,10 @@ SOURCES = {
                   "`python -m pipelines.benchmark --device cuda --no-mlflow`)"),
     "inference": ("metrics/inference-<device>.json",
                   "run `python -m benchmarks.inference` on a GPU machine and commit its JSON"),
-    "train": ("metrics/train.json", "run the `train` stage: `dvc repro train`"),
-    "eval": ("metrics/eval.json", "run the `evaluate` stage: `dvc repro evaluate`"),
+    "train": ("metrics/train-<name>.json", "run the `train` stage: `dvc repro train` (a baseline: "
+              "`dvc repro train-baseline@<name>`)"),
+    "eval": ("metrics/eval-<name>.json", "run the `evaluate` stage: `dvc repro evaluate` (a baseline: "
+             "`dvc repro evaluate-baseline@<name>`)"),
     "sweep": ("metrics/sweep.csv", "run the `sweep` stage: `dvc repro sweep`"),
 }
 
@@ -55,19 +59,24 @@ class Inputs:
     root: Path
     benchmark: pd.DataFrame            # one row per (file, model, size); see read_benchmarks
     inference: pd.DataFrame            # one row per (file, size, path, precision); see read_inference
-    train: dict | None                 # metrics/train.json as written
-    evals: pd.DataFrame                # one row per evaluated generator; see read_evals
-    per_class: pd.DataFrame            # class, name, iou, pixel_share, real_iou (eval's model)
+    generators: pd.DataFrame           # one row per generator (GENERATOR_COLUMNS); see read_generators
+    per_class: dict                    # generator name -> class, name, iou, pixel_share, real_iou
     sweep: pd.DataFrame                # metrics/sweep.csv as written (one row per trial)
     sweep_meta: dict                   # metrics/sweep.json without its trials (dataset, steps, ...)
+    reference: dict                    # the paper-like profile's budget (read_reference_budget), or {}
     files: list[str] = field(default_factory=list)       # every file read, relative to root
     missing: list[Missing] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)    # files present but unreadable or foreign
 
     def present(self, kind: str) -> bool:
         return {"benchmark": not self.benchmark.empty, "inference": not self.inference.empty,
-                "train": self.train is not None, "eval": not self.evals.empty,
+                "train": bool(self.generators["has_train"].any()), "eval": not self.evals.empty,
                 "sweep": not self.sweep.empty}[kind]
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        """The generators with an eval file (Fig. 6 points), ASAP-Net first."""
+        return self.generators[self.generators["has_eval"].astype(bool)]
 
     def require(self, kinds) -> None:
         """Raise ReportInputError naming the stage for every kind in ``kinds`` that is absent."""
@@ -119,7 +128,7 @@ def device_label(info: dict, precision: str) -> str:
 
 def read_benchmarks(files: list[Path], problems: list[str]) -> pd.DataFrame:
     columns = ["file", "device", "device_kind", "model", "arch", "fast", "width_mult", "size", "megapixels",
-               "params", "median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n"]
+               "params", "median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n", "commit", "warmup", "iters"]
     rows = []
     for path in files:
         data = _load_json(path, problems)
@@ -136,14 +145,16 @@ def read_benchmarks(files: list[Path], problems: list[str]) -> pd.DataFrame:
                          "model": r["model"], "arch": r["arch"], "fast": bool(r.get("fast")),
                          "width_mult": _num(r.get("width_mult", 1.0)), "size": r["size"],
                          "megapixels": megapixels(r["size"]), "params": _num(r.get("params")),
-                         **{k: _num(r.get(k)) for k in ("median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n")}})
+                         **{k: _num(r.get(k)) for k in ("median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n")},
+                         "commit": str(data.get("git_commit") or ""), "warmup": _num(data.get("warmup")),
+                         "iters": _num(data.get("iters"))})
     return pd.DataFrame(rows, columns=columns)
 
 
 def read_inference(files: list[Path], problems: list[str]) -> pd.DataFrame:
     """benchmarks/inference.py rows: batch-1 latency of the reference generator and the fast path."""
     columns = ["file", "device", "device_kind", "size", "megapixels", "path", "precision", "S", "P",
-               "median_ms", "p10_ms", "p90_ms", "mlp_ms", "max_abs_diff", "note"]
+               "median_ms", "p10_ms", "p90_ms", "mlp_ms", "max_abs_diff", "note", "created"]
     rows = []
     for path in files:
         data = _load_json(path, problems)
@@ -156,19 +167,53 @@ def read_inference(files: list[Path], problems: list[str]) -> pd.DataFrame:
         for r in data.get("rows", []):
             b1 = r.get("batch1_ms") or {}
             rows.append({"file": path.name, "device": device_label(info, r.get("precision", "?")),
-                         "device_kind": info.get("type", "?"), "size": r["size"], "megapixels": megapixels(r["size"]),
+                         "device_kind": info.get("device", info.get("type", "?")), "size": r["size"],
+                         "megapixels": megapixels(r["size"]),
                          "path": r["path"], "precision": r.get("precision", "?"), "S": _num(r.get("S")),
                          "P": _num(r.get("P")), "median_ms": _num(b1.get("median")), "p10_ms": _num(b1.get("p10")),
                          "p90_ms": _num(b1.get("p90")), "mlp_ms": _num((r.get("mlp_ms") or {}).get("median")),
-                         "max_abs_diff": _num(r.get("max_abs_diff_vs_reference")), "note": r.get("note", "")})
+                         "max_abs_diff": _num(r.get("max_abs_diff_vs_reference")), "note": r.get("note", ""),
+                         "created": str(data.get("created") or "")})
     return pd.DataFrame(rows, columns=columns)
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation (Fig. 6, 8, 11)
+# Generators: train-<name>.json, eval-<name>.json, models/<name>/generator.pt (Fig. 6, 8, 11)
 # ----------------------------------------------------------------------------------------------
 
-QUALITY = ("fid", "kid_mean", "pixel_acc", "miou")
+# One row per generator. Quality and runtime come from eval-<name>.json; the budget from the
+# evaluated checkpoint's meta as eval-<name>.json records it (generator_*), else train-<name>.json,
+# else the checkpoint itself; provenance (run, commit) from wherever a file records it.
+GENERATOR_COLUMNS = [
+    "name", "role", "arch", "width_mult", "params", "dataset",
+    "fid", "kid_mean", "kid_std", "kid_subset_size", "kid_subsets", "pixel_acc", "miou", "num_images",
+    "real_pixel_acc", "real_miou", "floor_fid", "floor_kid_mean", "floor_kid_std", "floor_num_images",
+    "runtime_ms", "runtime_p10_ms", "runtime_p90_ms", "runtime_device", "runtime_threads", "generate_ms_per_image",
+    "steps", "train_seconds", "time_budget_s", "stopped_by", "global_batch", "num_workers", "train_device",
+    "run_name", "mlflow_run_id", "train_commit", "eval_commit", "eval_file", "train_file", "checkpoint",
+    "has_eval", "has_train", "has_checkpoint",
+]
+_EVAL_NUMBERS = ("params", "fid", "kid_mean", "kid_std", "kid_subset_size", "kid_subsets", "pixel_acc", "miou",
+                 "num_images", "runtime_ms", "runtime_p10_ms", "runtime_p90_ms", "runtime_threads",
+                 "generate_ms_per_image")
+PER_CLASS_COLUMNS = ["class", "name", "iou", "pixel_share", "real_iou"]
+
+
+def params_generators(params: dict) -> dict[str, dict]:
+    """The generators params.yaml trains, with their role and arch: train.name (ASAP-Net) and the
+    keys of `baselines`."""
+    name = (params.get("train") or {}).get("name", "asapnet")
+    return {name: {"role": "asapnet", "arch": "asapnet"},
+            **{k: {"role": "baseline", "arch": str((v or {}).get("arch", "?"))}
+               for k, v in (params.get("baselines") or {}).items() if k != name}}
+
+
+def stages(name: str, role: str) -> tuple[str, str]:
+    """The dvc.yaml stages that train and score generator ``name``: `train` / `evaluate` for
+    train.name, `train-baseline@<name>` / `evaluate-baseline@<name>` for a key of `baselines`."""
+    if role == "asapnet":
+        return "train", "evaluate"
+    return f"train-baseline@{name}", f"evaluate-baseline@{name}"
 
 
 def _first(data: dict, *paths: str):
@@ -182,100 +227,171 @@ def _first(data: dict, *paths: str):
     return None
 
 
-def _checkpoint_arch(path: Path) -> str:
-    """The arch recorded in a generator checkpoint (asap.models.checkpoint format), else "?"."""
+def _pick(*values):
+    """The first value that is neither None nor empty."""
+    return next((v for v in values if v is not None and v != ""), None)
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """A generator checkpoint's meta (asap.models.checkpoint format) with its "arch" and the
+    config's "width_mult", read without building the model; {} when absent or not ours."""
     if not path.is_file():
-        return "?"
+        return {}
+    import pickle
+
     import torch
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not ours or unreadable: the report only loses the arch label
-        return "?"
-    return str(data.get("arch", "?")) if isinstance(data, dict) else "?"
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return {}  # not ours or unreadable: the report only loses the labels it would take from it
+    if not isinstance(data, dict) or not isinstance(data.get("meta"), dict):
+        return {}
+    return {**data["meta"], "arch": data.get("arch"), "width_mult": (data.get("config") or {}).get("width_mult")}
 
 
-def read_evals(files: list[Path], problems: list[str], root: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """eval.json (and eval-<name>.json for more generators) -> one row per generator, plus the
-    per-class table of the first file (Fig. 11). The arch comes from the file, else from the
-    checkpoint it names (relative to ``root``)."""
-    columns = ["file", "model", "generator", "arch", "width_mult", "steps", "dataset", *QUALITY, "runtime_ms",
-               "runtime_device", "generate_ms_per_image", "real_pixel_acc", "real_miou", "num_images"]
-    rows, per_class = [], pd.DataFrame(columns=["class", "name", "iou", "pixel_share", "real_iou"])
-    for path in files:
-        data = _load_json(path, problems)
-        if not isinstance(data, dict):
-            continue
-        generator = str(data.get("generator") or "")
-        # pipelines/evaluate.py scores models/<train.name>/generator.pt: the folder names the model
-        model = data.get("model") or (Path(generator).parent.name if generator else path.stem.removeprefix("eval-"))
-        row = {"file": path.name, "model": str(model), "generator": generator,
-               "arch": data.get("arch") or (_checkpoint_arch((root or Path.cwd()) / generator) if generator else "?"),
-               "width_mult": _num(data.get("width_mult", 1.0)),
-               "steps": _num(_first(data, "generator_steps", "steps")), "dataset": data.get("dataset", ""),
-               **{k: _num(data.get(k)) for k in QUALITY},
-               # batch-1 latency, when a writer records one; evaluate.py times only batched generation
-               "runtime_ms": _num(data.get("runtime_ms")), "runtime_device": data.get("runtime_device", ""),
-               "generate_ms_per_image": _num(data.get("generate_ms_per_image")),
-               "real_pixel_acc": _num(_first(data, "real.pixel_acc")),
-               "real_miou": _num(_first(data, "real.miou")), "num_images": _num(data.get("num_images"))}
-        rows.append(row)
-        if per_class.empty:
-            per_class = _per_class(data, path, problems)
-    return pd.DataFrame(rows, columns=columns), per_class
+def generator_row(name: str, role: str, ev: dict, tr: dict, meta: dict, files: dict[str, str]) -> dict:
+    """One generator's row of GENERATOR_COLUMNS from its eval file, train file and checkpoint meta."""
+    return {
+        "name": name, "role": role,
+        "arch": str(_pick(ev.get("arch"), tr.get("arch"), meta.get("arch")) or "?"),
+        "width_mult": _num(_pick(ev.get("width_mult"), meta.get("width_mult"))),
+        "dataset": str(_pick(ev.get("dataset"), meta.get("dataset")) or ""),
+        **{k: _num(ev.get(k)) for k in _EVAL_NUMBERS},
+        "real_pixel_acc": _num(_first(ev, "real.pixel_acc")), "real_miou": _num(_first(ev, "real.miou")),
+        "floor_fid": _num(_first(ev, "fid_floor.fid")), "floor_kid_mean": _num(_first(ev, "fid_floor.kid_mean")),
+        "floor_kid_std": _num(_first(ev, "fid_floor.kid_std")),
+        "floor_num_images": _num(_first(ev, "fid_floor.num_images")),
+        "runtime_device": str(ev.get("runtime_device") or ""),
+        "steps": _num(_pick(ev.get("generator_steps"), tr.get("steps"), meta.get("steps"))),
+        "train_seconds": _num(_pick(ev.get("generator_train_seconds"), tr.get("train_seconds"),
+                                    meta.get("train_seconds"))),
+        "time_budget_s": _num(_pick(ev.get("generator_time_budget_s"), tr.get("time_budget_s"),
+                                    meta.get("time_budget_s"))),
+        "stopped_by": str(_pick(ev.get("generator_stopped_by"), tr.get("stopped_by"), meta.get("stopped_by")) or ""),
+        "global_batch": _num(_pick(ev.get("generator_global_batch"), tr.get("global_batch"), meta.get("global_batch"))),
+        "num_workers": _num(tr.get("num_workers")),
+        "train_device": str(_pick(tr.get("train_device"), meta.get("train_device")) or ""),
+        "run_name": str(_pick(ev.get("generator_run_name"), tr.get("run_name"), meta.get("run_name")) or ""),
+        "mlflow_run_id": str(_pick(ev.get("generator_mlflow_run_id"), tr.get("mlflow_run_id"),
+                                   meta.get("mlflow_run_id")) or ""),
+        "train_commit": str(_pick(tr.get("git_commit"), meta.get("git_commit")) or ""),
+        "eval_commit": str(ev.get("git_commit") or ""),
+        "eval_file": files.get("eval", ""), "train_file": files.get("train", ""),
+        "checkpoint": files.get("checkpoint", ""),
+        "has_eval": bool(ev), "has_train": bool(tr), "has_checkpoint": bool(files.get("checkpoint")),
+    }
 
 
-def _per_class(data: dict, path: Path, problems: list[str]) -> pd.DataFrame:
-    """per-class IoU and pixel share: eval_per_class.csv beside the JSON when present, else the
-    JSON's own per_class list (asap.metrics.segmentation.segmentation_scores' format)."""
-    csv = path.with_name(path.stem + "_per_class.csv")
-    if csv.is_file():
+def read_per_class(path: Path, data: dict, problems: list[str]) -> pd.DataFrame:
+    """Per-class IoU and pixel share of one generator: its eval_per_class-<name>.csv when present,
+    else the per_class list of its eval-<name>.json (the same rows)."""
+    table = pd.DataFrame()
+    if path.is_file():
         try:
-            table = pd.read_csv(csv)
+            table = pd.read_csv(path)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            problems.append(f"{csv.name}: not readable CSV ({err})")
-            table = pd.DataFrame()
-    else:
-        items = _first(data, "per_class", "segmentation.per_class", "generated.per_class") or []
-        table = pd.DataFrame(items)
-        real = _first(data, "real.per_class", "ceiling.per_class") or []
-        if real and not table.empty:
-            real_iou = {r.get("class"): r.get("iou") for r in real}
-            table["real_iou"] = [real_iou.get(c) for c in table.get("class", [])]
+            problems.append(f"{path.name}: not readable CSV ({err}); re-run the stage that writes it")
     if table.empty:
-        return pd.DataFrame(columns=["class", "name", "iou", "pixel_share", "real_iou"])
-    table = table.rename(columns={"iou_real": "real_iou", "share": "pixel_share"})
+        table = pd.DataFrame(data.get("per_class") or [])
+    if table.empty:
+        return pd.DataFrame(columns=PER_CLASS_COLUMNS)
     for col in ("iou", "pixel_share", "real_iou"):
         table[col] = pd.to_numeric(table[col], errors="coerce") if col in table else math.nan
     if "class" not in table:
         table["class"] = range(len(table))
     if "name" not in table:
         table["name"] = table["class"].astype(str)
-    return table[["class", "name", "iou", "pixel_share", "real_iou"]]
+    return table[PER_CLASS_COLUMNS]
+
+
+def read_generators(root: Path, expected: dict[str, dict], problems: list[str],
+                    missing: list[Missing]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], list[Path]]:
+    """Every generator with a train file, an eval file or a checkpoint, and every one ``expected``
+    (name -> {"role": "asapnet" for train.name or "baseline" for a key of params.yaml `baselines`,
+    "arch": its architecture}).
+    Returns (one row per generator, GENERATOR_COLUMNS; per-class tables by name; the files read), and
+    appends to ``missing`` what an expected generator lacks, naming the stage that makes it."""
+    metrics, models = root / "metrics", root / "models"
+    found = [p.stem.removeprefix("eval-") for p in sorted(metrics.glob("eval-*.json"))]
+    found += [p.stem.removeprefix("train-") for p in sorted(metrics.glob("train-*.json"))]
+    if models.is_dir():
+        found += [d.name for d in sorted(models.iterdir()) if d.name != "sweep" and (d / "generator.pt").is_file()]
+    names = list(dict.fromkeys([*expected, *sorted(set(found))]))
+    rows, per_class, read = [], {}, []
+    for name in names:
+        role = expected.get(name, {}).get("role", "other")
+        paths = {"eval": metrics / f"eval-{name}.json", "train": metrics / f"train-{name}.json",
+                 "checkpoint": models / name / "generator.pt"}
+        ev = (_load_json(paths["eval"], problems) or {}) if paths["eval"].is_file() else {}
+        tr = (_load_json(paths["train"], problems) or {}) if paths["train"].is_file() else {}
+        ev, tr = (d if isinstance(d, dict) else {} for d in (ev, tr))
+        meta = {"arch": expected.get(name, {}).get("arch")} | checkpoint_meta(paths["checkpoint"])
+        present = {k: _rel(root, p) for k, p in paths.items() if p.is_file()}
+        read += [p for p in paths.values() if p.is_file()]
+        rows.append(generator_row(name, role, ev, tr, meta, present))
+        if ev:
+            csv = metrics / f"eval_per_class-{name}.csv"
+            per_class[name] = read_per_class(csv, ev, problems)
+            read += [csv] if csv.is_file() else []
+        if role == "other":
+            continue
+        train_stage, eval_stage = stages(name, role)
+        if "checkpoint" not in present:
+            missing.append(Missing(f"the generator {name} ({'ASAP-Net' if role == 'asapnet' else 'baseline'})",
+                                   f"models/{name}/generator.pt and metrics/train-{name}.json",
+                                   f"run `dvc repro {train_stage}`"))
+        if not ev:
+            missing.append(Missing(f"Fig. 6 point and table row of {name}", f"metrics/eval-{name}.json",
+                                   f"run `dvc repro {eval_stage}`"))
+    return pd.DataFrame(rows, columns=GENERATOR_COLUMNS), per_class, read
+
+
+def _rel(root: Path, path: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 # ----------------------------------------------------------------------------------------------
 # Everything
 # ----------------------------------------------------------------------------------------------
 
-def read_inputs(root: str | Path, first_benchmarks: list[Path] | None = None) -> Inputs:
+def read_reference_budget(path: Path, problems: list[str]) -> dict:
+    """The paper-like profile's training budget (e.g. profiles/paper-gpu.yaml `train.steps`), to say
+    how far a run's budget is from it; {} when the file is absent."""
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        problems.append(f"{path.name}: not readable YAML ({err})")
+        return {}
+    train = data.get("train") or {}
+    return {"file": path.name, "steps": train.get("steps"), "dataset": data.get("dataset"),
+            "num_workers": train.get("num_workers")}
+
+
+def read_inputs(root: str | Path, first_benchmarks: list[Path] | None = None,
+                generators: dict[str, dict] | None = None, reference_profile: str | Path | None = None) -> Inputs:
     """Every result file under ``root`` (a project folder). ``first_benchmarks``: benchmark files to
     read first (the report's primary device, e.g. the DVC stage's own), before the other
-    metrics/benchmark-*.json (GPU runs committed beside the CPU one)."""
+    metrics/benchmark-*.json (GPU runs committed beside the CPU one). ``generators``: the generators
+    params.yaml trains (name -> {"role": "asapnet" | "baseline", "arch": ...}); an absent file of
+    one is listed as missing with its stage. ``reference_profile``: the paper-like profile whose
+    budget the README quotes."""
     root = Path(root)
     metrics = root / "metrics"
     problems: list[str] = []
+    missing: list[Missing] = []
     named = [Path(f) if Path(f).is_absolute() else root / f for f in first_benchmarks or []]
     bench_files = list(dict.fromkeys([*named, *sorted(metrics.glob("benchmark-*.json"))]))
     inference_files = sorted(metrics.glob("inference-*.json"))
-    eval_files = sorted(metrics.glob("eval*.json"), key=lambda p: (p.stem != "eval", p.name))
-    eval_files = [p for p in eval_files if p.stem == "eval" or p.stem.startswith("eval-")]
-    train_path, sweep_csv, sweep_json = metrics / "train.json", metrics / "sweep.csv", metrics / "sweep.json"
+    sweep_csv, sweep_json = metrics / "sweep.csv", metrics / "sweep.json"
 
     benchmark = read_benchmarks([f for f in bench_files if f.is_file()], problems)
     inference = read_inference(inference_files, problems)
-    train = _load_json(train_path, problems) if train_path.is_file() else None
-    evals, per_class = read_evals(eval_files, problems, root)
+    gens, per_class, generator_files = read_generators(root, generators or {}, problems, missing)
     sweep, sweep_meta = pd.DataFrame(), {}
     if sweep_csv.is_file():
         try:
@@ -284,12 +400,18 @@ def read_inputs(root: str | Path, first_benchmarks: list[Path] | None = None) ->
             problems.append(f"sweep.csv: not readable CSV ({err}); re-run the `sweep` stage")
     if sweep_json.is_file():
         sweep_meta = {k: v for k, v in (_load_json(sweep_json, problems) or {}).items() if k != "trials"}
+    reference = {}
+    if reference_profile:
+        profile = Path(reference_profile)
+        reference = read_reference_budget(profile if profile.is_absolute() else root / profile, problems)
+        reference = {**reference, "file": str(reference_profile)} if reference else {}
 
-    read = [*bench_files, *inference_files, *eval_files, train_path, sweep_csv, sweep_json]
-    files = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in read if p.is_file()]
-    inputs = Inputs(root, benchmark, inference, train, evals, per_class, sweep, sweep_meta, files,
+    read = [*bench_files, *inference_files, *generator_files, sweep_csv, sweep_json]
+    files = [_rel(root, p) for p in read if p.is_file()]
+    inputs = Inputs(root, benchmark, inference, gens, per_class, sweep, sweep_meta, reference, files,
                     problems=problems)
     for kind in SOURCES:
-        if not inputs.present(kind):
+        if not inputs.present(kind) and not (kind in ("train", "eval") and generators):
             inputs.missing.append(Missing(f"{kind} results", *SOURCES[kind]))
+    inputs.missing += missing
     return inputs

@@ -1,0 +1,426 @@
+"""The report's tables: rows of reports/README.md and of the `dvc plots` series, shaped from the
+tables of asap.report.inputs.
+
+Every number printed comes from an input file, or, labelled "paper", from asap.report.paper. Where a
+file does not record something (a commit, a training device) the table says "not recorded" rather
+than guessing. Plain pandas: a notebook can print the same tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from asap.report import paper
+from asap.report.inputs import stages
+
+NOT_RECORDED = "not recorded"
+NOISE_SIGMAS = 2.0  # a KID difference within 2 sigma of the subset noise counts as not significant
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells
+# ----------------------------------------------------------------------------------------------
+
+def fmt(value, digits: int = 2) -> str:
+    """A number with fixed decimals; missing (None/NaN) -> "n/a"."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pm(mean, std, digits: int = 4) -> str:
+    """"mean ± std"; "n/a" when the mean is missing."""
+    return "n/a" if not _present(mean) else f"{fmt(mean, digits)} ± {fmt(std, digits)}"
+
+
+def span(values: pd.Series, digits: int = 0) -> str:
+    """"lo–hi" of a column, or the one value when all are equal."""
+    lo, hi = fmt(values.min(), digits), fmt(values.max(), digits)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _present(value) -> bool:
+    return value is not None and value == value and value != ""
+
+
+def commit(sha: str) -> str:
+    return sha[:10] if _present(sha) and sha != "unknown" else NOT_RECORDED
+
+
+def runtime_device(row) -> str:
+    """Where a generator's batch-1 runtime was measured: "cpu, 2 threads", "nvidia-h200"."""
+    if not _present(row["runtime_device"]):
+        return NOT_RECORDED
+    threads = row["runtime_threads"]
+    return row["runtime_device"] + (f", {threads:.0f} threads" if row["runtime_device"] == "cpu" and
+                                    _present(threads) else "")
+
+
+def budget(row) -> str:
+    """A generator's training budget: "180 s" (a time budget) or "steps" (none: the steps decided)."""
+    return f"{row['time_budget_s']:g} s" if _present(row["time_budget_s"]) else "steps only"
+
+
+def point_label(row) -> str:
+    """A Fig. 6 point: the generator's name and the training it got."""
+    trained = f"{fmt(row['steps'], 0)} steps" + (f", {row['train_seconds']:.0f} s" if _present(row["train_seconds"])
+                                                 else "")
+    return f"{row['name']}\n{trained}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Runtime benchmarks (Fig. 1, 1b, 4, 8)
+# ----------------------------------------------------------------------------------------------
+
+def benchmark_table(bench: pd.DataFrame) -> str:
+    return md_table(
+        ["device", "model", "size", "median ms", "p10 ms", "p90 ms", "low-res ms", "pixelwise ms", "params (M)"],
+        [[r.device, r.model, r.size, fmt(r.median_ms), fmt(r.p10_ms), fmt(r.p90_ms), fmt(r.lr_ms), fmt(r.hr_ms),
+          fmt(r.params / 1e6)] for r in bench.itertuples()])
+
+
+def benchmark_provenance(bench: pd.DataFrame) -> str:
+    """Which machine and commit measured each benchmark file, with how many iterations."""
+    files = bench.drop_duplicates("file")
+    return md_table(["file", "measured on", "commit", "timed iterations (warm-up)"],
+                    [[f"`metrics/{r.file}`", r.device, commit(r.commit), f"{fmt(r.iters, 0)} ({fmt(r.warmup, 0)})"]
+                     for r in files.itertuples()])
+
+
+def paper_runtime_table() -> str:
+    return md_table(["device", "model", "size", "ms", "where the paper says so"],
+                    [[paper.PAPER_DEVICE, "ASAP-Net", s, fmt(ms, 1), "Sec. 1 and Fig. 2 caption"]
+                     for s, ms in paper.PAPER_ASAPNET_MS.items()])
+
+
+def speedup_table(bench: pd.DataFrame) -> str:
+    """ASAP-Net's speed-up over each full-width baseline per device and size, beside the paper's."""
+    full = bench[(bench["width_mult"] == 1.0)]
+    rows = []
+    for (device, size), g in full.groupby(["device", "size"], sort=False):
+        ref = g[(g["arch"] == "asapnet") & ~g["fast"].astype(bool)]
+        if ref.empty:
+            continue
+        fast = g[(g["arch"] == "asapnet") & g["fast"].astype(bool)]
+        for arch in ("pix2pixhd", "spade"):
+            base = g[g["arch"] == arch]
+            if base.empty:
+                continue
+            ms = float(base["median_ms"].iloc[0])
+            rows.append([device, size, arch, fmt(ms), fmt(ms / float(ref["median_ms"].iloc[0])),
+                         fmt(ms / float(fast["median_ms"].iloc[0])) if not fast.empty else "n/a",
+                         fmt(paper.PAPER_MAX_SPEEDUP[arch], 1)])
+    if not rows:
+        return ""
+    return ("Speed-up of ASAP-Net over each baseline (baseline ms / ASAP-Net ms); the paper states maxima "
+            f"over its resolutions on an {paper.PAPER_DEVICE} (Sec. 4.1; also "
+            f"{paper.PAPER_MAX_SPEEDUP['cc-fpse']:g}x over CC-FPSE, not implemented here):\n\n"
+            + md_table(["device", "size", "baseline", "baseline ms", "speed-up (reference)",
+                        "speed-up (fast path)", "paper: up to"], rows))
+
+
+def inference_table(inference: pd.DataFrame) -> str:
+    return md_table(["device", "size", "path", "precision", "median ms", "p10 ms", "p90 ms", "MLP ms", "max abs diff",
+                     "measured"],
+                    [[r.device, r.size, r.path, r.precision, fmt(r.median_ms), fmt(r.p10_ms), fmt(r.p90_ms),
+                      fmt(r.mlp_ms), fmt(r.max_abs_diff, 4), r.created or NOT_RECORDED]
+                     for r in inference.itertuples()])
+
+
+def stream_table(split: pd.DataFrame) -> str:
+    return md_table(["device", "size", "low-res ms", "pixelwise ms", "end to end ms", "low-res %"],
+                    [[r.device, r.size, fmt(r.lr_ms), fmt(r.hr_ms), fmt(r.median_ms),
+                      fmt(100 * r.lr_ms / (r.lr_ms + r.hr_ms), 1)] for r in split.itertuples()])
+
+
+def slim_table(bench: pd.DataFrame) -> str:
+    d = bench[~bench["fast"].astype(bool)]
+    return md_table(["device", "model", "arch", "width", "params (M)", "size", "median ms"],
+                    [[r.device, r.model, r.arch, fmt(r.width_mult), fmt(r.params / 1e6, 3), r.size, fmt(r.median_ms)]
+                     for r in d.itertuples()])
+
+
+def runtime_series(bench: pd.DataFrame, models: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The dvc plots series of Fig. 1 (median ms per size, a column per model) and Fig. 4 (ASAP-Net's
+    stream split), from the primary benchmark file (the first read)."""
+    primary = bench[bench["file"] == bench["file"].iloc[0]] if not bench.empty else bench
+    wide = primary.drop_duplicates("size").sort_values("megapixels")[["size", "megapixels"]].copy()
+    for model in models:
+        wide[model] = wide["size"].map(primary[primary["model"] == model].set_index("size")["median_ms"])
+    split = primary[(primary["arch"] == "asapnet") & primary["lr_ms"].notna()].drop_duplicates("size")
+    return wide, split[["size", "megapixels", "lr_ms", "hr_ms", "median_ms"]].sort_values("megapixels")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generators: quality vs runtime (Fig. 6, 8), budget, noise, provenance
+# ----------------------------------------------------------------------------------------------
+
+def _evaluated(gens: pd.DataFrame) -> pd.DataFrame:
+    return gens[gens["has_eval"].astype(bool)]
+
+
+def versus(row, ref) -> str:
+    """How ``row`` compares with the reference generator: the FID and KID differences, and whether
+    KID's difference exceeds NOISE_SIGMAS x its subset noise (the only noise estimate measured)."""
+    if row["name"] == ref["name"]:
+        return "reference"
+    d_fid, d_kid = row["fid"] - ref["fid"], row["kid_mean"] - ref["kid_mean"]
+    noise = math.hypot(row["kid_std"], ref["kid_std"])
+    head = f"FID {d_fid:+.1f}, KID {d_kid:+.4f}"
+    if not (_present(d_kid) and _present(noise)):
+        return f"{head}: no noise estimate, not judged" if _present(d_fid) else "n/a"
+    if abs(d_kid) <= NOISE_SIGMAS * noise:
+        return f"{head}: not significant (KID within ±{NOISE_SIGMAS * noise:.4f})"
+    if _present(d_fid) and (d_fid > 0) != (d_kid > 0):
+        return f"{head}: not significant (FID and KID disagree)"
+    return f"{head}: {'worse' if d_kid > 0 else 'better'} than {ref['name']} beyond KID noise"
+
+
+def quality_table(gens: pd.DataFrame, reference: str) -> str:
+    """Fig. 6's table: a row per generator (evaluated or not), quality beside its floor, runtime with
+    its device, and the training budget it got."""
+    ref = _evaluated(gens)
+    ref = ref[ref["name"] == reference]
+    ref = ref.iloc[0] if not ref.empty else None
+    rows = []
+    for _, r in gens.iterrows():
+        if not r["has_eval"]:
+            verdict = (f"not evaluated: `dvc repro {stages(r['name'], r['role'])[1]}`" if r["role"] != "other"
+                       else "not evaluated (not in params.yaml)")
+        else:
+            verdict = versus(r, ref) if ref is not None else "n/a"
+        runtime = (f"{fmt(r['runtime_ms'])} ({fmt(r['runtime_p10_ms'])}–{fmt(r['runtime_p90_ms'])})"
+                   if _present(r["runtime_ms"]) else "n/a")
+        rows.append([f"{r['name']} ({r['arch']})", fmt(r["params"] / 1e6, 2), fmt(r["fid"], 1), fmt(r["floor_fid"], 1),
+                     pm(r["kid_mean"], r["kid_std"]), pm(r["floor_kid_mean"], r["floor_kid_std"]),
+                     fmt(r["pixel_acc"], 3), fmt(r["miou"], 3), runtime,
+                     runtime_device(r) if r["has_eval"] else "n/a", fmt(r["steps"], 0), fmt(r["train_seconds"], 0),
+                     budget(r) if r["has_eval"] or r["has_train"] or r["has_checkpoint"] else "n/a",
+                     r["stopped_by"] or "n/a", verdict])
+    return md_table(["generator", "params (M)", "FID", "floor FID", "KID ± std", "floor KID ± std", "pixel acc",
+                     "mIoU", "runtime ms (p10–p90)", "runtime on", "steps", "train s", "budget", "stopped by",
+                     f"vs {reference}"], rows)
+
+
+def budget_facts(gens: pd.DataFrame, reference: dict) -> dict:
+    """The budget the evaluated generators got, where they were timed, and its share of the
+    paper-like profile's steps (``reference``: inputs.read_reference_budget); {} without evals."""
+    ev = _evaluated(gens)
+    if ev.empty:
+        return {}
+    runtime = sorted(set(runtime_device(r) for _, r in ev.iterrows()))
+    ref_steps = reference.get("steps")
+    share = float(ev["steps"].max()) / float(ref_steps) if ref_steps and ev["steps"].notna().any() else math.nan
+    return {"budgets": sorted(set(budget(r) for _, r in ev.iterrows())),
+            "steps": ", ".join(f"{r['name']} {fmt(r['steps'], 0)}" for _, r in ev.iterrows()),
+            "batches": sorted(set(fmt(b, 0) for b in ev["global_batch"])),
+            "train_devices": sorted(set(d for d in ev["train_device"] if d)), "runtime": runtime,
+            "images": fmt(ev["num_images"].max(), 0), "datasets": sorted(set(ev["dataset"]) - {""}),
+            "max_steps": fmt(ev["steps"].max(), 0), "share": share, "reference": reference,
+            "quick": share < 0.1, "on_cpu": all(d.startswith("cpu") for d in runtime)}
+
+
+def budget_line(gens: pd.DataFrame, reference: dict) -> str:
+    """Two lines for a figure title: the training budget and steps, where runtime was measured, and a
+    plain warning when the budget is a quick one."""
+    f = budget_facts(gens, reference)
+    if not f:
+        return ""
+    line = (f"training budget {' / '.join(f['budgets'])} each (steps: {f['steps']}); runtime batch 1 on "
+            f"{', '.join(f['runtime'])}; {f['images']} test images")
+    if f["quick"]:
+        line += (f"\nQUICK{' CPU' if f['on_cpu'] else ''} BUDGET: {f['share']:.1%} of the steps of "
+                 f"{f['reference']['file']}; far from the paper's numbers")
+    return line
+
+
+def budget_note(gens: pd.DataFrame, reference: dict) -> str:
+    """What the compared generators were trained with (Fig. 6's section), pointing to the warning
+    when that is a quick budget."""
+    f = budget_facts(gens, reference)
+    if not f:
+        return ""
+    devices = f["train_devices"] or [NOT_RECORDED + " in the train files"]
+    text = (f"**Budget.** Training budget per generator: {' / '.join(f['budgets'])} (global batch "
+            f"{', '.join(f['batches'])}); steps reached: {f['steps']}. Training device: {', '.join(devices)}. "
+            f"Runtime: batch 1 on {', '.join(f['runtime'])}; quality on {f['images']} test images of "
+            f"{', '.join(f['datasets']) or 'the dataset'}.")
+    if len(f["budgets"]) > 1:
+        text += " **The generators got different budgets: this is not an equal-budget comparison.**"
+    if len(f["runtime"]) > 1:
+        text += " **Runtimes were measured on different devices or thread counts: they do not compare.**"
+    if not f["reference"]:
+        text += " No paper-like profile was found to compare this budget with."
+    elif f["quick"]:
+        text += (f" That is {f['share']:.1%} of the steps of {f['reference']['file']}: a quick budget (see the top "
+                 "of this page).")
+    return text
+
+
+def quick_warning(gens: pd.DataFrame, reference: dict) -> str:
+    """The README's opening warning when the compared generators got a quick budget; "" otherwise."""
+    f = budget_facts(gens, reference)
+    if not f or not f["quick"]:
+        return ""
+    profile = f["reference"]["file"]
+    return (f"**The comparisons below rest on a quick{' CPU' if f['on_cpu'] else ''} budget**: "
+            f"{' / '.join(f['budgets'])} of training per generator, at most {f['max_steps']} steps, "
+            f"{f['share']:.1%} of the {f['reference']['steps']} steps of {profile}, the paper-like profile; "
+            f"runtime on {', '.join(f['runtime'])}. Their numbers are far from the paper's and do not say which "
+            "generator is better when trained to convergence; for paper-like numbers run "
+            f"`python -m pipelines.profile {profile} --run` on GPUs.")
+
+
+def noise_note(gens: pd.DataFrame) -> str:
+    ev = _evaluated(gens)
+    if ev.empty:
+        return ""
+    r = ev.iloc[0]
+    return (f"**Noise.** KID's ± is its standard deviation over {fmt(r['kid_subsets'], 0)} random subsets of "
+            f"{fmt(r['kid_subset_size'], 0)} of the {fmt(r['num_images'], 0)} test images: the spread from which "
+            "images are scored, not from training. **No seed-to-seed noise has been measured** (no run in "
+            "metrics/ trains one config with two seeds), so no difference here is known to exceed training noise. "
+            f"FID has no spread of its own here: a difference to the reference is marked *not significant* when "
+            f"KID's difference is within {NOISE_SIGMAS:g} x sqrt(std_a² + std_b²) or FID and KID disagree in sign.")
+
+
+def floor_note(gens: pd.DataFrame) -> str:
+    ev = _evaluated(gens)
+    ev = ev[ev["floor_fid"].notna()]
+    if ev.empty:
+        return "The real-versus-real FID floor is not in the eval files: re-run the evaluate stages."
+    floors = ev.drop_duplicates(["floor_fid", "floor_num_images"])
+    values = "; ".join(f"FID {fmt(r['floor_fid'], 1)}, KID {fmt(r['floor_kid_mean'], 4)} ± "
+                       f"{fmt(r['floor_kid_std'], 4)} ({fmt(r['floor_num_images'], 0)} vs "
+                       f"{fmt(r['floor_num_images'], 0)} photos)" for _, r in floors.iterrows())
+    return (f"**Floor.** Real photos held out from the train split scored against the test photos with the same "
+            f"protocol: {values}. On this few images FID is biased far above 0 even for real photos: read every "
+            "generated FID against this line, not against 0.")
+
+
+def ceiling_note(gens: pd.DataFrame) -> str:
+    ev = _evaluated(gens)
+    ev = ev[ev["real_pixel_acc"].notna()]
+    if ev.empty:
+        return ""
+    c = ev.iloc[0]
+    return (f"Real test photos through the same segmenter (the ceiling): pixel accuracy "
+            f"{fmt(c['real_pixel_acc'], 3)}, mIoU {fmt(c['real_miou'], 3)}.")
+
+
+def provenance_table(gens: pd.DataFrame) -> str:
+    """Which files, runs and commits each generator's numbers come from."""
+    rows = [[r["name"], f"`{r['train_file']}`" if r["train_file"] else "n/a",
+             f"`{r['eval_file']}`" if r["eval_file"] else "n/a", r["run_name"] or NOT_RECORDED,
+             r["mlflow_run_id"] or NOT_RECORDED, commit(r["train_commit"]), commit(r["eval_commit"]),
+             r["train_device"] or NOT_RECORDED, runtime_device(r) if r["has_eval"] else "n/a"]
+            for _, r in gens.iterrows()]
+    return md_table(["generator", "train file", "eval file", "training run", "MLflow run", "training commit",
+                     "eval commit", "trained on", "runtime measured on"], rows)
+
+
+SERIES_COLUMNS = ["name", "label", "arch", "runtime_ms", "fid", "fid_floor", "kid_mean", "kid_std", "kid_floor",
+                  "pixel_acc", "miou", "steps", "train_seconds", "time_budget_s", "runtime_device"]
+
+
+def quality_series(gens: pd.DataFrame) -> pd.DataFrame:
+    """reports/plots/quality_vs_runtime.csv: a row per evaluated generator (dvc.yaml's Fig. 6 plots)."""
+    ev = _evaluated(gens)
+    out = pd.DataFrame({"name": ev["name"], "label": [point_label(r).replace("\n", ", ") for _, r in ev.iterrows()],
+                        "arch": ev["arch"], "runtime_ms": ev["runtime_ms"], "fid": ev["fid"],
+                        "fid_floor": ev["floor_fid"], "kid_mean": ev["kid_mean"], "kid_std": ev["kid_std"],
+                        "kid_floor": ev["floor_kid_mean"], "pixel_acc": ev["pixel_acc"], "miou": ev["miou"],
+                        "steps": ev["steps"], "train_seconds": ev["train_seconds"],
+                        "time_budget_s": ev["time_budget_s"], "runtime_device": ev["runtime_device"]})
+    return out[SERIES_COLUMNS]
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep (Fig. 9) and per-class IoU (Fig. 11)
+# ----------------------------------------------------------------------------------------------
+
+SWEEP_COLUMNS = ("trial", "variant", "S", "steps", "train_seconds", "runtime_ms", "lr_ms", "hr_ms", "fid",
+                 "kid_mean", "pixel_acc", "miou")
+HEADERS = {"runtime_ms": "runtime ms", "lr_ms": "low-res ms", "hr_ms": "pixelwise ms", "fid": "FID",
+           "kid_mean": "KID", "pixel_acc": "pixel acc", "miou": "mIoU", "train_seconds": "train s"}
+DIGITS = {"runtime_ms": 2, "lr_ms": 2, "hr_ms": 2, "fid": 2, "kid_mean": 4, "pixel_acc": 3, "miou": 3,
+          "train_seconds": 0}
+
+
+def sweep_table(sweep: pd.DataFrame) -> str:
+    cols = [c for c in SWEEP_COLUMNS if c in sweep]
+    rows = [[fmt(r[c], DIGITS[c]) if c in DIGITS else r[c] for c in cols] for r in sweep.to_dict("records")]
+    return md_table([HEADERS.get(c, c) for c in cols], rows)
+
+
+def sweep_budget(sweep: pd.DataFrame, meta: dict) -> str:
+    """One line: the budget every trial got, the images it was scored on, where it was timed."""
+    budget_s = meta.get("time_budget_s")
+    steps = sweep["steps"] if "steps" in sweep else pd.Series(dtype=float)
+    seconds = sweep["train_seconds"] if "train_seconds" in sweep else pd.Series(dtype=float)
+    cap = f"{budget_s:g} s of training per trial" if budget_s else f"{meta.get('steps', '?')} steps per trial"
+    reached = f"steps reached {span(steps)}" if steps.notna().any() else "steps reached not recorded"
+    if seconds.notna().any():
+        reached += f" in {span(seconds)} s"
+    images = sweep["num_images"].max() if "num_images" in sweep else math.nan
+    device = sorted(set(sweep.get("runtime_device", pd.Series(dtype=str)).dropna().astype(str))) or [NOT_RECORDED]
+    threads = sweep["runtime_threads"].dropna() if "runtime_threads" in sweep else pd.Series(dtype=float)
+    timed = ", ".join(device) + (f", {fmt(threads.max(), 0)} threads" if not threads.empty else "")
+    return f"{cap}, {reached}; FID on {fmt(images, 0)} test images; runtime on {timed}"
+
+
+def paper_s_table() -> str:
+    return md_table(["trial", "S", "ms"],
+                    [[role, str(paper.PAPER_S_ABLATION_DEFAULT_S) if role == "default S" else "not stated", fmt(ms, 1)]
+                     for role, ms in paper.PAPER_S_ABLATION_MS.items()])
+
+
+def per_class_wide(per_class: dict[str, pd.DataFrame], order: list[str]) -> pd.DataFrame:
+    """One row per class: pixel share, the first generator's IoU as `iou` (dvc.yaml's Fig. 11 plot),
+    every generator's as `iou_<name>`, and the real photos' as `real_iou`."""
+    names = [n for n in order if n in per_class]
+    if not names:
+        return pd.DataFrame(columns=["class", "name", "pixel_share", "iou", "real_iou"])
+    first = per_class[names[0]]
+    wide = first[["class", "name", "pixel_share", "iou", "real_iou"]].copy()
+    for n in names:
+        wide[f"iou_{n}"] = wide["class"].map(per_class[n].set_index("class")["iou"])
+    return wide
+
+
+def per_class_table(wide: pd.DataFrame, names: list[str]) -> str:
+    rows = [[r["name"], fmt(100 * r["pixel_share"], 2), *(fmt(r[f"iou_{n}"], 3) for n in names), fmt(r["real_iou"], 3)]
+            for _, r in wide.sort_values("pixel_share", ascending=False).iterrows()]
+    return md_table(["class", "pixel share %", *(f"IoU {n}" for n in names), "real-photo IoU"], rows)
+
+
+def default_s(sweep: pd.DataFrame, height: int, width: int) -> int:
+    """The sweep's default S: the S of its ablation trials (they run at the default), else Sec. 3.2."""
+    from asap.models.asapnet import default_downsampling
+
+    ablations = sweep[sweep["variant"] != "full"]
+    return int(ablations["S"].iloc[0]) if not ablations.empty else default_downsampling(height, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# dvc plots series
+# ----------------------------------------------------------------------------------------------
+
+def plot_series(inputs, models: list[str]) -> dict[str, pd.DataFrame]:
+    """reports/plots/<name>.csv for dvc.yaml `plots:`, every column dvc.yaml names present even when
+    a table is empty (DVC rejects a plot whose column is missing, but draws an empty one)."""
+    wide, split = runtime_series(inputs.benchmark, models)
+    names = [n for n in inputs.evals["name"] if n in inputs.per_class]
+    return {"runtime_vs_resolution": wide, "asapnet_streams": split,
+            "quality_vs_runtime": quality_series(inputs.generators),
+            "per_class_iou": per_class_wide(inputs.per_class, names)}
