@@ -39,6 +39,7 @@ import torch
 from asap.config import ConfigError, from_dict, require
 from asap.data.prepared import DatasetInfo
 from asap.engine import GANTrainer, TrainConfig, train_loop
+from asap.files import exclusive
 from asap.losses import GANLossConfig, build_perceptual_loss
 from asap.models.checkpoint import ARCHS, build_generator, save_generator
 
@@ -59,6 +60,7 @@ class RunnerConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2            # worker failures survived (restart from the last checkpoint)
     keep_checkpoints: int = 2
+    startup_timeout_s: float = 600.0  # on a cluster: how long to wait for the workers' resources
 
     def __post_init__(self):
         require(isinstance(self.name, str) and bool(NAME_PATTERN.match(self.name)),
@@ -73,6 +75,9 @@ class RunnerConfig:
                 f"train.cpus_per_worker must be a number > 0, got {self.cpus_per_worker!r}")
         require(self.use_gpu in ("auto", True, False),
                 f"train.use_gpu must be auto, true or false, got {self.use_gpu!r}")
+        require(isinstance(self.startup_timeout_s, (int, float)) and not isinstance(self.startup_timeout_s, bool)
+                and self.startup_timeout_s >= 0,
+                f"train.startup_timeout_s must be a number of seconds >= 0, got {self.startup_timeout_s!r}")
 
 
 def split_train_section(section: dict | None) -> tuple[TrainConfig, RunnerConfig]:
@@ -246,21 +251,44 @@ def generator_meta(run: TrainingRun, step: int, elapsed_s: float, **extra) -> di
 # ----------------------------------------------------------------------------------------------
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Checkpoint folders, newest first."""
+    """Finished checkpoint folders (``step_NNNNNNN``), newest first; half-written ``.tmp`` ones left by
+    a kill are not checkpoints."""
     folder = Path(run_dir) / "checkpoints"
-    return sorted(folder.glob("step_*"), reverse=True) if folder.is_dir() else []
+    found = [d for d in folder.glob("step_*") if re.fullmatch(r"step_\d+", d.name)] if folder.is_dir() else []
+    return sorted(found, reverse=True)
 
 
-def load_latest(trainer: GANTrainer, run_dir: Path, printer=print) -> Path | None:
-    """Load the newest checkpoint that loads; a bad one (truncated, corrupt) is named and skipped."""
-    for folder in checkpoint_dirs(run_dir):
-        path = folder / STATE_FILE
+def write_checkpoint(trainer: GANTrainer, folder: Path, **meta) -> None:
+    """``state.pt`` plus ``meta.json`` with the step, seconds spent and the state file's SHA-256, so a
+    damaged file is recognised before it is loaded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.save(folder / STATE_FILE)
+    digest = hashlib.sha256((folder / STATE_FILE).read_bytes()).hexdigest()
+    (folder / "meta.json").write_text(json.dumps({"step": trainer.step, "elapsed_s": trainer.elapsed_s,
+                                                   "sha256": digest, **meta}))
+
+
+def load_checkpoint(trainer: GANTrainer, folder: Path) -> None:
+    """Load ``folder``'s state into ``trainer`` after checking it against the recorded SHA-256."""
+    path = Path(folder) / STATE_FILE
+    meta_path = Path(folder) / "meta.json"
+    if meta_path.is_file():
+        expected = json.loads(meta_path.read_text()).get("sha256")
+        if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise OSError("its bytes do not match the SHA-256 recorded when it was written")
+    trainer.load(path)
+
+
+def load_newest_good(trainer: GANTrainer, folders: list[Path], printer=print) -> Path | None:
+    """Load the first of ``folders`` (newest first) that loads; each bad one (truncated, corrupt,
+    missing) is named in one line and skipped. Returns the folder loaded, or None."""
+    for folder in folders:
         try:
-            trainer.load(path)
-            return path
-        except (RuntimeError, OSError, EOFError, KeyError) as err:
-            printer(f"[train] warning: checkpoint {path} does not load ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0][:120]}); trying the one before it", flush=True)
+            load_checkpoint(trainer, folder)
+            return Path(folder)
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+            printer(f"[train] warning: checkpoint {Path(folder) / STATE_FILE} does not load ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:200]}); trying the one before it", flush=True)
     return None
 
 
@@ -270,8 +298,7 @@ def save_checkpoint(trainer: GANTrainer, run_dir: Path, keep: int) -> Path:
     folder = Path(run_dir) / "checkpoints" / f"step_{trainer.step:07d}"
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainer.save(tmp / STATE_FILE)
+    write_checkpoint(trainer, tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     for old in checkpoint_dirs(run_dir)[keep:]:
@@ -307,22 +334,38 @@ def train(run: TrainingRun, run_dir: str | Path, *, device: str | torch.device =
           printer=print, meta: dict | None = None) -> dict:
     """Train ``run`` in this process, resuming from the newest good checkpoint in ``run_dir``.
     Writes the final generator to ``out`` (default ``run_dir/generator.pt``) and returns the summary
-    (also ``run_dir/summary.json``)."""
-    from asap.data.prepared import PreparedDataset
-
+    (also ``run_dir/summary.json``). One process at a time: a second gets a clear error.
+    ``keep_checkpoints=0`` writes no training checkpoints at all (nothing to resume from; for one-shot
+    runs such as the GPU campaign, where a full-width state is gigabytes)."""
     run_dir = Path(run_dir)
     require(run.world_size == 1, f"the in-process trainer runs one worker; this run has world_size "
                                  f"{run.world_size} (use the Ray Train stage, or train.num_workers: 1)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_dir / "lock", f"training into {run_dir}"):
+        return _train_locked(run, run_dir, device=device, keep_checkpoints=keep_checkpoints, out=out,
+                             on_log=on_log, on_sample=on_sample, printer=printer, meta=meta)
+
+
+def _train_locked(run: TrainingRun, run_dir: Path, *, device, keep_checkpoints, out, on_log, on_sample, printer,
+                  meta) -> dict:
+    from asap.data.prepared import PreparedDataset
+
     _claim_run_dir(run, run_dir)
     device = torch.device(device)
     dataset = PreparedDataset(run.data_root, "train")
     trainer = build_trainer(run, device)
     metrics_file = run_dir / "metrics.jsonl"
-    resumed = load_latest(trainer, run_dir, printer)
+    for leftover in (run_dir / "checkpoints").glob("step_*.tmp"):  # half-written when a kill came
+        shutil.rmtree(leftover, ignore_errors=True)
+    candidates = checkpoint_dirs(run_dir)
+    resumed = load_newest_good(trainer, candidates, printer)
+    if candidates and resumed is None:
+        raise ConfigError(f"no checkpoint in {run_dir / 'checkpoints'} loads (each is named above); remove that "
+                          "folder to start this run afresh")
     resumed_step = trainer.step
     if resumed is not None:
         printer(f"[train] resuming {run.name} from step {trainer.step} ({trainer.elapsed_s:.0f} s spent) "
-                f"of {resumed.parent}", flush=True)
+                f"of {resumed}", flush=True)
     _trim_metrics(metrics_file, trainer.step)
     budget = (f"{run.train.time_budget_s:g} s (at most {run.train.steps} steps)"
               if run.train.time_budget_s is not None else f"{run.train.steps} steps")
@@ -348,7 +391,8 @@ def train(run: TrainingRun, run_dir: str | Path, *, device: str | torch.device =
     t0 = time.perf_counter()
     if not trainer.done():
         train_loop(trainer, dataset, on_log=log, on_sample=on_sample or sample, printer=printer,
-                   on_checkpoint=lambda step: save_checkpoint(trainer, run_dir, keep_checkpoints))
+                   on_checkpoint=(lambda step: save_checkpoint(trainer, run_dir, keep_checkpoints))
+                   if keep_checkpoints > 0 else None)
     out = Path(out) if out is not None else run_dir / "generator.pt"
     from asap.metrics.runtime import device_info, device_slug
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,22 @@ def setup_mlflow(experiment: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+@contextmanager
+def mlflow_run_failed_on_error(uri: str, run_id: str):
+    """A stage that fails (or is interrupted) ends its MLflow run as FAILED instead of leaving it
+    RUNNING; the error itself goes on to the stage runner."""
+    try:
+        yield
+    except BaseException:
+        import mlflow
+
+        try:
+            mlflow.MlflowClient(uri).set_terminated(run_id, "FAILED")
+        except mlflow.exceptions.MlflowException as err:  # the store is the problem: say so, keep the error
+            print(f"warning: could not mark MLflow run {run_id} FAILED: {err}", file=sys.stderr)
+        raise
 
 
 # -- result files -------------------------------------------------------------------------------

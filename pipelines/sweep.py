@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new console output ignores verbose=0 for its header
     train_stage.init_ray()
+    first = trial_job(base, points[0], sweep)
+    train_stage.wait_for_resources(first.runner, train_stage.use_gpu(sweep.use_gpu), extra_cpus=sweep.trial_driver_cpus,
+                                   what="sweep")
     seg = root / "models" / f"segmenter-{dataset}.pt"
     fid_cache = Path(evaluate.fid_cache)
     trainable = tune.with_resources(run_trial, {"CPU": sweep.trial_driver_cpus})

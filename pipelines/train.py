@@ -34,7 +34,9 @@ import torch
 
 from asap.config import ConfigError
 from asap.data.prepared import DEFAULT_ROOT, DatasetInfo, prepare_hint
-from asap.training import STATE_FILE, RunnerConfig, TrainingRun, split_train_section
+from asap.files import exclusive
+from asap.training import (STATE_FILE, RunnerConfig, TrainingRun, load_newest_good, split_train_section,
+                           write_checkpoint)
 from pipelines import common
 
 
@@ -86,6 +88,23 @@ def quiet_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def restore(trainer, latest: Path, run_name: str, printer=None) -> None:
+    """Load the checkpoint Ray hands over, or, when it is damaged, the newest one before it in the
+    same run folder (Ray keeps train.keep_checkpoints of them). One line names each bad file; when
+    none loads, one error says which run folder to remove to start afresh."""
+    def step_of(folder: Path) -> int:
+        try:
+            return int(json.loads((folder / "meta.json").read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            return -1
+
+    others = sorted((d for d in latest.parent.glob("checkpoint_*") if d.is_dir() and d != latest),
+                    key=step_of, reverse=True)
+    if load_newest_good(trainer, [latest, *others], printer or print) is None:
+        raise ConfigError(f"no checkpoint of training run {run_name} loads (each is named above); remove "
+                          f"{latest.parent} to start that run afresh")
+
+
 def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -105,8 +124,7 @@ def train_worker(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            trainer.load(Path(d) / STATE_FILE)
+        restore(trainer, Path(checkpoint.path), job.run_name, printer=None if rank == 0 else (lambda *a, **k: None))
         if rank == 0:
             print(f"[train] resuming {job.run_name} from step {trainer.step} ({trainer.elapsed_s:.0f} s spent)",
                   flush=True)
@@ -135,10 +153,7 @@ def train_worker(config: dict) -> None:
         metrics = {"step": step, "elapsed_s": trainer.elapsed_s, **{k: float(v) for k, v in last.items()}}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                trainer.save(Path(d) / STATE_FILE)
-                (Path(d) / "meta.json").write_text(json.dumps({"step": step, "elapsed_s": trainer.elapsed_s,
-                                                                "run_name": job.run_name, "device": train_device,
-                                                                "world_size": world}))
+                write_checkpoint(trainer, Path(d), run_name=job.run_name, device=train_device, world_size=world)
             # every rank reports (a barrier); only rank 0 hands over the checkpoint
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
 
@@ -178,6 +193,35 @@ def use_gpu(setting) -> bool:
     return bool(setting)
 
 
+def wait_for_resources(r: RunnerConfig, gpu: bool, extra_cpus: float = 0.0, what: str = "train") -> None:
+    """Fail with one clear line, before Ray Train starts, when the workers cannot be placed: at once
+    on a local Ray (its resources are fixed), after ``r.startup_timeout_s`` on a cluster (an
+    autoscaler may add nodes meanwhile). Ray Train itself would retry the start every 60 s, forever."""
+    import ray
+
+    need_cpu = r.num_workers * r.cpus_per_worker + extra_cpus
+    need_gpu = r.num_workers if gpu else 0
+    cluster = bool(os.environ.get("RAY_ADDRESS"))
+    deadline = time.monotonic() + (r.startup_timeout_s if cluster else 0.0)
+    while True:
+        total = ray.cluster_resources()
+        node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
+        if have_cpu + 1e-9 >= need_cpu and have_gpu >= need_gpu and max(node_cpus, default=0) >= r.cpus_per_worker:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(5)
+    where = f"the Ray cluster (waited {r.startup_timeout_s:g} s, train.startup_timeout_s)" if cluster else "this machine"
+    gpus = f" and {need_gpu} GPU(s)" if need_gpu else ""
+    fit_workers = int((have_cpu - extra_cpus) // r.cpus_per_worker) if r.cpus_per_worker else 0
+    raise ConfigError(
+        f"{what}.num_workers={r.num_workers} x {what}.cpus_per_worker={r.cpus_per_worker:g}"
+        f"{f' + {extra_cpus:g} for the trial driver' if extra_cpus else ''} needs {need_cpu:g} CPUs{gpus}, but "
+        f"{where} has {have_cpu:g} CPUs and {have_gpu:g} GPUs (largest node: {max(node_cpus, default=0):g} CPUs): "
+        f"lower {what}.num_workers (at most {max(fit_workers, 0)} fit) or {what}.cpus_per_worker")
+
+
 def fit(job: Job, storage_path: Path, callbacks=None):
     """Build the TorchTrainer for ``job`` and run it; returns ray.train.Result.
     Re-running with the same run name and storage resumes from the last checkpoint (Train V2)."""
@@ -186,6 +230,8 @@ def fit(job: Job, storage_path: Path, callbacks=None):
 
     r = job.runner
     gpu = use_gpu(r.use_gpu)
+    if not callbacks:  # a sweep trial is checked by the sweep's driver, with the trial driver's CPUs
+        wait_for_resources(r, gpu)
     scaling = ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=gpu,
                                       resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if gpu else {})})
     run_config = ray.train.RunConfig(
@@ -303,19 +349,28 @@ def main(argv: list[str] | None = None) -> None:
 
     common.setup_mlflow(f"asapnet-{run.dataset}")  # create the store once, before any worker
     job = replace(job, tracking_uri=common.tracking_uri())
-    job = replace(job, mlflow_run_id=mlflow_run(job, storage))
-    budget = (f"a {run.train.time_budget_s:g} s time budget (at most {run.train.steps} steps)"
-              if run.train.time_budget_s is not None else f"{run.train.steps} steps")
-    detail = f"S={run.generator['downsampling']}" if run.arch == "asapnet" else f"width x{run.generator['width_mult']:g}"
-    print(f"[train] {run.name} ({run.arch}, {detail}) on {run.dataset}: {budget} x {job.runner.num_workers} "
-          f"workers; checkpoints in {storage / job.run_name}; MLflow run {job.mlflow_run_id} at {job.tracking_uri}",
-          flush=True)
+    with exclusive(storage / f"{job.run_name}.lock", f"training run {job.run_name}"):
+        init_ray()
+        wait_for_resources(job.runner, use_gpu(job.runner.use_gpu))
+        job = replace(job, mlflow_run_id=mlflow_run(job, storage))
+        budget = (f"a {run.train.time_budget_s:g} s time budget (at most {run.train.steps} steps)"
+                  if run.train.time_budget_s is not None else f"{run.train.steps} steps")
+        detail = (f"S={run.generator['downsampling']}" if run.arch == "asapnet"
+                  else f"width x{run.generator['width_mult']:g}")
+        print(f"[train] {run.name} ({run.arch}, {detail}) on {run.dataset}: {budget} x {job.runner.num_workers} "
+              f"workers; checkpoints in {storage / job.run_name}; MLflow run {job.mlflow_run_id} at {job.tracking_uri}",
+              flush=True)
+        t0 = time.time()
+        with common.mlflow_run_failed_on_error(job.tracking_uri, job.mlflow_run_id):
+            result = fit(job, storage)
+            if result.error:
+                raise result.error
+            finish(job, result, out, result_path, t0)
 
-    init_ray()
-    t0 = time.time()
-    result = fit(job, storage)
-    if result.error:
-        raise result.error
+
+def finish(job: Job, result, out: Path, result_path: Path, t0: float) -> None:
+    """The trained generator, its metrics file and the final MLflow records."""
+    run = job.run
     meta = export_generator(result, job, out)
     metrics = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "stopped_by": meta["stopped_by"],
                "time_budget_s": run.train.time_budget_s, "wall_s": round(time.time() - t0, 1),

@@ -137,3 +137,34 @@ def test_baseline_trained_by_the_stage_for_a_time_budget_on_two_workers(tmp_path
     assert run.data.params["arch"] == "spade" and run.data.params["model.width_mult"] == "0.125"
     assert run.data.params["train.time_budget_s"] == str(budget) and run.data.tags["generator"] == "spade"
     assert run.data.metrics["final_steps"] == metrics["steps"]
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, facades64):
+    project = make_project(tmp_path / "proj", facades64)
+    assert run_stage(project, "pipelines.train").returncode == 0
+    folders = sorted((d for d in (project / "checkpoints" / "ray").glob("train-*/checkpoint_*") if d.is_dir()),
+                     key=lambda d: json.loads((d / "meta.json").read_text())["step"])
+    assert [json.loads((d / "meta.json").read_text())["step"] for d in folders] == [2, 4]
+    damaged = folders[-1] / "state.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])  # truncated by a full disk
+
+    again = run_stage(project, "pipelines.train")
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert f"checkpoint {damaged} does not load" in out and "resuming" in out and "from step 2" in out
+    _, meta = load_generator(project / "models" / "asapnet" / "generator.pt")
+    assert meta["steps"] == 4
+
+
+def test_more_workers_than_the_machine_has_fail_at_once_naming_the_setting(tmp_path, facades64):
+    project = make_project(tmp_path / "proj", facades64, {"train": {"num_workers": 8}})
+    t0 = time.monotonic()
+    proc = run_stage(project, "pipelines.train", timeout=300)
+    assert time.monotonic() - t0 < 90  # Ray Train alone retries the start every 60 s, forever
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: train.num_workers=8 x train.cpus_per_worker=0.9 needs 7.2 CPUs, but this "
+                           "machine has 2 CPUs"), line
+    assert "at most 2 fit" in line
+    client, runs = mlflow_run(project, "facades-64x64")
+    assert runs == []  # no MLflow run was started for a run that could not start

@@ -181,10 +181,25 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, faca
     train(run, tmp_path / "r", printer=quiet)
     newest = sorted((tmp_path / "r" / "checkpoints").glob("step_*"))[-1] / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    (tmp_path / "r" / "checkpoints" / "step_0000009.tmp").mkdir()  # left half-written by a kill
     lines = []
     summary = train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert any(f"checkpoint {newest} does not load" in line for line in lines)
     assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
+    assert not (tmp_path / "r" / "checkpoints" / "step_0000009.tmp").exists()
+
+
+def test_a_checkpoint_with_flipped_bytes_is_caught_by_its_checksum(tmp_path, facades64):
+    run = TrainingRun.from_params(params(steps=4), facades64, "asapnet")  # checkpoints at steps 2 and 4
+    train(run, tmp_path / "r", printer=quiet)
+    for folder in (tmp_path / "r" / "checkpoints").glob("step_*"):
+        data = bytearray((folder / "state.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensors: torch.load may not notice
+        (folder / "state.pt").write_bytes(bytes(data))
+    lines = []
+    with pytest.raises(ConfigError, match="no checkpoint in .* loads"):
+        train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert sum("do not match the SHA-256 recorded" in line for line in lines) == 2
 
 
 @pytest.mark.parametrize("change, match", [
@@ -221,3 +236,10 @@ def test_loss_perceptual_off_as_yaml_reads_it():
 
     from asap.losses import GANLossConfig
     assert GANLossConfig(**yaml.safe_load("perceptual: off")).perceptual == "off"
+
+
+def test_keep_checkpoints_zero_trains_without_writing_any(tmp_path, facades64):
+    run = TrainingRun.from_params(params(steps=4), facades64, "asapnet")
+    summary = train(run, tmp_path / "r", keep_checkpoints=0, printer=quiet)
+    assert summary["steps"] == 4 and (tmp_path / "r" / "generator.pt").is_file()
+    assert not (tmp_path / "r" / "checkpoints").exists()
