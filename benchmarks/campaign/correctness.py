@@ -1,0 +1,151 @@
+"""Phase 1: correctness on the device. The `gpu`-marked tests of tests/test_pixelwise_fused.py (the
+fused kernel and the fast path against the reference, per precision) run in a pytest subprocess
+whose JUnit XML is summarised; then every case of that file runs once more in this process to record
+its error against its tolerance (pytest says pass/fail, the table says by how much).
+
+On a CPU the gpu tests skip (the summary then counts skips), and with TRITON_INTERPRET=1 the error
+table runs a few small cases through Triton's interpreter, so the smoke mode still exercises the
+kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+
+from benchmarks.campaign.common import REPO, log
+from benchmarks.campaign.settings import CorrectnessSettings
+
+TEST_FILE = "tests/test_pixelwise_fused.py"
+
+
+def junit_summary(path: Path) -> dict:
+    """pytest's JUnit XML -> counts and one entry per test (outcome, seconds, message)."""
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    tests = []
+    for case in suite.iter("testcase"):
+        outcome, message = "passed", None
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
+                message = (child.get("message") or child.text or "")[:500]
+                break
+        tests.append({"name": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0.0)),
+                      "message": message})
+    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
+    return {"total": len(tests), **counts, "seconds": float(suite.get("time", 0.0)), "tests": tests}
+
+
+VERBOSE_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)")
+
+
+def verbose_summary(output: str) -> dict:
+    """Outcomes from pytest -v's console lines: what a killed run (no JUnit file) still tells."""
+    tests = [{"name": m.group(1).split("::")[-1], "outcome": m.group(2).lower()}
+             for m in map(VERBOSE_LINE.match, output.splitlines()) if m]
+    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
+    return {"total": len(tests), **counts, "tests": tests, "from": "console (the run was cut short)"}
+
+
+def run_pytest(timeout_s: float, device: torch.device) -> dict:
+    """``pytest -m gpu tests/test_pixelwise_fused.py`` in a subprocess, summarised."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    if device.type == "cuda":
+        env.pop("TRITON_INTERPRET", None)  # the real kernels, not the interpreter
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", TEST_FILE, "-v", "-p", "no:cacheprovider",
+               f"--junitxml={xml}"]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+            rc, out, timed_out = proc.returncode, proc.stdout + proc.stderr, False
+        except subprocess.TimeoutExpired as err:
+            rc, timed_out = None, True
+            out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        result = {"command": " ".join(cmd[2:]), "returncode": rc, "timed_out": timed_out,
+                  "wall_s": round(time.perf_counter() - t0, 2), "output_tail": out[-3000:]}
+        result["junit"] = junit_summary(xml) if xml.is_file() else verbose_summary(out)
+    # pytest exit codes: 0 all passed, 1 some failed, 5 none collected; only 0 is a pass here
+    result["ok"] = rc == 0 and result.get("junit", {}).get("failed", 1) == 0
+    return result
+
+
+def load_test_module():
+    """tests/test_pixelwise_fused.py as a module (its run_case / check_result / CASES)."""
+    spec = importlib.util.spec_from_file_location("campaign_pixelwise_cases", REPO / TEST_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def error_table(settings: CorrectnessSettings, device: torch.device, until: float) -> dict:
+    """Each case's max / mean abs error against its tolerance, run in this process."""
+    from asap.models.pixelwise_fused import interpret_mode
+
+    if device.type == "cuda":
+        where = "cuda"
+    elif interpret_mode():
+        where = "cpu"  # Triton's interpreter
+    else:
+        return {"note": "CPU without TRITON_INTERPRET=1: the kernel cannot run here", "cases": {}}
+    module = load_test_module()
+    if settings.cases is not None and where == "cuda":
+        names = list(settings.cases)
+    elif where == "cuda":
+        names = sorted(module.CASES) + sorted(module.GPU_ONLY_CASES)
+    else:
+        names = list(settings.interpreter_cases)
+    cases, skipped = {}, []
+    for name in names:
+        if time.perf_counter() > until:
+            skipped.append(name)
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = module.run_case(name, where)
+            try:
+                module.check_result(name, result)
+                result["ok"] = True
+            except AssertionError as err:
+                result.update(ok=False, failure=str(err)[:300])
+        except Exception as err:  # a case that crashes is a failed case, not a failed phase
+            result = {"ok": False, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        result["precision"] = {**module.CASES, **module.GPU_ONLY_CASES}[name].get("precision")
+        cases[name] = result
+        log(f"[phase 1] {name:32s} {'ok ' if result['ok'] else 'BAD'} max err "
+            f"{result.get('err', float('nan')):.2e} (tol {result.get('tol', ['?'])[0]})")
+    return {"device": where, "cases": cases, "skipped_for_time": skipped,
+            "all_ok": all(c["ok"] for c in cases.values()) and not skipped}
+
+
+def run_phase(settings: CorrectnessSettings, device: torch.device, until: float, on_progress=None) -> dict:
+    pytest_s = max(10.0, min(settings.pytest_timeout_s, until - time.perf_counter() - 5.0))
+    log(f"[phase 1] pytest -m gpu {TEST_FILE} (timeout {pytest_s:.0f} s)")
+    tests = run_pytest(pytest_s, device)
+    junit = tests.get("junit", {})
+    log(f"[phase 1] pytest: {junit.get('passed', '?')} passed, {junit.get('failed', '?')} failed, "
+        f"{junit.get('skipped', '?')} skipped, rc {tests['returncode']} in {tests['wall_s']} s")
+    if on_progress:
+        on_progress({"pytest": tests})
+    table = error_table(settings, device, until)
+    by_precision: dict = {}
+    for name, case in table.get("cases", {}).items():
+        entry = by_precision.setdefault(case.get("precision") or "?", {"cases": 0, "ok": 0, "worst_err_over_tol": 0.0})
+        entry["cases"] += 1
+        entry["ok"] += bool(case.get("ok"))
+        if "err" in case:
+            entry["worst_err_over_tol"] = max(entry["worst_err_over_tol"], case["err"] / case["tol"][0])
+    return {"pytest": tests, "error_table": table, "by_precision": by_precision,
+            "ok": bool(tests["ok"] and table.get("all_ok", True)) if device.type == "cuda" else None}

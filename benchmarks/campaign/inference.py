@@ -1,0 +1,349 @@
+"""Phase 2: inference speed, everything measured in the same run on the same device.
+
+Rows (one dict each, see ``benchmarks/campaign/__init__.py`` for the fields):
+- ASAP-Net (lr_max_width 1024, S from Sec. 3.2) at every size: the reference path (``forward``, eager,
+  fp32 with TF32 off, and bf16 autocast) and the fast path (``asap.models.fast.FastGenerator``: fused
+  Triton MLP on class indices, channels-last low-res stream, CUDA graph) in fp32 and bf16; batch-1
+  latency (median / p10 / p90 ms), batch-B images/s, the low-res stream / pixelwise MLP split (Fig. 4),
+  the MLP's unavoidable bytes (labels in, parameter grid in, image out) over its time, against the
+  device's copy bandwidth measured first, and the fast path's max abs difference from the fp32 reference;
+- pix2pixHD and SPADE, full width and slim (Fig. 8), fp32 and bf16 autocast, batch 1 and batch B.
+
+ASAP-Net rows run first at every size (they carry the issue's targets), then the baselines; each row
+is skipped, and named in ``skipped_for_time``, once the phase's time is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from asap.metrics.runtime import time_module
+from benchmarks.campaign.common import log
+from benchmarks.campaign.settings import InferenceSettings
+
+AUTOCAST = {"bf16": torch.bfloat16}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.split("x"))
+    return h, w
+
+
+@contextlib.contextmanager
+def precision_mode(precision: str, device: torch.device, autocast: bool = True):
+    """fp32: TF32 off (cuDNN convolutions default to TF32, so fp32 would not mean fp32); bf16: autocast
+    (unless the model casts itself, as the fast path does)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        if precision in AUTOCAST and autocast:
+            with torch.autocast(device.type, dtype=AUTOCAST[precision]):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(settings: InferenceSettings, device: torch.device) -> dict:
+    """Device-to-device copy of ``copy_mib`` MiB: bytes read + written per second (the memory ceiling)."""
+    n = settings.copy_mib * 2**20 // 4
+    src = torch.rand(n, device=device)  # random, not zeros: never time on zeros
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    t = time_module(lambda: dst.copy_(src), warmup=0, iters=settings.copy_iters, device=device)
+    bytes_moved = 2 * src.numel() * src.element_size()
+    return {"bytes_per_copy": bytes_moved, "median_ms": t["median_ms"],
+            "gb_per_s": bytes_moved / (t["median_ms"] / 1e3) / 1e9, "timer": t["timer"]}
+
+
+class Memory:
+    """Peak device memory of one row above what was allocated before it (CUDA only)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            self.before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(device=self.device) - self.before
+
+
+def _timing(fn, inputs, settings: InferenceSettings, device, batch: int, baseline: bool = False) -> dict:
+    warmup, iters = (settings.baseline_warmup, settings.baseline_iters) if baseline else (settings.warmup, settings.iters)
+    one = time_module(fn, inputs[0], warmup=warmup, iters=iters, device=device)
+    many = time_module(fn, inputs[1], warmup=settings.batch_warmup, iters=max(1, settings.batch_iters),
+                       device=device)
+    return {"batch1_ms": {k: one[k] for k in ("median_ms", "p10_ms", "p90_ms", "n")},
+            f"batch{batch}_ms": many["median_ms"], "images_per_s": batch / (many["median_ms"] / 1e3),
+            "timer": one["timer"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# ASAP-Net: reference and fast path
+# ----------------------------------------------------------------------------------------------
+
+def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, copy: dict, until: float,
+                 skipped: list, done) -> None:
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    from asap.models.pixelwise import pixelwise_mlp
+    from benchmarks.inference import mlp_bytes, spread_mlps
+
+    H, W = parse_size(size)
+    n_cls = settings.num_classes[size]
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the device: 80 M parameters init slowly on a CPU
+        extra = {"downsampling": settings.downsampling} if settings.downsampling else {}
+        model = asapnet(n_cls, H, W, lr_max_width=settings.lr_max_width, **extra)
+    spread_mlps(model)  # O(1) per-tile MLPs, so the fast-vs-reference difference means something
+    model = model.eval()
+    c = model.config
+    S, P, channels = c.downsampling, c.num_params, c.mlp_channels
+    gen = torch.Generator().manual_seed(1)
+    labels1 = torch.randint(0, n_cls, (1, H, W), generator=gen).to(device)
+    labelsB = torch.randint(0, n_cls, (settings.batch, H, W), generator=gen).to(device)
+    base = {"model": "asapnet", "arch": "asapnet", "size": size, "height": H, "width": W, "S": S, "P": P,
+            "num_classes": n_cls, "lr_max_width": settings.lr_max_width,
+            "params": sum(p.numel() for p in model.parameters())}
+    with precision_mode("fp32", device), torch.inference_mode():
+        reference = model(labels1).float()
+    plan = [("reference", p) for p in settings.precisions] + [("fast", p) for p in settings.precisions]
+    if settings.compile:
+        plan.append(("fast-compiled", "bf16"))
+    for path, precision in plan:
+        label = f"asapnet {path} {precision} {size}"
+        if time.perf_counter() > until:
+            skipped.append(label)
+            continue
+        row = {**base, "path": path, "precision": precision}
+        t0 = time.perf_counter()
+        memory = Memory(device)
+        try:
+            if path == "reference":
+                with precision_mode(precision, device), torch.inference_mode():
+                    row.update(_timing(model, (labels1, labelsB), settings, device, settings.batch))
+                    onehot = model.encode(labels1)                       # (1, C, H, W)
+                    params = model.tile_params(onehot)                   # (1, P, H/S, W/S)
+                    hr_in = onehot[:, :c.hr_in_channels]
+                    split = dict(warmup=min(settings.warmup, 5), iters=settings.split_iters, device=device)
+                    row["lr_ms"] = time_module(model.tile_params, onehot, **split)["median_ms"]
+                    row["hr_ms"] = time_module(lambda: pixelwise_mlp(hr_in, params, channels, S,
+                                                                     c.positional_encoding), **split)["median_ms"]
+                    elem = 2 if precision == "bf16" else 4
+                    row["hr_min_bytes"] = mlp_bytes(1, H, W, S, P, hr_in.shape[1] * 4, elem, elem)
+            else:
+                fast = FastGenerator(model, precision, compile=path == "fast-compiled")
+                row.update(fused_kernel=fast.fused, cuda_graph=fast.cuda_graph, compiled=path == "fast-compiled")
+                with precision_mode("fp32", device):
+                    out = fast(labels1).float()
+                    row["max_abs_diff_vs_reference_fp32"] = (out - reference).abs().max().item()
+                    row.update(_timing(fast, (labels1, labelsB), settings, device, settings.batch))
+                    row.update(fast_split(fast, labels1, settings, device))
+                del fast
+            if "hr_min_bytes" in row and row.get("hr_ms"):
+                rate = row["hr_min_bytes"] / (row["hr_ms"] / 1e3)
+                row["hr_gb_per_s"] = rate / 1e9
+                row["hr_fraction_of_copy_bandwidth"] = rate / (copy["gb_per_s"] * 1e9)
+                # Time the MLP would take at the copy bandwidth: the memory-traffic bound of the kernel.
+                row["hr_bound_ms"] = row["hr_min_bytes"] / (copy["gb_per_s"] * 1e9) * 1e3
+        except Exception as err:  # a row that fails is recorded; the phase goes on
+            row["error"] = f"{type(err).__name__}: {str(err)[:400]}"
+        row["peak_memory_bytes"] = memory.peak()
+        row["wall_s"] = round(time.perf_counter() - t0, 2)
+        done(row)
+    del model
+
+
+def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: torch.device) -> dict:
+    """The fast path's low-res stream (tent filter from indices + convs) and pixelwise MLP, timed apart
+    (eagerly: inside the CUDA graph they run back to back)."""
+    from asap.models import pixelwise_fused
+    from asap.models.asapnet import tent_downsample
+    from asap.models.pixelwise import pixelwise_mlp
+    from benchmarks.inference import mlp_bytes
+
+    c = fast.config
+    n = c.num_classes + int(c.dontcare)
+    split = dict(warmup=min(settings.warmup, 5), iters=settings.split_iters, device=device)
+    with torch.inference_mode():
+        if fast.fused:
+            def lowres_input():
+                return pixelwise_fused.tent_onehot(labels, n, c.s1, fast.dtype)
+        else:
+            onehot = torch.nn.functional.one_hot(labels.long(), n).permute(0, 3, 1, 2).to(fast.dtype)
+
+            def lowres_input():
+                return tent_downsample(onehot, c.s1).contiguous(memory_format=torch.channels_last)
+        lr_ms = time_module(lambda: fast.lowres_stream(lowres_input()), **split)["median_ms"]
+        params = fast.lowres_stream(lowres_input())
+        if fast.fused:
+            hr_ms = time_module(lambda: pixelwise_fused.fused_pixelwise_mlp(
+                labels, params, c.mlp_channels, c.downsampling, c.positional_encoding, num_classes=n,
+                check_labels=False, input_precision=fast.input_precision), **split)["median_ms"]
+            label_bytes = labels.element_size()
+        else:
+            hr_ms = time_module(lambda: pixelwise_mlp(onehot, params, c.mlp_channels, c.downsampling,
+                                                      c.positional_encoding), **split)["median_ms"]
+            label_bytes = n * onehot.element_size()
+    H, W = labels.shape[-2:]
+    return {"lr_ms": lr_ms, "hr_ms": hr_ms,
+            "hr_min_bytes": mlp_bytes(1, H, W, c.downsampling, c.num_params, label_bytes,
+                                      params.element_size(), params.element_size())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines
+# ----------------------------------------------------------------------------------------------
+
+def baseline_rows(size: str, settings: InferenceSettings, device: torch.device, until: float,
+                  skipped: list, done) -> None:
+    from asap.models import baselines
+
+    H, W = parse_size(size)
+    n_cls = settings.num_classes[size]
+    gen = torch.Generator().manual_seed(1)
+    labels1 = torch.randint(0, n_cls, (1, H, W), generator=gen).to(device)
+    labelsB = torch.randint(0, n_cls, (settings.batch, H, W), generator=gen).to(device)
+    for name, spec in settings.baselines.items():
+        if time.perf_counter() > until:
+            skipped += [f"{name} {p} {size}" for p in settings.precisions]
+            continue
+        options = {k: v for k, v in spec.items() if k != "arch"}
+        torch.manual_seed(0)
+        with torch.device(device):
+            if spec["arch"] == "pix2pixhd":
+                model = baselines.Pix2PixHDGenerator(baselines.Pix2PixHDConfig(num_classes=n_cls, **options))
+            else:
+                model = baselines.SPADEGenerator(baselines.SPADEConfig(num_classes=n_cls, **options))
+        model = model.eval()
+        for precision in settings.precisions:
+            if time.perf_counter() > until:
+                skipped.append(f"{name} {precision} {size}")
+                continue
+            row = {"model": name, "arch": spec["arch"], "width_mult": spec.get("width_mult", 1.0), "size": size,
+                   "height": H, "width": W, "num_classes": n_cls, "path": "reference", "precision": precision,
+                   "params": sum(p.numel() for p in model.parameters())}
+            t0 = time.perf_counter()
+            memory = Memory(device)
+            try:
+                with precision_mode(precision, device):
+                    row.update(_timing(model, (labels1, labelsB), settings, device, settings.batch, baseline=True))
+            except Exception as err:
+                row["error"] = f"{type(err).__name__}: {str(err)[:400]}"
+            row["peak_memory_bytes"] = memory.peak()
+            row["wall_s"] = round(time.perf_counter() - t0, 2)
+            done(row)
+        del model
+
+
+def _log_row(row: dict) -> None:
+    if "error" in row:
+        log(f"[phase 2] {row['model']} {row['path']} {row['precision']} {row['size']}: ERROR {row['error'][:200]}")
+        return
+    split = f" (low-res {row['lr_ms']:.3f} + pixelwise {row['hr_ms']:.3f})" if row.get("hr_ms") is not None else ""
+    log(f"[phase 2] {row['model']:>15} {row['path']:>13} {row['precision']} {row['size']:>9}: "
+        f"{row['batch1_ms']['median_ms']:8.3f} ms batch 1{split}, {row['images_per_s']:8.1f} img/s")
+
+
+# ----------------------------------------------------------------------------------------------
+# The phase
+# ----------------------------------------------------------------------------------------------
+
+def _find(rows, **match):
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()) and "error" not in r:
+            return r
+    return None
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's inference targets, each with the measured value and by how much it is met/missed."""
+    out = {}
+
+    def check(name, value, target, smaller_is_better=True):
+        if value is None:
+            out[name] = {"measured": None, "target": target, "met": None}
+            return
+        met = value <= target if smaller_is_better else value >= target
+        out[name] = {"measured": value, "target": target, "met": met,
+                     "ratio_to_target": value / target}
+
+    for size, ms in (("1024x1024", 1.0), ("512x1024", 0.8)):
+        fast = _find(rows, model="asapnet", path="fast", precision="bf16", size=size)
+        ref = _find(rows, model="asapnet", path="reference", precision="fp32", size=size)
+        check(f"{size} fast bf16 batch-1 ms <= {ms}", fast and fast["batch1_ms"]["median_ms"], ms)
+        if size == "1024x1024":
+            speedup = ref["batch1_ms"]["median_ms"] / fast["batch1_ms"]["median_ms"] if fast and ref else None
+            check(f"{size} fast bf16 >= 8x the fp32 reference", speedup, 8.0, smaller_is_better=False)
+    check("1024x1024 fast bf16 batch-1 ms <= 0.5 (stretch)",
+          (r := _find(rows, model="asapnet", path="fast", precision="bf16", size="1024x1024")) and
+          r["batch1_ms"]["median_ms"], 0.5)
+    kernel = [r["hr_ms"] / r["hr_bound_ms"] for r in rows
+              if r.get("path") == "fast" and r.get("fused_kernel") and r.get("hr_bound_ms") and "error" not in r]
+    check("pixelwise kernel time / memory-traffic bound <= 2 (worst row)", max(kernel) if kernel else None, 2.0)
+    return out
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Per size and precision: the fast path against the reference and every baseline (batch-1 medians)."""
+    out = []
+    for fast in (r for r in rows if r.get("path") == "fast" and "error" not in r):
+        entry = {"size": fast["size"], "precision": fast["precision"], "fast_ms": fast["batch1_ms"]["median_ms"]}
+        for other in rows:
+            if other is fast or "error" in other or other["size"] != fast["size"] or other.get("path") == "fast":
+                continue
+            if other["model"] == "asapnet":  # the reference path, in each precision
+                entry[f"vs_reference_{other['precision']}"] = other["batch1_ms"]["median_ms"] / entry["fast_ms"]
+            elif other["precision"] == fast["precision"]:
+                entry[f"vs_{other['model']}"] = other["batch1_ms"]["median_ms"] / entry["fast_ms"]
+        out.append(entry)
+    return out
+
+
+def run_phase(settings: InferenceSettings, device: torch.device, until: float, on_progress=None) -> dict:
+    saved_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its kernels
+    try:
+        copy = copy_bandwidth(settings, device)
+        log(f"[phase 2] device copy: {copy['gb_per_s']:.0f} GB/s (read + write)")
+        rows: list[dict] = []
+        skipped: list[str] = []
+
+        def done(row: dict) -> None:  # logged, and a partial phase file written: a kill keeps the rows
+            rows.append(row)
+            _log_row(row)
+            if on_progress:
+                on_progress({"copy_bandwidth": copy, "rows": rows, "skipped_for_time": skipped})
+
+        for size in settings.sizes:
+            asapnet_rows(size, settings, device, copy, until, skipped, done)
+        for size in settings.sizes:
+            baseline_rows(size, settings, device, until, skipped, done)
+    finally:
+        torch.backends.cudnn.benchmark = saved_benchmark
+    errors = [f"{r['model']} {r['path']} {r['precision']} {r['size']}: {r['error']}" for r in rows if "error" in r]
+    return {"copy_bandwidth": copy, "rows": rows, "speedups": speedups(rows), "targets": targets(rows),
+            "skipped_for_time": skipped, "row_errors": errors, "median_ms": _nested(rows)}
+
+
+def _nested(rows: list[dict]) -> dict:
+    """{"asapnet/fast/bf16": {size: batch-1 median ms}} for quick reading and plotting."""
+    out: dict = {}
+    for r in rows:
+        if "error" not in r:
+            out.setdefault(f"{r['model']}/{r['path']}/{r['precision']}", {})[r["size"]] = r["batch1_ms"]["median_ms"]
+    return out

@@ -1,0 +1,61 @@
+"""Phase 3: training-step time of ours against the authors' way of writing the step (one-hot input,
+full-resolution encoding, unfold-based MLP), at each size, batch and precision, in the same run.
+
+Both trainers come from asap.training.build_trainer (benchmarks/training.py), with the paper's widths
+(lr_max_width 1024, ndf 64) and the offline perceptual trunk. "bf16" is the trainer's autocast,
+"fp32" switches it (and TF32) off. The issue's target: ours >= 2x the authors' way at equal batch
+and resolution; each row states its speedup, and ``targets`` the worst of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import torch
+
+from benchmarks.campaign.common import log
+from benchmarks.campaign.settings import TrainingStepSettings
+from benchmarks.training import TrainBenchSettings, measure
+
+
+def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None) -> dict:
+    bench = TrainBenchSettings(iters=settings.iters, warmup=settings.warmup, lr_max_width=settings.lr_max_width,
+                               ndf=settings.ndf, perceptual=settings.perceptual)
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    rows, skipped = [], []
+    try:
+        for size_text in settings.sizes:
+            size = tuple(int(v) for v in size_text.split("x"))
+            for batch in settings.batches:
+                for precision in settings.precisions:
+                    label = f"{size_text} batch {batch} {precision}"
+                    if time.perf_counter() > until:
+                        skipped.append(label)
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        row = measure(size, batch, precision, bench, device, deadline=until,
+                                      log=lambda m: log(m.replace("[bench-train]", "[phase 3]")))
+                    except Exception as err:
+                        row = {"size": size_text, "batch": batch, "precision": precision,
+                               "error": f"{type(err).__name__}: {str(err)[:400]}"}
+                        log(f"[phase 3] {label}: ERROR {row['error'][:200]}")
+                    row["wall_s"] = round(time.perf_counter() - t0, 2)
+                    rows.append(row)
+                    if on_progress:
+                        on_progress({"rows": rows, "skipped_for_time": skipped})
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+    finally:
+        torch.backends.cudnn.benchmark = saved
+    good = [r for r in rows if "error" not in r]
+    fp32_authors = {(r["size"], r["batch"]): r["authors_way"]["images_per_s"] for r in good if r["precision"] == "fp32"}
+    for r in good:  # ours in bf16 against the authors' fp32 step (their code has no mixed precision)
+        if r["precision"] == "bf16" and (r["size"], r["batch"]) in fp32_authors:
+            r["speedup_vs_authors_fp32"] = r["ours"]["images_per_s"] / fp32_authors[(r["size"], r["batch"])]
+    worst = min((r["speedup"] for r in good), default=None)
+    return {"settings_bench": asdict(bench), "rows": rows, "skipped_for_time": skipped,
+            "targets": {"ours >= 2x the authors' way at equal batch, size and precision (worst row)": {
+                "measured": worst, "target": 2.0, "met": None if worst is None else worst >= 2.0}}}

@@ -1,0 +1,319 @@
+"""The GPU campaign (benchmarks/gpu_campaign.py) works before a GPU is lent: `pack` writes what the
+device call carries, the smoke mode runs all four phases on this CPU (the Triton kernels in the
+interpreter), and `score` scores the images it brings back.
+
+Each phase file is checked against facts computed here, not by the campaign: the test split's size and
+stems from the prepared folder, image shapes from decoding the .npz, the gpu-marked test count from
+the test module, speedups from the timings, a FID recomputed from the returned images, the commit
+from git, file sizes from the file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from project_helpers import REPO
+
+from benchmarks.campaign import common
+from benchmarks.campaign.common import (FORBIDDEN_MODULES, RESULT_FILE_LIMIT, TRAVEL_LIMIT, Clock, commit_info,
+                                        phase_file)
+
+SMOKE_BUDGET_S = 2.0
+
+
+def sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def carry(facades64, tmp_path_factory) -> Path:
+    from benchmarks.campaign.pack import pack
+
+    out = tmp_path_factory.mktemp("carry") / ".carry"
+    pack(facades64, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke(carry, tmp_path_factory):
+    """One smoke run of every phase, as the device would run it: a subprocess, no git (the device's
+    copy of the tree has no .git, so the commit must come from the file `pack` wrote)."""
+    out = tmp_path_factory.mktemp("smoke-out")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
+               GIT_DIR=str(out / "no-git-here"), GIT_CEILING_DIRECTORIES="/")
+    env.pop(common.COMMIT_ENV, None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_campaign", "run", "--smoke", "--out", str(out),
+                           "--budget-s", str(SMOKE_BUDGET_S), "--data", str(carry / "facades-64x64"),
+                           "--trunk", str(carry / "hed-vgg16-trunk.pt"), "--commit-file", str(carry / "commit.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    phases = {n: json.loads((out / phase_file(n)).read_text()) for n in (1, 2, 3, 4)}
+    return {"out": out, "phases": phases, "wall_s": wall, "log": proc.stdout}
+
+
+# ----------------------------------------------------------------------------------------------
+# pack: what travels
+# ----------------------------------------------------------------------------------------------
+
+def test_pack_carries_train_pairs_test_labels_and_the_trunk(carry, facades64):
+    info = json.loads((facades64 / "dataset.json").read_text())
+    packed = carry / "facades-64x64"
+    for sub, split in (("train/images", "train"), ("train/labels", "train"), ("test/labels", "test")):
+        src = sorted((facades64 / sub).glob("*.png"))
+        dst = sorted((packed / sub).glob("*.png"))
+        assert len(dst) == info["splits"][split] == len(src)
+        assert [p.name for p in dst] == [p.name for p in src]
+        assert all(sha1(a) == sha1(b) for a, b in zip(src[::37], dst[::37]))  # byte-identical copies
+    assert not (packed / "test" / "images").exists()  # the test photos stay on the CPU side (FID)
+    assert not (packed / "manifest.csv").exists()      # so asap.data.prepared needs no pandas there
+
+    from asap.weights import load_vgg_trunk
+    trunk = load_vgg_trunk(carry / "hed-vgg16-trunk.pt")
+    assert trunk.name == "hed-vgg16" and (carry / "hed-vgg16-trunk.pt").stat().st_size < 20.1e6
+
+    report = json.loads((carry / "pack.json").read_text())
+    on_disk = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file() and p.name != "pack.json")
+    assert abs(report["carry_bytes"] - on_disk) < 4096
+    assert report["travel_bytes"] == report["working_tree_bytes"] + report["carry_bytes"] <= TRAVEL_LIMIT
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert json.loads((carry / "commit.json").read_text())["commit"] == head
+
+
+def test_dot_carry_is_ignored_by_git():
+    assert subprocess.run(["git", "check-ignore", "-q", ".carry/"], cwd=REPO).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The smoke run
+# ----------------------------------------------------------------------------------------------
+
+def test_every_phase_file_records_device_versions_commit_and_imports(smoke, carry):
+    packed_commit = json.loads((carry / "commit.json").read_text())["commit"]
+    for n, record in smoke["phases"].items():
+        assert record["complete"] and "error" not in record, (n, record.get("error"))
+        assert record["phase"] == n and record["smoke"] is True
+        env = record["env"]
+        assert env["device"]["slug"] == "cpu" and env["versions"]["torch"] == torch.__version__
+        assert env["commit"]["commit"] == packed_commit and env["commit"]["source"].startswith("file")
+        imported = set(record["imported_modules"])
+        assert not imported & {"ray", "mlflow", "dvc"}, imported & {"ray", "mlflow", "dvc"}
+        assert record["forbidden_modules_imported"] == [] and not imported & set(FORBIDDEN_MODULES)
+        assert {"torch", "asap", "benchmarks"} <= imported
+    # what the device call brings back: at most 8 files (one kept for the log), 16 MB each, no folders
+    entries = list(smoke["out"].iterdir())
+    assert all(p.is_file() for p in entries) and len(entries) <= 7
+    assert all(p.stat().st_size <= RESULT_FILE_LIMIT for p in entries)
+    assert smoke["phases"][4]["started_s"] + smoke["phases"][4]["seconds"] < smoke["wall_s"]
+
+
+def test_phase1_runs_the_gpu_tests_and_the_interpreter_cases(smoke):
+    from benchmarks.campaign.correctness import load_test_module
+
+    cases = load_test_module()
+    result = smoke["phases"][1]["result"]
+    junit = result["pytest"]["junit"]
+    # every gpu-marked test collected: kernel cases on the GPU, plus the CUDA-graph test per precision
+    assert junit["total"] == len(cases.CASES) + len(cases.GPU_ONLY_CASES) + 2
+    assert junit["skipped"] == junit["total"] and result["pytest"]["returncode"] == 0  # no CUDA here
+    table = result["error_table"]["cases"]
+    assert table and set(table) <= set(cases.CASES)
+    for name, case in table.items():
+        assert case["ok"] and case["err"] <= case["tol"][0], (name, case)
+
+
+def test_phase2_times_every_path_and_checks_the_fast_path(smoke):
+    result = smoke["phases"][2]["result"]
+    assert result["skipped_for_time"] == [] and result["row_errors"] == []
+    rows = {(r["model"], r["path"], r["precision"]): r for r in result["rows"]}
+    settings = smoke["phases"][2]["settings"]
+    expected = {("asapnet", path, p) for path in ("reference", "fast") for p in settings["precisions"]}
+    expected |= {(name, "reference", p) for name in settings["baselines"] for p in settings["precisions"]}
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert row["batch1_ms"]["median_ms"] > 0 and row["images_per_s"] > 0, key
+    for p, tol in (("fp32", 1e-4), ("bf16", 0.1)):
+        fast = rows[("asapnet", "fast", p)]
+        assert fast["fused_kernel"]  # the Triton kernel, in the interpreter
+        assert fast["max_abs_diff_vs_reference_fp32"] < tol
+        assert fast["lr_ms"] > 0 and fast["hr_ms"] > 0
+        # labels int64 in, the parameter grid in, a 3-channel image out, at the precision's width
+        H, W, S, P = fast["height"], fast["width"], fast["S"], fast["P"]
+        width = 4 if p == "fp32" else 2
+        assert fast["hr_min_bytes"] == H * W * (8 + 3 * width) + (H // S) * (W // S) * P * width
+        speedup = next(s for s in result["speedups"] if s["precision"] == p)
+        ref = rows[("asapnet", "reference", "fp32")]["batch1_ms"]["median_ms"]
+        assert speedup["vs_reference_fp32"] == pytest.approx(ref / fast["batch1_ms"]["median_ms"])
+    assert result["copy_bandwidth"]["gb_per_s"] > 0
+
+
+def test_phase3_compares_ours_with_the_authors_way(smoke):
+    result = smoke["phases"][3]["result"]
+    assert result["skipped_for_time"] == [] and len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert row["max_abs_output_diff"] < 1e-5  # the two layouts compute the same function
+        assert row["speedup"] == pytest.approx(row["ours"]["images_per_s"] / row["authors_way"]["images_per_s"])
+        assert row["ours"]["images_per_s"] == pytest.approx(row["batch"] / row["ours"]["step_s_median"])
+    bf16 = next(r for r in result["rows"] if r["precision"] == "bf16")
+    fp32 = next(r for r in result["rows"] if r["precision"] == "fp32")
+    assert bf16["speedup_vs_authors_fp32"] == pytest.approx(bf16["ours"]["images_per_s"] /
+                                                            fp32["authors_way"]["images_per_s"])
+
+
+def test_phase4_trains_each_generator_for_the_budget_and_packs_every_test_image(smoke, facades64):
+    record = smoke["phases"][4]
+    result = record["result"]
+    stems = sorted(p.stem for p in (facades64 / "test" / "labels").glob("*.png"))
+    assert record["budget_s"] == SMOKE_BUDGET_S and result["ok"]
+    assert set(result["generators"]) == {"asapnet", "pix2pixhd", "spade"}
+    for name, entry in result["generators"].items():
+        summary = entry["summary"]
+        assert summary["steps"] > 0 and summary["stopped_by"] == "time_budget"
+        # the loop stops at the first step boundary past the budget: one smoke step is a few seconds here
+        assert SMOKE_BUDGET_S <= summary["train_seconds"] < SMOKE_BUDGET_S + 15, (name, summary)
+        assert entry["config"]["train"]["time_budget_s"] == SMOKE_BUDGET_S
+        path = smoke["out"] / entry["images"]["file"]
+        assert path.stat().st_size <= RESULT_FILE_LIMIT and sha1(path) == entry["images"]["sha1"]
+        with np.load(path, allow_pickle=False) as data:
+            images, packed_stems = data["images"], list(data["stems"])
+            meta = json.loads(str(data["meta"]))
+        assert images.shape == (len(stems), 64, 64, 3) and images.dtype == np.uint8
+        assert packed_stems == stems and meta["name"] == name and meta["steps"] == summary["steps"]
+        assert images.std() > 0
+    assert result["generators"]["asapnet"]["arch"] == "asapnet"
+    assert result["generators"]["spade"]["arch"] == "spade"
+
+
+def test_score_writes_metrics_files_from_the_returned_images(smoke, facades64, tmp_path):
+    from asap.metrics import fid
+    from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
+    from benchmarks.campaign.score import score
+
+    torch.manual_seed(0)  # an untrained segmenter: pixel accuracy and mIoU are numbers, not good ones
+    seg = save_segmenter(tmp_path / "seg.pt", Segmenter(SegmenterConfig(num_classes=13, width_mult=0.125)),
+                         meta={"dataset": "facades-64x64", "steps": 0})
+    n = 6
+    out = score(smoke["out"], data_root=facades64, segmenter=seg, metrics_dir=tmp_path / "metrics",
+                fid_cache=tmp_path / "cache", device="cpu", max_images=n, kid_subsets=3, kid_subset_size=3)
+    written = sorted(p.name for p in (tmp_path / "metrics").iterdir())
+    assert written == ["gpu-cpu-correctness.json", "gpu-cpu-inference.json", "gpu-cpu-quality.json",
+                       "gpu-cpu-training.json"]
+    saved = json.loads((tmp_path / "metrics" / "gpu-cpu-quality.json").read_text())
+    assert saved["campaign"]["commit"]["commit"] == smoke["phases"][4]["env"]["commit"]["commit"]
+    for name, g in saved["generators"].items():
+        assert g["num_images"] == n and math.isfinite(g["fid"]) and g["kid_std"] >= 0
+        assert 0 <= g["pixel_acc"] <= 1 and 0 <= g["miou"] <= 1
+        assert g["steps"] == smoke["phases"][4]["result"]["generators"][name]["summary"]["steps"]
+    assert math.isfinite(saved["real_vs_real_floor"]["fid"]) and saved["real_vs_real_floor"]["num_images"] == n
+    assert "asapnet_vs_spade" in saved["comparisons"]
+
+    # FID again, from the returned images and the real test photos read here
+    stems = sorted(p.stem for p in (facades64 / "test" / "labels").glob("*.png"))[:n]
+    with np.load(smoke["out"] / "images-asapnet.npz") as data:
+        fake = torch.from_numpy(data["images"][:n]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    real = torch.stack([torch.from_numpy(np.array(Image.open(facades64 / "test" / "images" / f"{s}.png").convert("RGB")))
+                        for s in stems]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    net = fid.InceptionFeatures()
+    with torch.no_grad():
+        expected = fid.fid_from_features(net(real).double().numpy(), net(fake).double().numpy())
+    assert out["generators"]["asapnet"]["fid"] == pytest.approx(expected, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small parts
+# ----------------------------------------------------------------------------------------------
+
+def test_phase4_budget_shrinks_to_the_deadline_and_never_differs_between_generators():
+    from benchmarks.campaign.cli import phase4_budget
+    from benchmarks.campaign.settings import real_settings
+
+    settings = real_settings(budget_s=100.0, deadline_s=540.0)
+    clock = Clock(540.0, start=time.perf_counter() - 100.0)      # 440 s left: 3 x (100 + 20) fits
+    assert phase4_budget(settings, clock) == (100.0, "as asked")
+    clock = Clock(540.0, start=time.perf_counter() - 250.0)      # 290 s left
+    budget, note = phase4_budget(settings, clock)
+    assert budget == pytest.approx((290 - 10) / 3 - 20, abs=0.5) and "cut from 100" in note
+
+
+def test_phases_keep_phase4_minimum_in_reserve():
+    from benchmarks.campaign.settings import real_settings
+
+    s = real_settings()
+    reserve = s.phase4_reserve()
+    assert reserve == 3 * (s.quality.min_budget_s + s.quality.overhead_s)
+    clock = Clock(s.deadline_s)
+    # phase 1's stop time leaves phase 4 its minimum, whatever phase 1's own cap says
+    assert clock.until(1e9, reserve) - clock.start <= s.deadline_s - reserve + 1e-6
+
+
+def test_commit_comes_from_env_then_git_then_the_packed_file(tmp_path, monkeypatch):
+    monkeypatch.setenv(common.COMMIT_ENV, "abc123")
+    assert commit_info()["commit"] == "abc123"
+    monkeypatch.delenv(common.COMMIT_ENV)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert commit_info()["commit"] == head
+    monkeypatch.setattr(common, "_git", lambda *args: None)  # as on the device machine: no .git
+    (tmp_path / "commit.json").write_text(json.dumps({"commit": "f00d", "dirty": True}))
+    info = commit_info(tmp_path / "commit.json")
+    assert info["commit"] == "f00d" and info["dirty"] and info["source"].startswith("file")
+    assert commit_info(tmp_path / "missing.json")["commit"] == "unknown"
+
+
+def test_junit_summary_counts_outcomes(tmp_path):
+    from benchmarks.campaign.correctness import junit_summary
+
+    xml = tmp_path / "j.xml"
+    xml.write_text('<testsuites><testsuite tests="3" time="1.5">'
+                   '<testcase name="a" time="0.1"/>'
+                   '<testcase name="b" time="0.2"><failure message="max abs error 0.3 &gt; 0.01"/></testcase>'
+                   '<testcase name="c" time="0"><skipped message="needs CUDA"/></testcase>'
+                   '</testsuite></testsuites>')
+    s = junit_summary(xml)
+    assert (s["total"], s["passed"], s["failed"], s["skipped"]) == (3, 1, 1, 1)
+    assert s["tests"][1]["message"] == "max abs error 0.3 > 0.01" and s["seconds"] == 1.5
+
+
+def test_phase_list_is_validated():
+    from asap.config import ConfigError
+    from benchmarks.campaign.settings import parse_phases
+
+    assert parse_phases("1,4,2") == (1, 4, 2)
+    for bad in ("0", "1,1", "5", "a", ""):
+        with pytest.raises(ConfigError, match="phases"):
+            parse_phases(bad)
+
+
+def test_a_killed_pytest_run_is_summarised_from_its_console_lines():
+    from benchmarks.campaign.correctness import verbose_summary
+
+    out = ("tests/test_pixelwise_fused.py::test_kernel_matches_reference_on_gpu[index_S8_fp32] PASSED  [  3%]\n"
+           "tests/test_pixelwise_fused.py::test_kernel_matches_reference_on_gpu[index_S8_bf16] FAILED  [  7%]\n"
+           "some other line\n")
+    s = verbose_summary(out)
+    assert (s["total"], s["passed"], s["failed"]) == (2, 1, 1)
+    assert s["tests"][1]["name"] == "test_kernel_matches_reference_on_gpu[index_S8_bf16]"
+
+
+def test_an_images_file_over_the_limit_is_refused(tmp_path, monkeypatch):
+    from benchmarks.campaign import quality
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # noise: barely compresses
+    info = quality.pack_images(tmp_path / "ok.npz", images, ["a", "b", "c", "d"], {"name": "x"})
+    assert info["count"] == 4 and info["bytes"] == (tmp_path / "ok.npz").stat().st_size > images.nbytes * 0.9
+    monkeypatch.setattr(quality, "RESULT_FILE_LIMIT", images.nbytes // 2)
+    with pytest.raises(RuntimeError, match="over the"):
+        quality.pack_images(tmp_path / "big.npz", images, ["a", "b", "c", "d"], {"name": "x"})
