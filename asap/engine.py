@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from asap.config import require
+from asap.images import colour_labels, to_rgb
 from asap.losses import GANLossConfig, feature_matching_loss, hinge_d_loss, hinge_g_loss
 
 CHECKPOINT_FORMAT = "asap-train-state/2"
@@ -353,25 +354,6 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
 # Sample grids
 # ----------------------------------------------------------------------------------------------
 
-def label_palette(n: int) -> np.ndarray:
-    """A fixed, distinct colour per class (bit-interleaved, as the PASCAL VOC palette)."""
-    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
-    for i in range(pal.shape[0]):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 @torch.no_grad()
 def sample_grid(generator: nn.Module, batch: dict, max_rows: int = 4) -> np.ndarray:
     """Rows of label (colour) | generated | real, as one uint8 image (H * rows, 3 W, 3)."""
@@ -381,13 +363,12 @@ def sample_grid(generator: nn.Module, batch: dict, max_rows: int = 4) -> np.ndar
     n = min(max_rows, batch["image"].shape[0])
     if "input" in batch:
         x = batch["input"][:n].to(device)
-        left = [to_uint8(x[i, :3] if x.shape[1] >= 3 else x[i, :1].expand(3, -1, -1)) for i in range(n)]
+        left = [to_rgb(x[i]) for i in range(n)]
         fake = generator(x)
     else:
         edge = batch.get("edge")
         fake = generator(batch["label"][:n].to(device), edge[:n].to(device) if edge is not None else None)
-        pal = label_palette(256)
-        left = [pal[batch["label"][i].clamp(0, 255).cpu().numpy()] for i in range(n)]
+        left = [colour_labels(batch["label"][i]) for i in range(n)]
     generator.train(was_training)
-    rows = [np.concatenate([left[i], to_uint8(fake[i]), to_uint8(batch["image"][i])], axis=1) for i in range(n)]
+    rows = [np.concatenate([left[i], to_rgb(fake[i]), to_rgb(batch["image"][i])], axis=1) for i in range(n)]
     return np.concatenate(rows, axis=0)

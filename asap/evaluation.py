@@ -35,6 +35,7 @@ from asap.data.prepared import DatasetInfo, PreparedDataset
 from asap.metrics import fid
 from asap.metrics.segmentation import ConfusionMatrix
 from asap.devices import resolve_device
+from asap.images import colour_labels, to_rgb
 from asap.models.inputs import DONTCARE_VALUE
 
 # A translation turns one collated test batch (dict of "label"/"edge"/"input"/"image"/"name", see
@@ -351,19 +352,9 @@ def batch1_runtime(generator: nn.Module, data_root: str | Path, *, device: str |
 # Generated images on disk
 # ----------------------------------------------------------------------------------------------
 
-def _uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
 def _input_panel(batch: dict, i: int) -> np.ndarray:
-    """What the generator saw, as RGB: the label map in the VOC-style palette, or the input image."""
-    from asap.engine import label_palette  # the palette of the training sample grids
-
-    if "input" in batch:
-        x = batch["input"][i]
-        return _uint8(x[:3] if x.shape[0] >= 3 else x[:1].expand(3, -1, -1))
-    return label_palette(256)[batch["label"][i].clamp(0, 255).numpy()]
+    """What the generator saw, as RGB: the label map in the shared palette, or the input image."""
+    return to_rgb(batch["input"][i]) if "input" in batch else colour_labels(batch["label"][i])
 
 
 def generate_test_images(generator: nn.Module, data_root: str | Path, out_dir: str | Path, *,
@@ -389,9 +380,9 @@ def generate_test_images(generator: nn.Module, data_root: str | Path, out_dir: s
             with torch.inference_mode():
                 fake = translate(batch).float().cpu()
             for i, stem in enumerate(batch["name"]):
-                panel = _uint8(fake[i])
+                panel = to_rgb(fake[i])
                 if triptych:
-                    panel = np.concatenate([_input_panel(batch, i), panel, _uint8(batch["image"][i])], axis=1)
+                    panel = np.concatenate([_input_panel(batch, i), panel, to_rgb(batch["image"][i])], axis=1)
                 path = out_dir / f"{stem}.png"
                 Image.fromarray(panel).save(path)
                 written.append(path)

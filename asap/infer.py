@@ -27,6 +27,7 @@ from PIL import Image
 from asap.models.asapnet import ASAPNetGenerator
 from asap.models.checkpoint import load_generator
 from asap.devices import resolve_device
+from asap.images import to_uint8
 from asap.models.fast import PRECISIONS, FastGenerator, check_precision
 from asap.models.inputs import DONTCARE_VALUE, instance_edges
 
@@ -103,12 +104,6 @@ def check_label_size(labels: np.ndarray, path: Path, tile: int) -> None:
     if H % tile or W % tile:
         raise TranslateError(f"{path}: size {H}x{W} does not fit this generator: both sides must be multiples "
                              f"of S={tile}; e.g. {fitting_size(H, W, tile)}")
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8: (x + 1) * 127.5, rounded, clipped."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_png(array: np.ndarray, path: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from asap.data.prepared import PreparedDataset
-from asap.engine import label_palette
+from asap.images import colour_labels, to_rgb
 from asap.models.checkpoint import CheckpointError, arch_of, load_generator
 
 @dataclass
@@ -25,20 +25,6 @@ class TestPairs:
     batch: dict                 # generator inputs: "label" (B, H, W) long [+ "edge"] or "input" (B, C, H, W)
     inputs_rgb: list[np.ndarray]  # (H, W, 3) uint8: the label map in colour, or the input image
     real_rgb: list[np.ndarray]  # (H, W, 3) uint8: the real target photo
-
-
-def colour_labels(labels: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 in the palette of the training sample grids
-    (asap.engine.label_palette, PASCAL VOC style), so a class has one colour in every figure."""
-    return label_palette(256)[labels.astype(np.int64).clip(0, 255)]
-
-
-def to_rgb(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1] -> (H, W, 3) uint8 (1 channel repeated): (x + 1) * 127.5, rounded."""
-    x = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    return x[:3].permute(1, 2, 0).cpu().numpy()
 
 
 def load_test_pairs(data_root: str | Path, count: int, stems: list[str] | None = None) -> TestPairs:

@@ -25,6 +25,7 @@ import torch
 import yaml
 from PIL import Image
 
+from asap.images import to_uint8
 from benchmarks.campaign.common import REPO, RESULT_FILE_LIMIT, images_file, log, sha1_file
 from benchmarks.campaign.inference import precision_mode
 from benchmarks.campaign.settings import QualitySettings
@@ -77,8 +78,7 @@ def translate(generator: torch.nn.Module, labels: np.ndarray, batch: int, device
     with precision_mode("fp32", device):
         for start in range(0, len(labels), batch):
             x = torch.from_numpy(labels[start:start + batch]).long().to(device)
-            fake = generator(x).float().clamp(-1, 1)
-            out.append(((fake + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+            out.append(to_uint8(generator(x)))
     return np.concatenate(out)
 
 
@@ -102,7 +102,7 @@ def latency(generator, arch: str, labels: np.ndarray, settings: QualitySettings,
             fast = FastGenerator(generator, precision)
             with precision_mode("fp32", device):
                 out[f"fast_{precision}_ms"] = time_module(fast, x, **timing)["median_ms"]
-                img = ((fast(x).float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+                img = to_uint8(fast(x))
             out[f"fast_{precision}_max_level_diff"] = int(np.abs(img.astype(int) - reference_images[:1]).max())
             out["fast_fused_kernel"] = fast.fused
             del fast
