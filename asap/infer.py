@@ -1,7 +1,8 @@
 """Translate label maps into images with a trained generator.
 
     asap translate models/facades/generator.pt labels/ more/cmp_b0001.png --out outputs/
-    asap translate latest_net_G.pth gtFine/ --out out/ --num-classes 35 --dontcare --device cuda --precision bf16
+    asap translate latest_net_G.pth labels/ --instances inst/ --out out/ --num-classes 35 --instance-edge
+    asap translate models/facades/generator.pt labels/ --out out/ --device cuda --precision bf16
 
 A label map is a single-channel PNG whose pixel values are class indices: mode "P" (palette: the
 palette indices are the classes, colours are ignored), "L", or 16-bit "I;16"/"I". Each input
@@ -9,9 +10,10 @@ palette indices are the classes, colours are ignored), "L", or 16-bit "I;16"/"I"
 never replaced unless ``--overwrite``. Every input is checked before anything is written.
 
 The generator is ours (``save_generator``) or an authors' ``latest_net_G.pth`` (converted on the fly:
-pass ``--num-classes`` / ``--dontcare`` / ``--instance-edge`` as for ``asap convert-authors``). On CUDA
-ASAP-Net runs through ``asap.models.fast.FastGenerator`` (fused Triton MLP, CUDA graph); on the CPU
-through the reference path.
+pass ``--num-classes`` / ``--dontcare`` / ``--instance-edge`` as for ``asap convert-authors``; their
+Cityscapes default is 35 classes + the instance edge, with ``--dontcare`` only for a model trained with
+their ``--contain_dontcare_label``). On CUDA ASAP-Net runs through ``asap.models.fast.FastGenerator``
+(fused Triton MLP, CUDA graph); on the CPU through the reference path.
 """
 
 from __future__ import annotations

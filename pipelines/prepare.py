@@ -22,6 +22,8 @@ from pipelines.common import fail, params, project_root, run_stage
 from pipelines.fetch import RAW_ARCHIVE
 
 DATASETS = ("facades", "cityscapes", "nyu", "folders")
+SOURCE_KIND = {"facades": "CMP_facade_DB_base.zip archive", "cityscapes": "folder holding leftImg8bit/ and gtFine/",
+               "nyu": "nyu_depth_v2_labeled.mat file", "folders": "folder of your pairs (see asap/data/folders.py)"}
 SHARED_KEYS = {"workers", "skip_bad"}
 
 
@@ -60,12 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     where = f"params.yaml prepare.{args.dataset}"
     cfg_section = section.get(args.dataset)
     try:
+        if args.source and not Path(args.source).exists():
+            raise DataError(f"--source {args.source} does not exist: pass the path of the "
+                            f"{SOURCE_KIND[args.dataset]}")
         if args.dataset == "facades":
             cfg = from_dict(facades.FacadesConfig, cfg_section, where)
             source = args.source or root / RAW_ARCHIVE
             if not Path(source).is_file():
                 raise DataError(f"facades archive {source} not found: run `dvc repro fetch-facades` "
-                                "(or `python -m pipelines.fetch facades`) first, or pass --source")
+                                "(or `python -m pipelines.fetch facades`) first, or pass --source"
+                                if not args.source else
+                                f"--source {source} is not a file: pass the path of the {SOURCE_KIND['facades']}")
             out = out_root / prepared_name("facades", height, width)
             facades.prepare_facades(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
         elif args.dataset == "cityscapes":

@@ -207,6 +207,7 @@ def test_tent_downsample_against_explicit_filter():
     (dict(downsampling=1), "power of two"),
     (dict(downsampling=8, input_kind="video"), "input_kind"),
     (dict(downsampling=8, num_classes=0), "num_classes"),
+    (dict(downsampling=8, padding="replicate"), r"padding must be one of \['zeros', 'reflect'\], got 'replicate'"),
 ])
 def test_config_errors_name_the_value(bad, match):
     kwargs = dict(num_classes=3)
@@ -218,3 +219,28 @@ def test_config_errors_name_the_value(bad, match):
 def test_size_not_divisible_by_S_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"100x128.*S=32"):
         asapnet(3, 100, 128, downsampling=32)
+
+
+def test_reflect_padding_pads_every_3x3_conv_with_the_authors_module_indices():
+    """padding='reflect': a ReflectionPad2d(1) right before each 3x3 conv (none before the 1x1), the
+    convs themselves unpadded; the keys shift as in the authors' --reflection_pad layout."""
+    model = asapnet(3, 64, 64, **SMALL, downsampling=16, padding="reflect")
+    order = [m for m in model.lowres_stream.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ReflectionPad2d, torch.nn.ZeroPad2d))]
+    kinds = ["pad" if isinstance(m, torch.nn.ReflectionPad2d) else f"conv{m.kernel_size[0]}" for m in order]
+    assert kinds == ["pad", "conv3"] * (1 + 4 + SMALL["lr_depth"]) + ["conv1"]
+    assert all(m.padding == (0, 0) for m in order if isinstance(m, torch.nn.Conv2d))
+    keys = set(model.state_dict())
+    assert {"lowres_stream.model.1.0.weight", "lowres_stream.model.4.0.weight",
+            "lowres_stream.model.15.conv_block.1.0.weight", "lowres_stream.model.17.weight"} <= keys
+    zeros = asapnet(3, 64, 64, **SMALL, downsampling=16)
+    assert {"lowres_stream.model.0.0.weight", "lowres_stream.model.10.conv_block.0.0.weight",
+            "lowres_stream.model.12.weight"} <= set(zeros.state_dict())
+
+
+def test_reflect_padding_needs_a_grid_of_at_least_2x2():
+    asapnet(3, 64, 64, **SMALL, downsampling=32, padding="reflect")  # 2x2: fine
+    with pytest.raises(ConfigError, match=r"32x64 gives a 1x2 parameter grid at S=32; padding='reflect' needs "
+                                          r"at least 2x2"):
+        asapnet(3, 32, 64, **SMALL, downsampling=32, padding="reflect")
+    asapnet(3, 32, 64, **SMALL, downsampling=32)  # zero padding runs on a 1x2 grid

@@ -152,6 +152,76 @@ def test_not_a_cityscapes_root(tmp_path):
         cityscapes.list_pairs(tmp_path)
 
 
+def test_missing_root_is_reported_as_missing(tmp_path):
+    with pytest.raises(DataError) as err:
+        cityscapes.list_pairs(tmp_path / "nowhere")
+    message = str(err.value)
+    assert message.startswith(f"Cityscapes root {tmp_path / 'nowhere'} does not exist: set "
+                              "prepare.cityscapes.root (or --source) to the folder holding leftImg8bit/ and gtFine/")
+    assert "has no leftImg8bit/ folder" not in message
+    (tmp_path / "leftImg8bit_trainvaltest.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"leftImg8bit_trainvaltest\.zip is a file, not a folder: unzip"):
+        cityscapes.list_pairs(tmp_path / "leftImg8bit_trainvaltest.zip")
+
+
+@pytest.mark.parametrize("case,want", [
+    ("no_photo", "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png: label map without its photo "
+                 "{root}/leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png"),
+    ("no_label", "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png: photo without its label map "
+                 "{root}/gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"),
+    ("no_instances", "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png: photo without its instance map "
+                     "{root}/gtFine/val/lindau/lindau_000000_000019_gtFine_instanceIds.png"),
+    # a label file of another type where the labelIds should be: named, with what it is
+    ("train_ids", "photo without its label map {root}/gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png; "
+                  "found only lindau_000000_000019_gtFine_color.png (the colour rendering of the labels), "
+                  "lindau_000000_000019_gtFine_labelTrainIds.png (the 19 train ids"),
+])
+def test_pairing_messages_name_the_real_city_folder(tmp_path, case, want):
+    root, _ = make_root(tmp_path)
+    gt = root / "gtFine" / "val" / "lindau"
+    if case == "no_photo":
+        (root / "leftImg8bit" / "val" / "lindau" / "lindau_000000_000019_leftImg8bit.png").unlink()
+    elif case == "no_label":
+        (gt / "lindau_000000_000019_gtFine_labelIds.png").unlink()
+    elif case == "no_instances":
+        (gt / "lindau_000000_000019_gtFine_instanceIds.png").unlink()
+    elif case == "train_ids":
+        (gt / "lindau_000000_000019_gtFine_labelIds.png").rename(gt / "lindau_000000_000019_gtFine_labelTrainIds.png")
+    _, errors = cityscapes.list_pairs(root)
+    assert [stem for stem, _ in errors] == ["lindau_000000_000019"]
+    message = errors[0][1]
+    assert want.format(root=root) in message and "<city>" not in message
+    if case == "no_label":  # the fixture's colour rendering is there: named as the wrong kind
+        assert message.endswith("; found only lindau_000000_000019_gtFine_color.png (the colour rendering of the "
+                                "labels): this reader needs the 35 label ids of *_gtFine_labelIds.png "
+                                "(gtFine_trainvaltest.zip)")
+    elif case != "train_ids":
+        assert "found only" not in message
+
+
+def test_stray_instance_maps_and_unknown_files_are_named_in_warnings(tmp_path):
+    root, _ = make_root(tmp_path)
+    gt = root / "gtFine" / "train" / "aachen"
+    Image.fromarray(np.zeros((H, W), np.uint16)).save(gt / "aachen_000099_000019_gtFine_instanceIds.png")
+    Image.new("RGB", (W, H)).save(root / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.jpg")
+    (gt / "notes.txt").write_text("mine")
+    out = tmp_path / "cityscapes-16x32"
+    info, log = prepare(root, out)
+    assert info["splits"] == {"train": 3, "test": 2}
+    warnings = [l for l in log.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 2, warnings
+    assert warnings[0] == (
+        f"warning: 2 file(s) of an unknown type in {root}/leftImg8bit/train or gtFine/train ignored (expected "
+        "<city>/*_leftImg8bit.png, *_gtFine_labelIds.png, *_gtFine_instanceIds.png): "
+        f"{gt / 'notes.txt'}, {root}/leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.jpg")
+    assert warnings[1] == ("warning: 1 instance map(s) without a photo or label map ignored: "
+                           f"{gt / 'aachen_000099_000019_gtFine_instanceIds.png'}")
+    # the official companions (colour, polygons, train ids) are expected: no warning for them
+    clean_root, _ = make_root(tmp_path / "clean")
+    _, clean_log = prepare(clean_root, tmp_path / "clean-16x32")
+    assert "warning" not in clean_log
+
+
 def test_dataset_json_names_cityscapes_ids(tmp_path):
     root, _ = make_root(tmp_path)
     out = tmp_path / "cityscapes-16x32"

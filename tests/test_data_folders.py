@@ -124,3 +124,174 @@ def test_settings_are_checked(tmp_path):
     (root / "inputs").mkdir()
     with pytest.raises(DataError, match=r"exactly one of labels/ .* or inputs/"):
         prepare(root, tmp_path / "x-10x16")
+
+
+# -- the messages users see ----------------------------------------------------------------------
+
+def test_num_classes_required_names_the_label_folders_that_exist(tmp_path):
+    root = tmp_path / "pairs"
+    for i in range(2):
+        write_pair(root / "train", f"a{i}", i)
+    write_pair(root / "test", "b0", 9)
+    with pytest.raises(ConfigError) as err:
+        prepare(root, tmp_path / "x-10x16", num_classes=None)
+    message = str(err.value)
+    assert f"{root}/train/labels/ and {root}/test/labels/ hold class-index maps" in message
+    assert f"{root}/labels" not in message and "set it to the number of classes" in message
+
+
+@pytest.mark.parametrize("folders_made,match", [
+    (("train", "val"), r"has the split folder\(s\) train/, val/, but the split folders must be train/ and test/ "
+                       r"\(both\): rename .*/pairs/val/ to .*/pairs/test/, or put every pair in .*/pairs/ itself"),
+    (("train",), r"has the split folder\(s\) train/, but the split folders must be train/ and test/ \(both\): "
+                 r"add the missing .*/pairs/test/"),
+])
+def test_split_folders_other_than_train_and_test_are_named(tmp_path, folders_made, match):
+    root = tmp_path / "pairs"
+    for k, name in enumerate(folders_made):
+        write_pair(root / name, f"{name}0", k)
+    with pytest.raises(DataError, match=match) as err:
+        prepare(root, tmp_path / "x-10x16")
+    assert "has no images/ folder" not in str(err.value)
+
+
+def test_unused_split_folder_is_named_in_a_warning(tmp_path):
+    root = tmp_path / "pairs"
+    for i in range(2):
+        write_pair(root / "train", f"a{i}", i)
+    write_pair(root / "test", "b0", 9)
+    write_pair(root / "val", "c0", 8)
+    info, log = prepare(root, tmp_path / "x-10x16")
+    assert info["splits"] == {"train": 2, "test": 1}
+    assert f"warning: {root}/val/ not used: the splits are {root}/train/ and {root}/test/" in log
+
+
+def test_out_of_range_message_gives_ranges_not_every_allowed_value(tmp_path):
+    label = np.zeros((H, W), np.uint8)
+    label[2, 3] = 200
+    root, _ = make_root(tmp_path, n=4)
+    write_pair(root, "p01", 1, label=label)
+    with pytest.raises(DataError) as err:
+        prepare(root, tmp_path / "x-10x16", test_fraction=0.25, num_classes=182, dontcare=True)
+    line = next(l for l in str(err.value).splitlines() if "p01.png" in l)
+    assert line.endswith("labels/p01.png: label values [200] are outside the allowed range 0..181 "
+                         "and 255 (don't care)")
+
+
+@pytest.mark.parametrize("allowed,dontcare,want", [
+    (range(5), False, "range 0..4"),
+    ([*range(182), 255], True, "range 0..181 and 255 (don't care)"),
+    ([*range(182), 255], False, "values 0..181, 255"),
+    ([0, 1, 2, 7, 9, 10], False, "values 0..2, 7, 9..10"),
+])
+def test_describe_values_as_ranges(allowed, dontcare, want):
+    from asap.data.common import describe_values
+    assert describe_values(list(allowed), dontcare) == want
+
+
+def test_value_255_without_dontcare_says_which_setting_keeps_it(tmp_path):
+    label = np.zeros((H, W), np.uint8)
+    label[:3] = 255
+    root, _ = make_root(tmp_path, n=4)
+    write_pair(root, "p02", 2, label=label)
+    with pytest.raises(DataError, match=r"labels/p02\.png: label values \[255\] are outside the allowed range "
+                                        r"0\.\.4; 255 usually marks \"don't care\" pixels: set "
+                                        r"prepare\.folders\.dontcare: true"):
+        prepare(root, tmp_path / "x-10x16", test_fraction=0.25)
+    label[0, 0] = 9  # 9 is no don't-care value: no hint about it
+    write_pair(root, "p02", 2, label=label)
+    with pytest.raises(DataError, match=r"label values \[9, 255\] are outside .*set prepare\.folders\.dontcare"):
+        prepare(root, tmp_path / "x-10x16", test_fraction=0.25)
+    label[:3] = 9
+    write_pair(root, "p02", 2, label=label)
+    with pytest.raises(DataError) as err:
+        prepare(root, tmp_path / "x-10x16", test_fraction=0.25)
+    assert "dontcare" not in str(err.value)
+
+
+def test_stray_instance_maps_and_unused_folders_are_named_in_warnings(tmp_path):
+    root, _ = make_root(tmp_path, n=4)
+    (root / "instances").mkdir()
+    for stem in ("p00", "p01", "p02", "p03", "zz_stray"):
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "instances" / f"{stem}.png")
+    info, log = prepare(root, tmp_path / "x-10x16", test_fraction=0.25)
+    assert info["instance_edge"] and sum(info["splits"].values()) == 4
+    assert (f"warning: 1 instance map(s) without an image or label ignored: {root}/instances/zz_stray.png"
+            in log)
+    # image inputs: instance maps do not apply, and the folder is named
+    img_root = tmp_path / "imgs"
+    for i in range(4):
+        write_pair(img_root, f"q{i}", i, kind="image")
+    (img_root / "instances").mkdir()
+    info, log = prepare(img_root, tmp_path / "y-10x16", test_fraction=0.25)
+    assert not info["instance_edge"]
+    assert f"warning: {img_root}/instances/ not used: instance maps go with labels/" in log
+
+
+# -- side-by-side A|B images (pix2pix's format) ----------------------------------------------------
+
+def write_ab(folder, stem, seed, width=2 * W):
+    """A|B image: a left half and a right half from different random images (PNG: lossless)."""
+    rng = np.random.default_rng(seed)
+    left = rng.integers(0, 128, (H, width // 2, 3), dtype=np.uint8)         # darker
+    right = rng.integers(128, 256, (H, width - width // 2, 3), dtype=np.uint8)  # brighter
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate([left, right], axis=1)).save(folder / f"{stem}.png")
+    return left, right
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_ab_images_split_at_the_middle_into_input_and_target(tmp_path, side):
+    root = tmp_path / "facades_pix2pix"  # pix2pix layout: train/, val/, test/ with A|B images in them
+    halves = {}
+    for i in range(3):
+        halves[f"t{i}"] = write_ab(root / "train", f"t{i}", i)
+    halves["s0"] = write_ab(root / "test", "s0", 7)
+    write_ab(root / "val", "v0", 8)
+    out = tmp_path / "ab-20x30"
+    info, log = prepare(root, out, size=(H, W), ab_input=side, num_classes=None)  # same size: no resampling
+    assert info["input_kind"] == "image" and info["splits"] == {"train": 3, "test": 1}
+    assert info["source"]["ab_input"] == side and info["source"]["split"] == "folders"
+    assert f"warning: {root}/val/ not used" in log
+    for stem, (left, right) in halves.items():
+        split = "test" if stem == "s0" else "train"
+        want_input, want_image = (left, right) if side == "left" else (right, left)
+        assert np.array_equal(png(out / split / "inputs" / f"{stem}.png"), want_input)
+        assert np.array_equal(png(out / split / "images" / f"{stem}.png"), want_image)
+    item = PreparedDataset(out, "test")[0]
+    assert item["input"].shape == (3, H, W) and item["image"].shape == (3, H, W)
+
+
+def test_ab_images_in_the_root_get_a_random_split(tmp_path):
+    root = tmp_path / "ab"
+    for i in range(10):
+        write_ab(root, f"x{i}", i)
+    info, _ = prepare(root, tmp_path / "ab-10x16", ab_input="right", test_fraction=0.2)
+    assert info["splits"] == {"train": 8, "test": 2} and info["source"]["split"] == "random"
+
+
+def test_ab_image_of_odd_width_is_named(tmp_path):
+    root = tmp_path / "ab"
+    for i in range(4):
+        write_ab(root, f"x{i}", i)
+    write_ab(root, "x2", 2, width=2 * W + 1)
+    with pytest.raises(DataError, match=r"ab/x2\.png: is 61 px wide: a side-by-side A\|B image "
+                                        r"\(prepare\.folders\.ab_input\) has two halves of equal width"):
+        prepare(root, tmp_path / "ab-10x16", ab_input="left", test_fraction=0.25)
+
+
+def test_ab_images_without_ab_input_say_how_to_read_them(tmp_path):
+    root = tmp_path / "ab"
+    for i in range(4):
+        write_ab(root, f"x{i}", i)
+    with pytest.raises(DataError, match=r"has no images/ folder: .* holds images itself: if they are "
+                                        r"side-by-side A\|B images \(pix2pix's format\), set "
+                                        r"prepare\.folders\.ab_input to the input half \(left or right\)"):
+        prepare(root, tmp_path / "ab-10x16")
+    with pytest.raises(ConfigError, match=r"prepare\.folders\.ab_input must be null .* or one of \['left', "
+                                          r"'right'\] .*got 'A'"):
+        folders.FoldersConfig(root=str(root), ab_input="A")
+    # ab_input set on the images/ + labels/ layout: no A|B images where they should be
+    labels_root, _ = make_root(tmp_path, n=4)
+    with pytest.raises(DataError, match=r"holds no A\|B images .* prepare\.folders\.ab_input is 'left'"):
+        prepare(labels_root, tmp_path / "c-10x16", ab_input="left")

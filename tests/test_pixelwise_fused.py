@@ -51,6 +51,8 @@ CASES = {
     "fast_generator_dontcare_edge": dict(kind="generator", precision="fp32", dontcare=True, instance_edge=True),
     "fast_generator_bf16": dict(kind="generator", precision="bf16"),
     "fast_generator_tent_s1_4":     dict(kind="generator", precision="fp32", learned_downsampling=4),
+    "fast_generator_reflect":       dict(kind="generator", precision="fp32", padding="reflect"),
+    "fast_generator_reflect_bf16":  dict(kind="generator", precision="bf16", padding="reflect"),
     "tent_onehot_f1":      dict(kind="tent", factor=1, H=8, W=16, C=5, precision="fp32"),
     "tent_onehot_f2":      dict(kind="tent", factor=2, H=8, W=16, C=5, precision="fp32"),
     "tent_onehot_f4_35":   dict(kind="tent", factor=4, H=16, W=8, C=35, precision="fp32"),
@@ -63,6 +65,8 @@ GPU_ONLY_CASES = {
     "dense_S32_fp16":         dict(B=2, S=32, H=128, W=128, C=36, input="dense", precision="fp16"),
     "tent_onehot_f4_1024":    dict(kind="tent", factor=4, H=1024, W=2048, C=35, precision="bf16"),
     "fast_generator_s1_2_bf16": dict(kind="generator", precision="bf16", learned_downsampling=8),
+    "fast_generator_reflect_edge_bf16": dict(kind="generator", precision="bf16", padding="reflect",
+                                             dontcare=True, instance_edge=True),
 }
 
 
@@ -152,7 +156,7 @@ def run_generator_case(case: dict, device: str) -> dict:
     C, H, W = 5, 32, 32
     model = asapnet(C, H, W, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1,
                     dontcare=case.get("dontcare", False), instance_edge=case.get("instance_edge", False),
-                    learned_downsampling=case.get("learned_downsampling", 16))
+                    learned_downsampling=case.get("learned_downsampling", 16), padding=case.get("padding", "zeros"))
     with torch.no_grad():  # the default init is tiny (gain 0.02): centre the MLPs on well-scaled ones
         gen = torch.Generator().manual_seed(1)
         model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
@@ -244,14 +248,15 @@ def test_unsupported_widths_are_named():
     assert "hidden layer" in unsupported_reason([17, 3], 8)
 
 
-def test_fast_generator_cpu_fallback_equals_model():
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_fast_generator_cpu_fallback_equals_model(padding):
     """Without CUDA (and without the interpreter) the fast path is the reference path."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process runs Triton's interpreter")
     from asap.models.asapnet import asapnet
     from asap.models.fast import FastGenerator
     torch.manual_seed(0)
-    model = asapnet(4, 32, 64, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1).eval()
+    model = asapnet(4, 32, 64, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1, padding=padding).eval()
     labels = torch.randint(0, 4, (2, 32, 64))
     fast = FastGenerator(model.cpu(), "fp32")
     assert not fast.fused and not fast.cuda_graph
@@ -278,13 +283,13 @@ def test_kernel_matches_reference_on_gpu(name):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fast_generator_cuda_graph_replays_new_inputs(precision):
+@pytest.mark.parametrize("precision,padding", [("fp32", "zeros"), ("bf16", "zeros"), ("bf16", "reflect")])
+def test_fast_generator_cuda_graph_replays_new_inputs(precision, padding):
     """A captured graph must compute on the *new* input each call, and report bad labels."""
     from asap.models.asapnet import asapnet
     from asap.models.fast import FastGenerator
     torch.manual_seed(0)
-    model = asapnet(12, 256, 512, lr_max_width=128)
+    model = asapnet(12, 256, 512, lr_max_width=128, padding=padding)
     with torch.no_grad():  # well-scaled MLPs (the default init is tiny), as in run_generator_case
         gen = torch.Generator().manual_seed(1)
         model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())

@@ -70,6 +70,26 @@ def test_stage_reports_bad_data_and_bad_settings(tmp_path, capsys):
         stage.main(["facades", "4x4", "--params", str(params)])
 
 
+@pytest.mark.parametrize("dataset,make,want", [
+    ("facades", None, "--source {src} does not exist: pass the path of the CMP_facade_DB_base.zip archive"),
+    ("facades", "dir", "--source {src} is not a file: pass the path of the CMP_facade_DB_base.zip archive"),
+    ("cityscapes", None, "--source {src} does not exist: pass the path of the folder holding leftImg8bit/ and "
+                         "gtFine/"),
+    ("folders", None, "--source {src} does not exist: pass the path of the folder of your pairs"),
+])
+def test_a_given_source_that_is_missing_is_named_without_suggesting_source(tmp_path, capsys, dataset, make, want):
+    src = tmp_path / "raw"
+    if make == "dir":
+        src.mkdir()
+    params = write_params(tmp_path / "params.yaml", folders={"num_classes": 3})
+    argv = [dataset, "4x4", "--source", str(src), "--params", str(params), "--out-root", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: stage.main(argv))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert want.format(src=src) in err and "pass --source" not in err and "or pass" not in err
+
+
 @pytest.mark.slow
 def test_dvc_repro_prepares_facades_once(tmp_path):
     archive = facades_archive()

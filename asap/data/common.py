@@ -38,6 +38,7 @@ SPLITS = ("train", "test")
 FITS = ("stretch", "crop")
 PNG_COMPRESS_LEVEL = 1  # lossless either way; 1 is ~3x faster than PIL's default 6 for ~15% more bytes
 MAX_LISTED_ERRORS = 20
+DONTCARE_VALUE = 255    # as asap.models.inputs.DONTCARE_VALUE (not imported: preparation stays torch-free)
 
 
 class DataError(ValueError):
@@ -171,24 +172,47 @@ def index_array(img: Image.Image, name: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def check_label_values(label: np.ndarray, name: str, allowed: Sequence[int]) -> np.ndarray:
-    """Unique values of ``label``; a PairError listing any that are not in ``allowed``."""
+def check_label_values(label: np.ndarray, name: str, allowed: Sequence[int], dontcare: bool = False,
+                       dontcare_setting: str | None = None) -> np.ndarray:
+    """Unique values of ``label``; a PairError listing any that are not in ``allowed`` (as ranges), with
+    a hint to set ``dontcare_setting`` when a stray 255 (the usual don't-care value) is among them."""
     if label.dtype in (np.uint8, np.uint16):  # bincount: ~20x faster than np.unique on big maps
         values = np.flatnonzero(np.bincount(label.ravel()))
     else:
         values = np.unique(label)
     bad = np.setdiff1d(values, np.asarray(sorted(allowed)))
     if bad.size:
-        raise PairError(name, f"label values {bad[:10].tolist()} are outside the allowed "
-                              f"{describe_values(allowed)}")
+        shown = bad[:10].tolist() + (["..."] if bad.size > 10 else [])
+        message = f"label values {shown} are outside the allowed {describe_values(allowed, dontcare)}"
+        if DONTCARE_VALUE in bad and not dontcare and dontcare_setting:
+            message += (f"; {DONTCARE_VALUE} usually marks \"don't care\" pixels: set {dontcare_setting}: true "
+                        "to keep them as the don't-care channel")
+        raise PairError(name, message)
     return values
 
 
-def describe_values(values: Sequence[int]) -> str:
-    v = sorted(values)
-    if v == list(range(v[0], v[-1] + 1)):
-        return f"range {v[0]}..{v[-1]}"
-    return f"values {v}"
+def describe_values(values: Sequence[int], dontcare: bool = False) -> str:
+    """Allowed label values as ranges, never the whole list: 'range 0..4', 'values 0..3, 7..9',
+    'range 0..181 and 255 (don't care)'."""
+    v = sorted(set(values))
+    tail = ""
+    if dontcare and v and v[-1] == DONTCARE_VALUE:
+        v, tail = v[:-1], f" and {DONTCARE_VALUE} (don't care)"
+    runs, start = [], 0
+    for i in range(1, len(v) + 1):
+        if i == len(v) or v[i] != v[i - 1] + 1:
+            runs.append(f"{v[start]}..{v[i - 1]}" if i - 1 > start else str(v[start]))
+            start = i
+    if len(runs) == 1 and ".." in runs[0]:
+        return f"range {runs[0]}{tail}"
+    return f"values {', '.join(runs)}{tail}"
+
+
+def name_some(items: Sequence, limit: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e ... and 7 more': files named in a warning without flooding it."""
+    items = [str(i) for i in items]
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 # -- what a reader provides -------------------------------------------------------------------------
@@ -202,6 +226,7 @@ class DatasetSpec:
     label_names: tuple[str, ...]        # one per class (or per input channel)
     allowed_labels: tuple[int, ...] = ()  # label values accepted in the source maps (labels only)
     dontcare: bool = False              # 255 marks "don't care" pixels (an extra one-hot channel)
+    dontcare_setting: str | None = None  # the params key that turns on dontcare (named when a 255 is found)
     instance_edge: bool = False         # the dataset has instance maps: write edges/<stem>.png
     target_kind: str = "rgb"            # "rgb" photo or "depth" (1-channel PNG, see depth)
     input_png_channels: int = 0         # image inputs: channels of inputs/<stem>.png
@@ -274,7 +299,8 @@ def _process_pair(src: PairSource, loader: Callable[[PairSource], RawPair], spec
         crop = (slice(top, bottom), slice(left, right))
 
         if raw.label is not None:
-            values = check_label_values(raw.label, src.file("label"), spec.allowed_labels)
+            values = check_label_values(raw.label, src.file("label"), spec.allowed_labels, spec.dontcare,
+                                        spec.dontcare_setting)
             label = resize_nearest(raw.label[crop], H, W).astype(np.uint8)
             _save_png(label, out / "labels" / f"{src.stem}.png")
             row["label_values"] = " ".join(str(v) for v in values.tolist())

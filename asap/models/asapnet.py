@@ -26,6 +26,7 @@ from asap.models.pixelwise import mlp_channels, num_mlp_params, pixelwise_mlp
 
 LEARNED_DOWNSAMPLING = 16  # Sec. 3.2: "We use S2 = 16 throughout"
 LOWRES_SHORT_SIDE = 256    # Sec. 3.2: x_l has at most 256 pixels on the short axis
+PADDINGS = ("zeros", "reflect")  # border handling of the low-res stream's 3x3 convs
 
 
 def default_downsampling(height: int, width: int) -> int:
@@ -55,6 +56,8 @@ class ASAPNetConfig:
     mlp_depth: int = 5
     positional_encoding: bool = True    # Sec. 3.3; False is the ablation of Fig. 9b
     spatially_uniform: bool = False     # Fig. 9c ablation: one parameter set for the whole image
+    padding: str = "zeros"              # low-res 3x3 convs: "zeros", or "reflect" (the authors' --reflection_pad,
+                                        # used by their released facades models)
 
     def __post_init__(self):
         require_choice_kind = {"labels", "image"}
@@ -73,6 +76,9 @@ class ASAPNetConfig:
             require(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         require(isinstance(self.lr_depth, int) and self.lr_depth >= 0,
                 f"lr_depth must be a non-negative integer, got {self.lr_depth!r}")
+        require(self.padding in PADDINGS,
+                f"padding must be one of {list(PADDINGS)}, got {self.padding!r} ('reflect' puts a "
+                "reflection pad of 1 before each 3x3 conv of the low-res stream, as the authors' --reflection_pad)")
 
     # -- derived sizes --------------------------------------------------------------------------
     @property
@@ -110,6 +116,11 @@ class ASAPNetConfig:
             raise ConfigError(f"image size {height}x{width} must have both sides divisible by "
                               f"S={self.downsampling}; e.g. {height - height % self.downsampling or self.downsampling}"
                               f"x{width - width % self.downsampling or self.downsampling}")
+        # a reflection pad of 1 needs 2 pixels to mirror: the conv blocks run on the (H/S, W/S) grid
+        if self.padding == "reflect" and self.lr_depth and min(height, width) < 2 * self.downsampling:
+            raise ConfigError(f"image size {height}x{width} gives a {height // self.downsampling}x"
+                              f"{width // self.downsampling} parameter grid at S={self.downsampling}; "
+                              "padding='reflect' needs at least 2x2 (both sides >= 2*S)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,37 +147,48 @@ def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(C, 1, -1, 1), stride=(factor, 1), groups=C)
 
 
-def conv_in(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
-    """3x3 conv (no bias: the norm cancels it) + affine InstanceNorm; keys `0.weight`, `1.weight/bias`."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+def conv_in(in_ch: int, out_ch: int, stride: int = 1, padding: str = "zeros") -> list[nn.Module]:
+    """3x3 conv (no bias: the norm cancels it) + affine InstanceNorm as one Sequential (keys `0.weight`,
+    `1.weight/bias`), preceded by a ReflectionPad2d(1) module when ``padding == "reflect"``.
+
+    The pad is a module of its own, not ``Conv2d(padding_mode="reflect")``, because that is how the
+    authors' --reflection_pad layout numbers its modules: their state dict then loads unrenamed."""
+    reflect = padding == "reflect"
+    conv = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=0 if reflect else 1, bias=False),
                          nn.InstanceNorm2d(out_ch, affine=True))
+    return [nn.ReflectionPad2d(1), conv] if reflect else [conv]
 
 
 class ConvBlock(nn.Module):
     """One of the seven 1024-wide blocks: conv + InstanceNorm + ReLU (no skip, as the authors' code)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, padding: str = "zeros"):
         super().__init__()
-        self.conv_block = nn.Sequential(conv_in(width, width), nn.ReLU(inplace=True))
+        self.conv_block = nn.Sequential(*conv_in(width, width, padding=padding), nn.ReLU(inplace=True))
 
     def forward(self, x):
         return self.conv_block(x)
 
 
 class LowResStream(nn.Module):
-    """G of Sec. 3.2: low-res input -> (B, P, H/S, W/S) grid of MLP parameters."""
+    """G of Sec. 3.2: low-res input -> (B, P, H/S, W/S) grid of MLP parameters.
+
+    Module indices of ``model`` (the authors' layout): zero padding  [conv, relu] per 3x3 conv, so the
+    convs sit at 0, 2, 4, ... and a block's conv at ``conv_block.0``; reflect padding [pad, conv, relu],
+    so 1, 4, 7, ... and ``conv_block.1``. Then the blocks, one index each, and the final 1x1 conv.
+    """
 
     def __init__(self, config: ASAPNetConfig):
         super().__init__()
         c = config
         n_strided = int(math.log2(c.s2))
-        layers: list[nn.Module] = [conv_in(c.in_channels, c.lr_width), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [*conv_in(c.in_channels, c.lr_width, padding=c.padding), nn.ReLU(inplace=True)]
         width = c.lr_width
         for i in range(n_strided):  # S2 = 2^n_strided by stride-2 convs; the last one widens to 1024
             out = c.lr_max_width if i == n_strided - 1 else width
-            layers += [conv_in(width, out, stride=2), nn.ReLU(inplace=True)]
+            layers += [*conv_in(width, out, stride=2, padding=c.padding), nn.ReLU(inplace=True)]
             width = out
-        layers += [ConvBlock(width) for _ in range(c.lr_depth)]
+        layers += [ConvBlock(width, c.padding) for _ in range(c.lr_depth)]
         layers += [nn.Conv2d(width, c.num_params, 1)]  # 1x1 conv to the P per-tile parameters
         self.model = nn.Sequential(*layers)
 

@@ -5,8 +5,10 @@ Our format is one ``torch.save`` dict of tensors and plain values::
     {"format": "asap-generator/1", "arch": "asapnet", "config": {...}, "state_dict": {...}, "meta": {...}}
 
 The authors' released generators (``latest_net_G.pth`` from github.com/tamarott/ASAPNet, the state
-dict of ``ASAPNetsGenerator``) load too: their module names equal ours, and the configuration they
-leave out is recovered from the tensor shapes (see ``config_from_authors_state``).
+dict of ``ASAPNetsGenerator``) load too: their module names equal ours, in both of their layouts (zero
+padding, or ``--reflection_pad`` with a pad module before each 3x3 conv, detected from the keys), and
+the configuration they leave out is recovered from the tensor shapes (see ``config_from_authors_state``).
+A state dict of another layout is a ``CheckpointError`` that lists the keys and shapes it found.
 """
 
 from __future__ import annotations
@@ -91,7 +93,10 @@ def load_generator(path: str | Path, **authors_overrides) -> tuple[torch.nn.Modu
         model.load_state_dict(data["state_dict"])
         return model.eval(), dict(data.get("meta", {}))
     if isinstance(data, dict) and is_authors_state(data):
-        model = load_authors_state(data, **authors_overrides)
+        try:
+            model = load_authors_state(data, **authors_overrides)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
         return model.eval(), {"source": str(path), "converted_from": "tamarott/ASAPNet ASAPNetsGenerator"}
     keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__
     raise CheckpointError(f"{path} is not a generator checkpoint: expected our format ({FORMAT!r}) or the "
@@ -103,6 +108,13 @@ def load_generator(path: str | Path, **authors_overrides) -> tuple[torch.nn.Modu
 # ----------------------------------------------------------------------------------------------
 
 _LR = re.compile(r"^(?:module\.)?lowres_stream\.model\.(\d+)\.(.+)$")
+_PREFIX = "lowres_stream.model"
+
+# The authors' low-res stream numbers its modules [conv, relu] per 3x3 conv with zero padding and
+# [pad, conv, relu] with their --reflection_pad (a ReflectionPad2d(1) module before each 3x3 conv; the
+# released facades models use it). padding -> (index of the first conv, index step to the next strided
+# conv, index of the conv inside a conv block).
+_LAYOUTS = {"zeros": (0, 2, 0), "reflect": (1, 3, 1)}
 
 
 def is_authors_state(state: dict) -> bool:
@@ -113,45 +125,103 @@ def _strip(state: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def _natural(key: str):
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in key.split(".")]
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def describe_state(state: dict, limit: int = 14) -> str:
+    """The keys with their shapes, grouped by low-res module (natural order), at most ``limit`` groups,
+    e.g. ``lowres_stream.model.0.{0.weight (64, 13, 3, 3), 1.weight (64,), 1.bias (64,)}``."""
+    groups: dict[str, list[str]] = {}
+    for k in sorted(state, key=lambda k: _natural(str(k))):
+        m = _LR.match(str(k))
+        if m:
+            groups.setdefault(f"{_PREFIX}.{m.group(1)}", []).append(f"{m.group(2)} {_shape(state[k])}")
+        else:
+            groups[f"{k} {_shape(state[k])}"] = []
+    lines = [f"{head}.{{{', '.join(items)}}}" if items else head for head, items in list(groups.items())[:limit]]
+    if len(groups) > limit:
+        lines.append(f"... and {len(groups) - limit} more")
+    return "; ".join(lines)
+
+
+def authors_padding(state: dict) -> str:
+    """'zeros' or 'reflect' from where the first 3x3 conv sits; a CheckpointError naming what was found
+    when neither layout fits."""
+    state = _strip(state)
+    for padding, (first, _, _) in _LAYOUTS.items():  # below the first conv: a pad module, no tensors
+        if f"{_PREFIX}.{first}.0.weight" in state and not any(
+                k.startswith(f"{_PREFIX}.{i}.") for i in range(first) for k in state):
+            return padding
+    raise CheckpointError(
+        "unknown layout of the authors' ASAPNetsGenerator: expected the first 3x3 conv at "
+        f"'{_PREFIX}.0.0.weight' (zero padding) or '{_PREFIX}.1.0.weight' (their --reflection_pad); "
+        f"found {len(state)} key(s): {describe_state(state)}")
+
+
+def _conv3x3(state: dict, key: str) -> torch.Tensor:
+    w = state[key]
+    if not (isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) == (3, 3)):
+        raise CheckpointError(f"'{key}' should be a 3x3 conv weight (out, in, 3, 3), found {_shape(w)}")
+    return w
+
+
 def config_from_authors_state(state: dict, num_classes: int | None = None, dontcare: bool = False,
                               instance_edge: bool = False, mlp_width: int = 64, mlp_depth: int = 5):
-    """Recover an ASAPNetConfig from the shapes in the authors' state dict.
+    """Recover an ASAPNetConfig from the keys and shapes in the authors' state dict.
 
-    Layout (their ASAPNetsLRStream): model.0 = conv(+IN) in -> lr_width, then n strided convs at
-    model.2, 4, ..., the conv blocks (keys '.conv_block.'), and a final 1x1 conv to P with a bias.
-    S follows from P: the MLP's first layer takes hr_in + 4 log2(S) channels; hr_in is the input
-    channels, less one when their ``lr_instance`` routed the last channel to the low-res stream only.
+    Layout (their ASAPNetsLRStream): the first 3x3 conv (+IN) in -> lr_width, then n strided convs,
+    the conv blocks (keys '.conv_block.'), and a final 1x1 conv to P with a bias; with --reflection_pad
+    a pad module precedes each 3x3 conv, which shifts the indices (see ``_LAYOUTS``). S follows from P:
+    the MLP's first layer takes hr_in + 4 log2(S) channels; hr_in is the input channels, less one when
+    their ``lr_instance`` routed the last channel to the low-res stream only. Any key or shape that the
+    recovered config does not reproduce exactly is a CheckpointError listing them.
     """
     from asap.models.asapnet import ASAPNetConfig
 
     state = _strip(state)
-    idx = sorted({int(_LR.match(k).group(1)) for k in state if _LR.match(k)})
-    first = state["lowres_stream.model.0.0.weight"]
+    padding = authors_padding(state)
+    first_idx, step, block_conv = _LAYOUTS[padding]
+    first = _conv3x3(state, f"{_PREFIX}.{first_idx}.0.weight")
     lr_in, lr_width = first.shape[1], first.shape[0]
-    strided = [i for i in idx if i > 0 and f"lowres_stream.model.{i}.0.weight" in state]
-    blocks = [i for i in idx if f"lowres_stream.model.{i}.conv_block.0.0.weight" in state]
-    last = max(idx)
-    final = state[f"lowres_stream.model.{last}.weight"]
+    convs = [first_idx]  # the first conv, then the strided ones
+    while f"{_PREFIX}.{convs[-1] + step}.0.weight" in state:
+        convs.append(convs[-1] + step)
+        _conv3x3(state, f"{_PREFIX}.{convs[-1]}.0.weight")
+    last = convs[-1] + 2  # after the conv's ReLU: the blocks (their pad, if any, is inside the block)
+    n_blocks = 0
+    while f"{_PREFIX}.{last}.conv_block.{block_conv}.0.weight" in state:
+        n_blocks, last = n_blocks + 1, last + 1
+    final = state.get(f"{_PREFIX}.{last}.weight")
+    strided = len(convs) - 1
+    if not strided or not (isinstance(final, torch.Tensor) and final.dim() == 4 and tuple(final.shape[2:]) == (1, 1)):
+        found = "missing" if final is None else f"{_shape(final)}, not (P, width, 1, 1)"
+        raise CheckpointError(
+            f"state dict does not fit the authors' ASAPNetsGenerator layout ({padding} padding): after the "
+            f"first 3x3 conv, {strided} strided conv(s) (at least 1 needed) and {n_blocks} conv block(s) "
+            f"('{_PREFIX}.N.conv_block.{block_conv}.0.weight'), the final 1x1 conv '{_PREFIX}.{last}.weight' "
+            f"is {found}; found: {describe_state(state)}")
     P = final.shape[0]
     lr_max_width = final.shape[1]
-    if final.shape[2:] != (1, 1) or not strided:
-        raise CheckpointError("state dict does not have the authors' ASAPNetsGenerator layout "
-                              f"(final layer {tuple(final.shape)}, {len(strided)} strided convs)")
     # P = (nci + 1) * w + (depth - 2) * (w + 1) * w + (w + 1) * 3  with nci = MLP input channels
     rest = num_mlp_params([0] + [mlp_width] * (mlp_depth - 1) + [3])
     nci, rem = divmod(P - rest, mlp_width)
-    if rem:
+    if rem or nci < 1:
         raise CheckpointError(f"P={P} parameters do not fit an MLP of width {mlp_width} and depth {mlp_depth}")
     lowres_only = (lr_in - nci) % 4  # nci = lr_in - lowres_only + 4 log2 S
-    if lowres_only not in (0, 1):
+    if lowres_only not in (0, 1) or nci - lr_in + lowres_only < 4:
         raise CheckpointError(f"cannot split the MLP input of {nci} channels into {lr_in} label channels "
                               "and a positional encoding")
     S = 2 ** ((nci - lr_in + lowres_only) // 4)
     n_cls = num_classes if num_classes is not None else lr_in - int(dontcare) - int(instance_edge)
     config = ASAPNetConfig(num_classes=n_cls, downsampling=S, dontcare=dontcare, instance_edge=instance_edge,
-                           lowres_only_last_channel=bool(lowres_only), learned_downsampling=2 ** len(strided),
-                           lr_width=lr_width, lr_max_width=lr_max_width, lr_depth=len(blocks),
-                           mlp_width=mlp_width, mlp_depth=mlp_depth)
+                           lowres_only_last_channel=bool(lowres_only), learned_downsampling=2 ** strided,
+                           lr_width=lr_width, lr_max_width=lr_max_width, lr_depth=n_blocks,
+                           mlp_width=mlp_width, mlp_depth=mlp_depth, padding=padding)
     if config.in_channels != lr_in:
         raise CheckpointError(f"the checkpoint takes {lr_in} input channels, but num_classes={n_cls}"
                               f"{' + dontcare' if dontcare else ''}{' + instance edge' if instance_edge else ''}"
@@ -160,7 +230,29 @@ def config_from_authors_state(state: dict, num_classes: int | None = None, dontc
         raise CheckpointError(f"recovered config predicts P={config.num_params}, checkpoint has {P}")
     if config.s2 == 16 and math.log2(S) < 4:
         raise CheckpointError(f"recovered S={S} is smaller than the 16x learned downsampling")
+    _check_same_layout(state, config)
     return config
+
+
+def _check_same_layout(state: dict, config) -> None:
+    """Every key and shape of the model the config builds, and nothing else (built on the meta device:
+    no memory, no init cost)."""
+    from asap.models.asapnet import ASAPNetGenerator
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in ASAPNetGenerator(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state), key=_natural)
+    unexpected = sorted(set(state) - set(expected), key=_natural)
+    wrong = [f"{k} {_shape(state[k])} (expected {expected[k]})"
+             for k in sorted(set(expected) & set(state), key=_natural)
+             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {name}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+                 for name, v in (("missing", missing), ("unexpected", [f"{k} {_shape(state[k])}" for k in unexpected]),
+                                 ("with another shape", wrong)) if v]
+        raise CheckpointError(f"state dict does not match the authors' ASAPNetsGenerator layout recovered from it "
+                              f"({config.padding} padding, S={config.downsampling}, {config.lr_depth} conv blocks): "
+                              + "; ".join(parts))
 
 
 def load_authors_state(state: dict, **overrides):
