@@ -101,7 +101,10 @@ def setup_mlflow(experiment: str) -> str:
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
     uri = tracking_uri()
-    check_tracking_server(uri)  # fail in seconds, before any training, if a server does not answer
+    check_tracking_server(uri)
+    if uri.startswith(("http://", "https://")):  # a server that goes away costs seconds, not minutes
+        for key, value in {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}.items():
+            os.environ.setdefault(key, value)  # fail in seconds, before any training, if a server does not answer
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)

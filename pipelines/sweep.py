@@ -29,7 +29,7 @@ import torch
 from asap.config import from_dict, require, require_power_of_two
 from asap.evaluation import EvalConfig
 from asap.training import check_fits
-from pipelines import common
+from pipelines import common, tracking
 from pipelines import train as train_stage
 
 VARIANTS = {  # Fig. 9: (b) no positional encoding, (c) spatially uniform MLP, (f) the full model
@@ -131,6 +131,7 @@ def run_trial(config: dict) -> None:
         raise result.error
     out = trial_dir / "generator.pt"
     meta = train_stage.export_generator(result, job, out)
+    tracking.send_spool(job.tracking_uri, job.mlflow_run_id, Path(config["storage"]) / job.run_name)
     row = {"trial": spec["trial"], "variant": spec["variant"], "S": spec["downsampling"],
            "steps": meta["steps"], "train_seconds": meta["train_seconds"],
            "train_wall_s": round(time.time() - t0, 1), "run_name": job.run_name, "mlflow_run_id": job.mlflow_run_id}

@@ -37,7 +37,7 @@ from asap.data.prepared import DEFAULT_ROOT, DatasetInfo, prepare_hint
 from asap.files import exclusive
 from asap.training import (STATE_FILE, RunnerConfig, TrainingRun, load_newest_good, split_train_section,
                            write_checkpoint)
-from pipelines import common
+from pipelines import common, tracking
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,22 +129,24 @@ def train_worker(config: dict) -> None:
             print(f"[train] resuming {job.run_name} from step {trainer.step} ({trainer.elapsed_s:.0f} s spent)",
                   flush=True)
 
-    mlflow = None
-    if rank == 0 and job.mlflow_run_id:
+    logger = None
+    if rank == 0 and job.mlflow_run_id:  # off the training path: a dead server never stalls a step
         import mlflow
-        mlflow.set_tracking_uri(job.tracking_uri)
-        mlflow.start_run(run_id=job.mlflow_run_id)
-        mlflow.set_tag("ray.world_size", world)
+
+        client = mlflow.MlflowClient(job.tracking_uri)
+        skip = tracking.logged_up_to(client, job.mlflow_run_id, "G_total") if trainer.step else 0
+        logger = tracking.BackgroundLogger(job.tracking_uri, job.mlflow_run_id, Path(config["storage"]) / job.run_name,
+                                           skip_up_to=skip)
     last: dict = {}
 
     def on_log(step: int, losses: dict) -> None:
         last.update(losses)
-        if mlflow:
-            mlflow.log_metrics({k: float(v) for k, v in losses.items()}, step=step)
+        if logger:
+            logger.log_metrics(losses, step)
 
     def on_sample(step: int, batch: dict) -> None:
-        if mlflow:
-            mlflow.log_image(sample_grid(trainer.generator, batch), artifact_file=f"samples/step_{step:06d}.png")
+        if logger:
+            logger.log_image(sample_grid(trainer.generator, batch), f"samples/step_{step:06d}.png", step)
 
     from asap.metrics.runtime import device_info, device_slug
     train_device = device_slug(device_info(device))
@@ -161,8 +163,8 @@ def train_worker(config: dict) -> None:
         train_loop(trainer, dataset, rank=rank, world=world, on_log=on_log, on_sample=on_sample,
                    on_checkpoint=on_checkpoint)
     finally:
-        if mlflow:
-            mlflow.end_run(status="RUNNING")  # the driver closes the run once the result is exported
+        if logger:
+            logger.close()  # what it cannot send waits in a spool file the driver sends (send_spool)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,9 +246,10 @@ def fit(job: Job, storage_path: Path, callbacks=None):
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         # Train V2 reroutes print() into logging and also tees it to stdout: every progress line
         # would reach the driver twice. Our workers print plain progress lines; keep them single.
-        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    trainer = TorchTrainer(train_worker, train_loop_config={"job": job}, scaling_config=scaling,
-                           run_config=run_config)
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                         **tracking.worker_env(job.tracking_uri)}})
+    trainer = TorchTrainer(train_worker, train_loop_config={"job": job, "storage": str(storage_path)},
+                           scaling_config=scaling, run_config=run_config)
     return trainer.fit()
 
 
@@ -365,13 +368,16 @@ def main(argv: list[str] | None = None) -> None:
             result = fit(job, storage)
             if result.error:
                 raise result.error
-            finish(job, result, out, result_path, t0)
+            finish(job, result, out, result_path, t0, storage)
 
 
-def finish(job: Job, result, out: Path, result_path: Path, t0: float) -> None:
+def finish(job: Job, result, out: Path, result_path: Path, t0: float, storage: Path) -> None:
     """The trained generator, its metrics file and the final MLflow records."""
     run = job.run
     meta = export_generator(result, job, out)
+    sent = tracking.send_spool(job.tracking_uri, job.mlflow_run_id, storage / job.run_name)
+    if sent:
+        print(f"[train] sent {sent} metric record(s) the workers could not send while MLflow was away", flush=True)
     metrics = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "stopped_by": meta["stopped_by"],
                "time_budget_s": run.train.time_budget_s, "wall_s": round(time.time() - t0, 1),
                "num_workers": job.runner.num_workers, "global_batch": meta["global_batch"],

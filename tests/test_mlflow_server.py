@@ -129,3 +129,69 @@ def test_train_stage_stops_before_training_when_the_mlflow_server_is_down(tmp_pa
     assert line.startswith(f"error: MLFLOW_TRACKING_URI={uri}: no MLflow server answers there")
     assert not stale.exists() and not (project / "metrics" / "train-asapnet.json").exists()
     assert not (project / "checkpoints").exists()  # no training run was started
+
+
+@pytest.mark.slow
+def test_a_server_lost_mid_run_costs_no_training_and_no_metric_twice(tmp_path, facades64):
+    """The server dies while the workers train: training goes on at full speed (no worker restart),
+    one warning line says where the metrics wait; the stage ends with an error only at the final
+    model upload. With the server back, a re-run sends the waiting metrics, each step once."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def start_server():
+        log = open(tmp_path / "server.log", "a")
+        proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                                 "--artifacts-destination", str(tmp_path / "art"), "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1"],
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                return proc
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+
+    def stop_server(proc):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    project = make_project(tmp_path / "proj", facades64, {"train": {"steps": 12, "log_every": 1, "checkpoint_every": 4,
+                                                                    "sample_every": 100}})
+    server = start_server()
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.train"], cwd=project, env=stage_env(MLFLOW_TRACKING_URI=url),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # kill the server once training is under way
+            lines.append(line)
+            if "step 3/12" in line:
+                stop_server(server)
+                break
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert "step 12/12" in out, out[-3000:]  # trained to the end without the server
+    assert out.count("does not answer") == 1 and "mlflow_unsent.jsonl" in out
+    assert "resuming" not in out  # no worker failure, no restart
+    assert proc.returncode != 0  # the final model could not be uploaded: the stage says so
+
+    server = start_server()
+    try:
+        again = run_stage(project, "pipelines.train", env=stage_env(MLFLOW_TRACKING_URI=url))
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "metric record(s) the workers could not send" in again.stdout
+        exp = json.loads(get(url, "/api/2.0/mlflow/experiments/get-by-name",
+                             experiment_name="asapnet-facades-64x64"))["experiment"]
+        [run] = post(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+        history = json.loads(get(url, "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"],
+                                 metric_key="G_total"))["metrics"]
+        assert sorted(m["step"] for m in history) == list(range(1, 13))  # every step, once
+        assert run["info"]["status"] == "FINISHED"
+    finally:
+        stop_server(server)
