@@ -2,9 +2,16 @@
 # GPU image for the Ray cluster nodes of this project (docs/cluster.md).
 #
 #   docker build -t asap-net:0.1.0 .
-#   docker run -d --gpus all --shm-size=16g --network host asap-net:0.1.0                # head node
-#   docker run -d --gpus all --shm-size=16g --network host asap-net:0.1.0 \
-#       ray start --address=<head ip>:6379 --block                                       # each worker
+#   ray get-auth-token --generate > ray_token          # once, on a trusted machine (see below)
+#   docker run -d --gpus all --shm-size=16g --network host -e RAY_AUTH_TOKEN="$(cat ray_token)" \
+#       asap-net:0.1.0                                                                   # head node
+#   docker run -d --gpus all --shm-size=16g --network host -e RAY_AUTH_TOKEN="$(cat ray_token)" \
+#       asap-net:0.1.0 ray start --address=<head ip>:6379 --block                        # each worker
+#
+# Token authentication is on (RAY_AUTH_MODE=token): the dashboard / job server listen on every
+# interface of the head, and without a token anyone who reaches port 8265 could run code as the
+# nodes' user. Every node and every submitting machine needs the same token (RAY_AUTH_TOKEN, or the
+# file ~/.ray/auth_token); set RAY_AUTH_MODE=disabled only on a network nobody else can reach.
 #
 # --shm-size: Ray's object store lives in /dev/shm, and Docker gives a container 64 MB of it by
 # default: Ray then warns and falls back to /tmp, which is much slower; NCCL and DataLoader workers
@@ -20,7 +27,8 @@ FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
-    RAY_USAGE_STATS_ENABLED=0
+    RAY_USAGE_STATS_ENABLED=0 \
+    RAY_AUTH_MODE=token
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -c "import sys, torch; assert sys.version_info[:2] == (3, 11), sys.version; \

@@ -10,7 +10,6 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-weights.txt
 export ASAP_FACADES_ARCHIVE ?= $(wildcard $(CURDIR)/../shared/data/CMP_facade_DB_base.zip)
 export PATH := $(BIN):$(PATH)
 export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_AUTH_MODE ?= disabled
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER ?= 0
 
 .PHONY: setup run test test-quick

@@ -169,8 +169,21 @@ class MissingInput(FileNotFoundError):
     """A stage input is absent; the message names it and the stage that makes it."""
 
 
+def ray_env() -> None:
+    """Ray's settings for our stages, set before Ray is first imported (it reads some at import).
+    A local Ray's servers listen on every interface (Ray 2.60 resolves loopback to the node's address
+    on purpose), so anyone who reaches this machine could run code through them: token
+    authentication (Ray generates the token in ~/.ray/auth_token) closes that for local runs. With
+    RAY_ADDRESS (a cluster) the cluster's own mode applies (docs/cluster.md)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def run_stage(main) -> None:
     """Run a stage's main(), turning configuration errors and missing inputs into clear messages."""
+    ray_env()
     try:
         main()
     except (ConfigError, MissingInput) as err:

@@ -172,11 +172,9 @@ def train_worker(config: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def init_ray() -> None:
+    common.ray_env()  # before ray is imported: it reads its auth mode then
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; a real cluster sets its own
     if not ray.is_initialized():
         # "local": always a fresh local instance unless RAY_ADDRESS names a cluster (a plain
         # ray.init() would attach to whatever cluster `ray start` left registered on this machine)

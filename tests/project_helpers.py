@@ -55,8 +55,9 @@ def make_project(root: Path, prepared: Path, overrides: dict | None = None) -> P
 def stage_env(**extra) -> dict:
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_AUTH_MODE", None)  # stages choose it as they do for users: token auth for a local Ray
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
-                "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_ADDRESS": ""})
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_ADDRESS": ""})
     env.update(extra)
     return env
 

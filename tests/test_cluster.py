@@ -173,7 +173,7 @@ def code_project(root: Path, prepared: Path, overrides: dict | None = None) -> P
 
 
 def submit(project: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = stage_env(**(env_extra or {}))
+    env = stage_env(RAY_AUTH_MODE="disabled", **(env_extra or {}))  # the test cluster runs without auth
     env.pop("PYTHONPATH")  # the project's own code, as a user runs it from the project root
     return subprocess.run([PYTHON, "-m", "pipelines.submit", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=SUBMIT_TIMEOUT + 60)
@@ -227,7 +227,7 @@ def test_unreachable_cluster_is_one_line_naming_the_address_and_changes_nothing(
     old.parent.mkdir(parents=True)
     old.write_bytes(b"an earlier result")
     address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    env = stage_env()
+    env = stage_env(RAY_AUTH_MODE="disabled")
     t0 = time.monotonic()
     proc = subprocess.run([PYTHON, "-m", "pipelines.submit", "train", "--address", address], cwd=project,
                           env=env, capture_output=True, text=True, timeout=120)
