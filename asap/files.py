@@ -1,8 +1,9 @@
-"""Files written safely: an exclusive lock for a run folder (shared by the in-process trainer and the
-stages)."""
+"""Files: an exclusive lock for a run folder (shared by the in-process trainer and the stages), and a
+file's SHA-1 read in chunks."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,3 +35,12 @@ def exclusive(lock_path: Path, what: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def file_sha1(path: str | Path) -> str:
+    """SHA-1 of a file's bytes, read 1 MiB at a time (weights files are hundreds of MB)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

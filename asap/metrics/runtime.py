@@ -35,6 +35,25 @@ def summarize_ms(times_ms: list[float]) -> dict:
             "p90_ms": float(np.percentile(t, 90)), "mean_ms": float(t.mean()), "n": int(t.size)}
 
 
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> autocast dtype
+
+
+@contextmanager
+def precision_mode(precision: str, device: torch.device, autocast: bool = True):
+    """fp32: TF32 off (cuDNN convs default to TF32); tf32: on; bf16/fp16: autocast (unless the model
+    casts itself, as the fast path does)."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        if precision in AUTOCAST and autocast:
+            with torch.autocast(device.type, dtype=AUTOCAST[precision]):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def cpu_threads(threads: int | None = None) -> int:
     """The CPU timing policy: ``threads``, or every core this process may run on."""
     if threads is not None:

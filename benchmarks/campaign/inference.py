@@ -15,37 +15,19 @@ is skipped, and named in ``skipped_for_time``, once the phase's time is up.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
 
-from asap.metrics.runtime import time_module
+from asap.metrics.runtime import precision_mode, time_module
 from benchmarks.campaign.common import log
 from benchmarks.campaign.settings import InferenceSettings
 
-AUTOCAST = {"bf16": torch.bfloat16}
 
 
 def parse_size(text: str) -> tuple[int, int]:
     h, w = (int(v) for v in text.split("x"))
     return h, w
-
-
-@contextlib.contextmanager
-def precision_mode(precision: str, device: torch.device, autocast: bool = True):
-    """fp32: TF32 off (cuDNN convolutions default to TF32, so fp32 would not mean fp32); bf16: autocast
-    (unless the model casts itself, as the fast path does)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        if precision in AUTOCAST and autocast:
-            with torch.autocast(device.type, dtype=AUTOCAST[precision]):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _sync(device: torch.device) -> None:

@@ -25,9 +25,10 @@ import torch
 import yaml
 from PIL import Image
 
+from asap.files import file_sha1
 from asap.images import to_uint8
-from benchmarks.campaign.common import REPO, RESULT_FILE_LIMIT, images_file, log, sha1_file
-from benchmarks.campaign.inference import precision_mode
+from asap.metrics.runtime import precision_mode
+from benchmarks.campaign.common import REPO, RESULT_FILE_LIMIT, images_file, log
 from benchmarks.campaign.settings import QualitySettings
 
 NO_CHECKPOINTS = 10**9  # checkpoint/sample cadence beyond any budget: only the final step's are written
@@ -117,7 +118,7 @@ def pack_images(path: Path, images: np.ndarray, stems: list[str], meta: dict) ->
     if size > RESULT_FILE_LIMIT:
         raise RuntimeError(f"{path.name} is {size / 1e6:.1f} MB, over the {RESULT_FILE_LIMIT / 1e6:.0f} MB a result "
                            "file may have: translate fewer or smaller images")
-    return {"file": path.name, "bytes": size, "sha1": sha1_file(path), "count": int(images.shape[0]),
+    return {"file": path.name, "bytes": size, "sha1": file_sha1(path), "count": int(images.shape[0]),
             "shape": list(images.shape[1:]), "dtype": str(images.dtype)}
 
 

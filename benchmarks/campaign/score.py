@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.campaign.common import REPO, SCHEMA, environment, commit_info, phase_file, sha1_file, write_json
+from asap.files import file_sha1
+from benchmarks.campaign.common import REPO, SCHEMA, commit_info, environment, phase_file, write_json
 
 QUALITY_SCHEMA = "asap-gpu-quality/1"
 COPIED = {1: "correctness", 2: "inference", 3: "training"}
@@ -151,7 +152,7 @@ def score(run_dir: str | Path, data_root: str | Path | None = None, segmenter: s
             generators[name] = {**record, "error": entry.get("error", "no images")}
             continue
         path = run_dir / entry["images"]["file"]
-        if sha1_file(path) != entry["images"]["sha1"]:
+        if file_sha1(path) != entry["images"]["sha1"]:
             raise ValueError(f"{path} differs from what the campaign wrote (sha1): a damaged transfer")
         stems, images, _ = load_images(path)
         log(f"[score] {name}: {len(stems)} images {images.shape[1:]}")
