@@ -278,9 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(rows).sort_values(["variant", "S"]).reset_index(drop=True)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv_path, index=False)
-    common.write_json(json_path, {"trials": table.to_dict(orient="records"), "dataset": dataset,
-                                  "steps": sweep.steps, "time_budget_s": sweep.time_budget_s,
-                                  "mlflow_parent_run_id": parent})
+    # trials keyed by name with their numbers only, so `dvc metrics show` / `dvc exp show` list them
+    # (a list of rows is not shown); run names and ids stay in sweep.csv and MLflow
+    trials = {row["trial"]: {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+              for row in table.to_dict(orient="records")}
+    common.write_json(json_path, {"trials": trials, "dataset": dataset, "steps": sweep.steps,
+                                  "time_budget_s": sweep.time_budget_s, "mlflow_parent_run_id": parent})
     summarize_parent(uri, parent, table, csv_path, sweep)
     shown = [c for c in ("trial", "steps", "train_seconds", "fid", "kid_mean", "pixel_acc", "miou", "runtime_ms")
              if c in table]

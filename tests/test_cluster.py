@@ -305,7 +305,7 @@ def test_failing_job_shows_its_log_tail_and_leaves_no_outputs(tmp_path, facades6
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     *tail, line = proc.stderr.strip().splitlines()
     assert line.startswith("error: job asap-train-") and "FAILED" in line and "no outputs were installed" in line
-    assert "error: train.num_workers must be >= 1, got 0" in tail  # the job log's tail, on stderr
+    assert "error: train.num_workers must be a positive integer, got 0" in tail  # the job log's tail, on stderr
     assert not stale.exists() and not (project / "metrics" / "train-asapnet.json").exists()
     [job_dir] = (project / "checkpoints" / "jobs").iterdir()
     assert [p.name for p in job_dir.iterdir()] == ["job.log"]

@@ -28,7 +28,9 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     # the ablation predicts as many MLP parameters per tile as the full model (one set vs a grid)
     assert table["P"].nunique() == 1
     summary = json.loads((project / "metrics" / "sweep.json").read_text())
-    assert len(summary["trials"]) == 2
+    assert sorted(summary["trials"]) == ["full-S4", "uniform-S4"]  # keyed by trial: DVC shows them
+    for _, row in table.iterrows():
+        assert summary["trials"][row["trial"]]["fid"] == pytest.approx(row["fid"])
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
