@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from asap.engine import GANTrainer, NonFiniteLossError, TrainConfig, batch_plan, collate, linear_decay, train_loop
-from asap.losses import GANLossConfig, build_perceptual_loss
+from asap.engine import NonFiniteLossError, TrainConfig, batch_plan, collate, linear_decay, train_loop
+from asap.losses import GANLossConfig
 from asap.models.asapnet import asapnet
-from asap.models.discriminator import DiscriminatorConfig, MultiscaleDiscriminator
+from asap.training import TrainingRun, build_trainer
 
 ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMP_facade_DB_base.zip"
 TINY_G = dict(lr_width=8, lr_max_width=16, lr_depth=1, mlp_width=16)
@@ -30,12 +30,11 @@ def facades_pair(stem: str, size: int):
 
 
 def make_trainer(num_classes=13, size=64, steps=10, perceptual="off", **train):
-    torch.manual_seed(0)
-    g = asapnet(num_classes, size, size, **TINY_G)
-    d = MultiscaleDiscriminator(DiscriminatorConfig.for_inputs(g.config.in_channels, ndf=8, n_layers=2))
-    loss = GANLossConfig(perceptual=perceptual)
-    cfg = TrainConfig(steps=steps, log_every=1, checkpoint_every=1000, sample_every=1000, **train)
-    return GANTrainer(g, d, cfg, loss, perceptual=build_perceptual_loss(loss))
+    """The trainer every path uses (asap.training.build_trainer), for a tiny ASAP-Net."""
+    cfg = TrainConfig(steps=steps, ndf=8, d_layers=2, log_every=1, checkpoint_every=1000, sample_every=1000, **train)
+    run = TrainingRun(name="test", arch="asapnet", generator=asapnet(num_classes, size, size, **TINY_G).config.to_dict(),
+                      train=cfg, loss=GANLossConfig(perceptual=perceptual), dataset="facades", data_root="")
+    return build_trainer(run)
 
 
 def test_linear_decay_hand_values():
