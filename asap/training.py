@@ -41,7 +41,7 @@ from asap.data.prepared import DatasetInfo
 from asap.engine import GANTrainer, TrainConfig, train_loop
 from asap.files import exclusive
 from asap.losses import GANLossConfig, build_perceptual_loss
-from asap.models.checkpoint import ARCHS, build_generator, save_generator
+from asap.models.checkpoint import ARCHS, arch_classes, build_generator, save_generator
 
 STATE_FILE = "state.pt"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -107,15 +107,13 @@ def resolve_generator(arch: str, options: dict | None, info: DatasetInfo, where:
         raise ConfigError(f"{where}: {clash} come from the dataset ({info.name}), not from params; remove them")
     if arch == "asapnet" and options.get("downsampling") is None:
         options["downsampling"] = default_downsampling(info.height, info.width)
-    module, config_cls, _ = ARCHS[arch]
-    import importlib
-    config_type = getattr(importlib.import_module(module), config_cls)
+    config_type, _ = arch_classes(arch)
     try:
         config = from_dict(config_type, {**options, **info.model_kwargs()}, where)
     except TypeError as err:  # a required field missing, e.g. a typo'd name
         raise ConfigError(f"{where}: {err}") from None
     except ConfigError as err:
-        raise ConfigError(err if str(err).startswith(where) or where in str(err) else f"{where}: {err}") from None
+        raise ConfigError(err if where in str(err) else f"{where}: {err}") from None
     check_fits(arch, config, info.height, info.width, where)
     return config.to_dict()
 

@@ -36,7 +36,8 @@ class CheckpointError(ValueError):
     """A file is not a generator checkpoint we can load; the message names the file and why."""
 
 
-def _arch_classes(arch: str):
+def arch_classes(arch: str):
+    """(config class, model class) of a registered generator architecture."""
     if arch not in ARCHS:
         raise CheckpointError(f"unknown generator arch {arch!r}; known: {sorted(ARCHS)}")
     module, config_cls, model_cls = ARCHS[arch]
@@ -52,7 +53,7 @@ def arch_of(model: torch.nn.Module) -> str:
 
 
 def build_generator(arch: str, config: dict) -> torch.nn.Module:
-    config_cls, model_cls = _arch_classes(arch)
+    config_cls, model_cls = arch_classes(arch)
     return model_cls(config_cls(**config))
 
 
