@@ -30,7 +30,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -154,9 +154,38 @@ def generator_options(p: dict, name: str) -> tuple[str, dict, str]:
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"params.yaml baselines: {name!r} is not a folder-safe name (letters, digits, _ . -)")
     entry = dict(baselines[name] or {})
+    if "repeat" in entry:  # another seed of a generator: its arch and options, checked in repeat_of
+        target, _ = repeat_of(p, name)
+        return generator_options(p, target)
     if "arch" not in entry:
         raise ConfigError(f"params.yaml baselines.{name} needs an `arch` ({', '.join(a for a in ARCHS if a != 'asapnet')})")
     return entry.pop("arch"), entry, f"params.yaml baselines.{name}"
+
+
+def repeat_of(p: dict, name: str) -> tuple[str | None, int | None]:
+    """(generator, seed) when baselines.<name> is ``{repeat: <generator>, seed: N}``: that generator's
+    config trained again with ``train.seed`` N, which measures the run-to-run noise every figure marks.
+    (None, None) for any other generator."""
+    entry = (p.get("baselines") or {}).get(name)
+    if not isinstance(entry, dict) or "repeat" not in entry:
+        return None, None
+    where = f"params.yaml baselines.{name}"
+    extra = sorted(set(entry) - {"repeat", "seed"})
+    if extra:
+        raise ConfigError(f"{where}: a repeat takes only `repeat` and `seed`, got {extra} too (a changed config is "
+                          f"a baseline of its own: give it an `arch`)")
+    target, seed = entry["repeat"], entry.get("seed")
+    tcfg, runner = split_train_section(p.get("train"))
+    others = p.get("baselines") or {}
+    if target != runner.name and (target not in others or "repeat" in (others[target] or {})):
+        raise ConfigError(f"{where}.repeat: {target!r} is neither train.name ({runner.name!r}) nor a baseline "
+                          f"with an arch (known: {sorted(k for k, v in others.items() if 'repeat' not in (v or {}))})")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"{where}.seed must be a non-negative integer, got {seed!r}")
+    if seed == tcfg.seed:
+        raise ConfigError(f"{where}.seed is {seed}, the seed {target!r} trains with (train.seed): it would repeat "
+                          f"the same run, not measure the noise; pick another seed")
+    return target, seed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +211,9 @@ class TrainingRun:
         tcfg, runner = split_train_section(p.get("train"))
         name = name or runner.name
         arch, options, where = generator_options(p, name)
+        _, seed = repeat_of(p, name)
+        if seed is not None:
+            tcfg = replace(tcfg, seed=seed)
         info = DatasetInfo.load(data_root)
         return cls(name=name, arch=arch, generator=resolve_generator(arch, options, info, where), train=tcfg,
                    loss=from_dict(GANLossConfig, p.get("loss") or {}, "params.yaml loss"),

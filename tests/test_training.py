@@ -243,3 +243,32 @@ def test_keep_checkpoints_zero_trains_without_writing_any(tmp_path, facades64):
     summary = train(run, tmp_path / "r", keep_checkpoints=0, printer=quiet)
     assert summary["steps"] == 4 and (tmp_path / "r" / "generator.pt").is_file()
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_repeat_entry_is_its_generator_again_with_another_seed(facades64):
+    """baselines.<name>: {repeat: asapnet, seed: 1} is ASAP-Net's own config (the `model` section) with
+    train.seed 1: the same architecture and shapes, initial weights those of seed 1 (built here directly
+    with torch's seed), a run of its own (another name and identity); bad entries are named."""
+    from asap.models.checkpoint import build_generator
+
+    p = params()
+    p["baselines"]["asapnet-seed1"] = {"repeat": "asapnet", "seed": 1}
+    rep = TrainingRun.from_params(p, facades64, "asapnet-seed1")
+    ref = TrainingRun.from_params(p, facades64, "asapnet")
+    assert rep.arch == "asapnet" and rep.generator == ref.generator and rep.train.seed == 1 and ref.train.seed == 0
+    assert rep.run_name() != ref.run_name() and rep.identity()["train"]["seed"] == 1
+    torch.manual_seed(1)
+    expected = build_generator("asapnet", ref.generator).state_dict()
+    got = build_trainer(rep).generator.state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    seed0 = build_trainer(ref).generator.state_dict()
+    assert any(not torch.equal(seed0[k], expected[k]) for k in expected if expected[k].is_floating_point())
+
+    for entry, needle in [({"repeat": "asapnet", "seed": 0}, "would repeat the same run"),
+                          ({"repeat": "nope", "seed": 2}, "'nope' is neither train.name"),
+                          ({"repeat": "asapnet", "seed": 2, "lr_width": 4}, "takes only `repeat` and `seed`"),
+                          ({"repeat": "asapnet", "seed": "one"}, "seed must be a non-negative integer")]:
+        p["baselines"]["bad"] = entry
+        with pytest.raises(ConfigError, match="baselines.bad") as err:
+            TrainingRun.from_params(p, facades64, "bad")
+        assert needle in str(err.value)
