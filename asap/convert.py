@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asap.models.checkpoint import CheckpointError, _load_data, is_authors_state, load_authors_state, save_generator
+from asap.models.checkpoint import CheckpointError, is_authors_state, load_as_data, load_authors_state, save_generator
 
 
 def convert_authors(src: str | Path, dst: str | Path, overwrite: bool = False, **overrides):
@@ -25,7 +25,7 @@ def convert_authors(src: str | Path, dst: str | Path, overwrite: bool = False, *
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
-    state = _load_data(src)
+    state = load_as_data(src)
     if not (isinstance(state, dict) and is_authors_state(state)):
         raise CheckpointError(f"{src} is not an authors' ASAPNetsGenerator state dict "
                               "(no 'lowres_stream.model.*' keys)")

@@ -1,15 +1,18 @@
 """Checkpoints as data: ours round-trip; the authors' ASAPNetsGenerator state dict loads and gives the
 output of their forward pass, written out independently here from their documented layout."""
 
+import os
 import pickle
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from asap.convert import convert_authors
-from asap.models.asapnet import asapnet
+from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet
 from asap.models.checkpoint import (CheckpointError, config_from_authors_state, load_authors_state, load_generator,
                                    save_generator)
 from test_asapnet import naive_pixelwise
@@ -231,8 +234,8 @@ class NotData:
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"hello, I am a text file\n", "not a generator checkpoint readable as data"),
-    ("pickle", "not a generator checkpoint readable as data"),
+    (b"hello, I am a text file\n", "is damaged or not a torch checkpoint"),
+    ("pickle", "holds pickled code"),
     ("tensors", "is not a generator checkpoint: expected"),
 ])
 def test_files_that_are_not_generator_checkpoints_get_clear_errors(tmp_path, content, match):
@@ -273,3 +276,59 @@ def test_convert_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'bad.pth'}: unknown layout") and "Traceback" not in err
     assert "lowres_stream.model.2.{0.weight (8, 8, 3, 3)" in err and not (tmp_path / "bad.pt").exists()
+
+
+class Armed:
+    """Unpickling this runs a shell command that would create a marker file."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_an_armed_pickle_is_refused_as_code_without_running(tmp_path, how):
+    """A checkpoint that would run a command when unpickled: refused by every loader (generator,
+    convert, segmenter) with one message saying the file holds code, never suggesting
+    weights_only=False; the command never runs (its marker file stays absent)."""
+    from asap.models.segmenter import SegmenterCheckpointError, load_segmenter
+
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    if how == "torch.save":
+        torch.save({"state_dict": Armed(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(Armed(marker)))
+    for load, error in [(load_generator, CheckpointError), (load_segmenter, SegmenterCheckpointError)]:
+        with pytest.raises(error) as err:
+            load(path)
+        message = str(err.value)
+        assert message.startswith(f"{path} holds pickled code") and "refused" in message
+        assert "weights_only" not in message and "\n" not in message
+    if how == "torch.save":
+        assert "system" in message  # names what the file would have called
+    assert not marker.exists()
+
+
+def test_weights_that_do_not_match_their_config_are_a_checkpoint_error(tmp_path):
+    """A checkpoint of ours whose stored class count disagrees with its weights (edited, or written by
+    other code): one CheckpointError naming the file, the class count and the first mismatched tensor
+    with both shapes, not load_state_dict's multi-line `size mismatch`; the CLI prints it as one line."""
+    from asap.cli import main
+
+    model = ASAPNetGenerator(ASAPNetConfig(num_classes=12, downsampling=8, lr_width=8, lr_max_width=16, lr_depth=1))
+    path = save_generator(tmp_path / "g.pt", model)
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["num_classes"] = 13
+    torch.save(blob, path)
+    first = model.state_dict()["lowres_stream.model.0.0.weight"].shape  # (8, 12, 3, 3): 12 label channels
+    with pytest.raises(CheckpointError) as err:
+        load_generator(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: the weights do not match the asapnet config") and "num_classes=13" in message
+    assert f"lowres_stream.model.0.0.weight {tuple(first)} (its config builds (8, 13, 3, 3))" in message
+    assert "size mismatch" not in message
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(labels / "a.png")
+    assert main(["translate", str(path), str(labels), "--out", str(tmp_path / "out")]) == 2

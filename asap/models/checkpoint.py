@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,25 +76,60 @@ def save_generator(path: str | Path, model: torch.nn.Module, meta: dict | None =
     return path
 
 
-def _load_data(path: Path):
+def load_as_data(path: Path, error: type[Exception] = CheckpointError, missing_hint: str = ""):
+    """``torch.load(weights_only=True)`` with errors a user can act on, raised as ``error``: a missing
+    file, a damaged one, or one that holds pickled code (refused, never run)."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise error(f"checkpoint {path} does not exist{missing_hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, zip errors, disallowed globals...
-        raise CheckpointError(
-            f"{path} is not a generator checkpoint readable as data (torch.load weights_only=True "
-            f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise error(f"{path} is damaged or not a torch checkpoint ({str(err).splitlines()[0][:200]})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {found.group(1)}" if found else "objects beyond tensors and plain values"
+        raise error(
+            f"{path} holds pickled code ({what}) and is refused: checkpoints are read as data only, never run. "
+            "Ours and the authors' generators hold tensors and plain values; a file you trust can be re-saved "
+            "as its state_dict where it was made") from None
+    except Exception as err:  # zip errors, truncated files, other formats
+        raise error(f"{path} is damaged or not a torch checkpoint "
+                    f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+
+
+def _build_ours(path: Path, data: dict) -> torch.nn.Module:
+    """Our format: the model its arch and config build, with exactly the checkpoint's tensors."""
+    try:
+        model = build_generator(data["arch"], data["config"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: our format ({FORMAT}) but the field {err} is missing") from None
+    except (TypeError, ValueError) as err:  # unknown or invalid config fields (ConfigError is a ValueError)
+        raise CheckpointError(f"{path}: its {data['arch']} config {data['config']} is invalid: {err}") from None
+    state = data.get("state_dict") or {}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state), key=_natural)
+    unexpected = sorted(set(state) - set(expected), key=_natural)
+    wrong = [f"{k} {_shape(state[k])} (its config builds {expected[k]})" for k in sorted(set(expected) & set(state), key=_natural)
+             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {name}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}"
+                 for name, v in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if v]
+        classes = data["config"].get("num_classes")
+        raise CheckpointError(f"{path}: the weights do not match the {data['arch']} config stored with them"
+                              f"{f' (num_classes={classes})' if classes is not None else ''}: " + "; ".join(parts)
+                              + ". The file was edited or written by other code; re-export it from its training run")
+    model.load_state_dict(state)
+    return model
 
 
 def load_generator(path: str | Path, **authors_overrides) -> tuple[torch.nn.Module, dict]:
     """Load ours or the authors' checkpoint; returns (model in eval mode, meta)."""
     path = Path(path)
-    data = _load_data(path)
+    data = load_as_data(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
-        model = build_generator(data["arch"], data["config"])
-        model.load_state_dict(data["state_dict"])
-        return model.eval(), dict(data.get("meta", {}))
+        return _build_ours(path, data).eval(), dict(data.get("meta", {}))
     if isinstance(data, dict) and is_authors_state(data):
         try:
             model = load_authors_state(data, **authors_overrides)

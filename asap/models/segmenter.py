@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asap.config import ConfigError, require
+from asap.models.checkpoint import load_as_data
 
 FORMAT = "asap-segmenter/1"
 DRN_D22_CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)  # Yu et al. 2017, Table 1 (DRN-D-22)
@@ -236,13 +237,7 @@ def save_segmenter(path: str | Path, model: Segmenter, meta: dict | None = None)
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict]:
     """-> (model in eval mode, meta). Loads as data (weights_only=True), never as pickled code."""
     path = Path(path)
-    if not path.is_file():
-        raise SegmenterCheckpointError(f"segmenter checkpoint {path} does not exist (run the `segmenter` stage)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SegmenterCheckpointError(f"{path} is not readable as data by torch.load(weights_only=True): "
-                                       f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+    data = load_as_data(path, SegmenterCheckpointError, missing_hint=" (run the `segmenter` stage)")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format", sorted(data)[:5]) if isinstance(data, dict) else type(data).__name__
         raise SegmenterCheckpointError(f"{path} is not a segmenter checkpoint: expected format {FORMAT!r}, "
