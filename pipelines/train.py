@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -103,6 +104,26 @@ def restore(trainer, latest: Path, run_name: str, printer=None) -> None:
     if load_newest_good(trainer, [latest, *others], printer or print) is None:
         raise ConfigError(f"no checkpoint of training run {run_name} loads (each is named above); remove "
                           f"{latest.parent} to start that run afresh")
+
+
+def prune_unrecorded(run_dir: Path) -> list[Path]:
+    """Remove checkpoint folders Ray Train never registered in its snapshot: a kill while one was being
+    copied in leaves a partial folder that no resume uses and nothing else removes. Returns them; one
+    line names each. Called under the run's lock, so no live run is writing there."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        recorded = {r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"]}
+    except FileNotFoundError:
+        recorded = set()
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: leave everything for Ray to judge
+        return []
+    removed = []
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if folder.is_dir() and folder.name not in recorded:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            print(f"[train] removed {folder}: a checkpoint Ray Train never registered (left by a kill)", flush=True)
+    return removed
 
 
 def train_worker(config: dict) -> None:
@@ -351,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     common.setup_mlflow(f"asapnet-{run.dataset}")  # create the store once, before any worker
     job = replace(job, tracking_uri=common.tracking_uri())
     with exclusive(storage / f"{job.run_name}.lock", f"training run {job.run_name}"):
+        prune_unrecorded(storage / job.run_name)
         init_ray()
         wait_for_resources(job.runner, use_gpu(job.runner.use_gpu))
         job = replace(job, mlflow_run_id=mlflow_run(job, storage))

@@ -98,11 +98,20 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, facades64):
     saved = max(seen)
     assert 2 <= saved < 8
     assert not (project / "models" / "asapnet" / "generator.pt").exists()
+    # a kill while Ray copied a checkpoint in leaves a folder its snapshot never recorded
+    [run_dir] = [d for d in (project / "checkpoints" / "ray").glob("train-*") if d.is_dir()]
+    partial = run_dir / "checkpoint_2099-01-01_00-00-00.000000"
+    partial.mkdir()
+    (partial / "state.pt").write_bytes(b"PK\x03\x04 half a zip")
 
     again = run_stage(project, "pipelines.train")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
     assert f"resuming" in out and f"from step {saved}" in out
+    assert f"removed {partial}" in out and not partial.exists()
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    assert {d.name for d in run_dir.glob("checkpoint_*") if d.is_dir()} <= {
+        r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
     _, meta = load_generator(project / "models" / "asapnet" / "generator.pt")
     assert meta["steps"] == 8
     client, runs = mlflow_run(project, "facades-64x64")
