@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from asap.config import require
+from asap.files import atomic_path
 from asap.images import colour_labels, to_rgb
 from asap.losses import GANLossConfig, feature_matching_loss, hinge_d_loss, hinge_g_loss
 
@@ -269,12 +270,8 @@ class GANTrainer:
         self.elapsed_s = float(state["elapsed_s"])
 
     def save(self, path) -> None:
-        from pathlib import Path
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
 
     def load(self, path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

@@ -29,6 +29,7 @@ from PIL import Image
 from asap.models.asapnet import ASAPNetGenerator
 from asap.models.checkpoint import load_generator
 from asap.devices import resolve_device
+from asap.files import atomic_path
 from asap.images import to_uint8
 from asap.models.fast import PRECISIONS, FastGenerator, check_precision
 from asap.models.inputs import DONTCARE_VALUE, instance_edges
@@ -111,9 +112,8 @@ def check_label_size(labels: np.ndarray, path: Path, tile: int) -> None:
 def write_png(array: np.ndarray, path: Path) -> None:
     """(H, W, C) uint8 -> PNG, written to a temp name and renamed (no half-written outputs)."""
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 # ----------------------------------------------------------------------------------------------

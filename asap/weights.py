@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from asap.files import atomic_path
+
 ALLOW_DOWNLOAD_ENV = "ASAP_ALLOW_DOWNLOAD"
 HED_TRUNK_ENV = "ASAP_HED_VGG16_TRUNK"  # a compact trunk file (save_vgg_trunk) used instead of the wheel
 TRUNK_FORMAT = "asap-vgg-trunk/1"
@@ -267,12 +269,9 @@ def save_vgg_trunk(network: VGGFeatures, path: str | Path, dtype: torch.dtype = 
             "std": network.std.flatten().tolist(), "input_range": network.input_range,
             "feature_scale": network.feature_scale, "weight_dtype": str(dtype).replace("torch.", ""),
             "source": source}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return Path(path)
 
 
 def load_vgg_trunk(path: str | Path) -> VGGFeatures:

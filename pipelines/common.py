@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from asap.config import ConfigError, load_params
+from asap.files import write_text_atomic
 
 
 def project_root() -> Path:
@@ -143,12 +144,7 @@ def mlflow_run_failed_on_error(uri: str, run_id: str):
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically (temp file + rename) so a killed stage never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
 def _jsonable(value):

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asap.files import file_sha1
+from asap.files import atomic_path, file_sha1
 
 INCEPTION_SIZE = 299          # TF Inception-v3 input side (pytorch-fid resizes every image to it)
 INCEPTION_FEATURES = 2048     # pool3 features
@@ -246,11 +246,9 @@ def real_stats_from_files(files: list[Path], cache_path: str | Path, batch_size:
                         "files": [str(f) for f in data["files"]], "cache_path": cache_path, "cached": True}
     features = inception_features((load_image(f) for f in files), batch_size=batch_size, device=device)
     mu, sigma = feature_stats(features)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, features=features, key=np.array(key),
-             files=np.array([f.name for f in files]))
-    tmp.replace(cache_path)  # atomic: a killed run never leaves a half-written cache
+    with atomic_path(cache_path, suffix=".npz") as tmp:  # a killed run never leaves a half-written cache
+        np.savez(tmp, mu=mu, sigma=sigma, features=features, key=np.array(key),
+                 files=np.array([f.name for f in files]))
     return {"mu": mu, "sigma": sigma, "features": features, "key": key, "files": [f.name for f in files],
             "cache_path": cache_path, "cached": False}
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import importlib
 import math
-import pickle
 import re
-import warnings
 from pathlib import Path
 
 import torch
 
+from asap import files
+from asap.files import atomic_path
 from asap.models.pixelwise import num_mlp_params
 
 FORMAT = "asap-generator/1"
@@ -70,33 +70,14 @@ def save_generator(path: str | Path, model: torch.nn.Module, meta: dict | None =
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
     return path
 
 
-def load_as_data(path: Path, error: type[Exception] = CheckpointError, missing_hint: str = ""):
-    """``torch.load(weights_only=True)`` with errors a user can act on, raised as ``error``: a missing
-    file, a damaged one, or one that holds pickled code (refused, never run)."""
-    if not path.is_file():
-        raise error(f"checkpoint {path} does not exist{missing_hint}")
-    try:
-        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise error(f"{path} is damaged or not a torch checkpoint ({str(err).splitlines()[0][:200]})") from None
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f"it names {found.group(1)}" if found else "objects beyond tensors and plain values"
-        raise error(
-            f"{path} holds pickled code ({what}) and is refused: checkpoints are read as data only, never run. "
-            "Ours and the authors' generators hold tensors and plain values; a file you trust can be re-saved "
-            "as its state_dict where it was made") from None
-    except Exception as err:  # zip errors, truncated files, other formats
-        raise error(f"{path} is damaged or not a torch checkpoint "
-                    f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+def load_as_data(path: Path):
+    """A generator file read as data (``asap.files.load_as_data``), errors as CheckpointError."""
+    return files.load_as_data(path, CheckpointError)
 
 
 def _build_ours(path: Path, data: dict) -> torch.nn.Module:

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asap.config import ConfigError, require
-from asap.models.checkpoint import load_as_data
+from asap.files import atomic_path, load_as_data
 
 FORMAT = "asap-segmenter/1"
 DRN_D22_CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)  # Yu et al. 2017, Table 1 (DRN-D-22)
@@ -228,9 +228,8 @@ def save_segmenter(path: str | Path, model: Segmenter, meta: dict | None = None)
     blob = {"format": FORMAT, "config": model.config.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "meta": dict(meta or {})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
     return path
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from asap.files import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = "asap-gpu-campaign/1"
 PHASES = {1: "correctness", 2: "inference", 3: "training", 4: "quality"}
@@ -159,11 +161,7 @@ def top_level_modules() -> list[str]:
 
 def write_json(path: Path, data: dict) -> Path:
     """Atomically (a temporary file renamed into place): a kill never leaves half a JSON file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value):
