@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml requirements-weights.txt
 	@touch $@
 
 run: setup  ## set up and run the whole pipeline on the default params
+	python -m pipelines.params   # every params.yaml section, checked in a second before hours of stages
 	dvc repro
 
 test: setup  ## set up and run the whole test suite (end-to-end tests included)

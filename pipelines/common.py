@@ -27,8 +27,19 @@ def project_root() -> Path:
     return cwd
 
 
+# The sections of params.yaml (python -m pipelines.params checks them all).
+SECTIONS = ("dataset", "prepare", "model", "train", "baselines", "loss", "segmenter", "evaluate", "benchmark",
+            "sweep", "report")
+
+
 def params(path: str | Path | None = None) -> dict:
-    return load_params(path or project_root() / "params.yaml")
+    """params.yaml as read; a section name it does not know (a typo: `trian:`) is an error naming it."""
+    path = path or project_root() / "params.yaml"
+    p = load_params(path)
+    unknown = sorted(set(p) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed: {list(SECTIONS)}")
+    return p
 
 
 def dataset_name(p: dict) -> str:

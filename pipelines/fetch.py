@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from asap.config import from_dict
 from asap.data.common import DataError
-from asap.data.facades import ARCHIVE_NAME, FacadesConfig, fetch_archive, resolve_archive
+from asap.data.facades import ARCHIVE_NAME, fetch_archive, resolve_archive
+from asap.data.params import PrepareParams
 from pipelines.common import fail, params, project_root, run_stage
 
 RAW_ARCHIVE = f"data/raw/{ARCHIVE_NAME}"
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dest", default=None, help=f"where to put it (default: {RAW_ARCHIVE})")
     parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    section = (params(args.params).get("prepare") or {}).get("facades")
-    cfg = from_dict(FacadesConfig, section, "params.yaml prepare.facades")
+    cfg = PrepareParams.from_section(params(args.params).get("prepare")).facades
     dest = args.dest or project_root() / RAW_ARCHIVE
     try:
         fetch_archive(dest, resolve_archive(cfg.archive), cfg.url)

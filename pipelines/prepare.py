@@ -15,29 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asap.config import ConfigError, from_dict, require
+from asap.config import ConfigError, require
 from asap.data import cityscapes, facades, folders, nyu
 from asap.data.common import DataError, PrepareOptions, parse_size, prepared_name
+from asap.data.params import DATASETS, PrepareParams
 from pipelines.common import fail, params, project_root, run_stage
 from pipelines.fetch import RAW_ARCHIVE
 
-DATASETS = ("facades", "cityscapes", "nyu", "folders")
 SOURCE_KIND = {"facades": "CMP_facade_DB_base.zip archive", "cityscapes": "folder holding leftImg8bit/ and gtFine/",
                "nyu": "nyu_depth_v2_labeled.mat file", "folders": "folder of your pairs (see asap/data/folders.py)"}
-SHARED_KEYS = {"workers", "skip_bad"}
-
-
-def load_section(params_path=None) -> dict:
-    section = dict(params(params_path).get("prepare") or {})
-    unknown = sorted(set(section) - SHARED_KEYS - set(DATASETS))
-    require(not unknown, f"unknown key(s) {unknown} in params.yaml prepare; allowed: "
-                         f"{sorted(SHARED_KEYS | set(DATASETS))}")
-    workers = section.get("workers")
-    require(workers is None or (isinstance(workers, int) and workers >= 1),
-            f"prepare.workers must be a positive integer or null (all cores), got {workers!r}")
-    require(isinstance(section.get("skip_bad", False), bool),
-            f"prepare.skip_bad must be true or false, got {section.get('skip_bad')!r}")
-    return section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,23 +36,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
 
-    section = load_section(args.params)
+    section = PrepareParams.from_section(params(args.params).get("prepare"))
     try:
         height, width = parse_size(args.size)
     except DataError as err:
         raise ConfigError(str(err)) from None
-    opts = dict(height=height, width=width, workers=args.workers or section.get("workers"),
-                skip_bad=section.get("skip_bad", False))
+    opts = dict(height=height, width=width, workers=args.workers or section.workers, skip_bad=section.skip_bad)
     root = project_root()
     out_root = Path(args.out_root) if args.out_root else root / "data" / "prepared"
-    where = f"params.yaml prepare.{args.dataset}"
-    cfg_section = section.get(args.dataset)
+    cfg = getattr(section, args.dataset)
     try:
         if args.source and not Path(args.source).exists():
             raise DataError(f"--source {args.source} does not exist: pass the path of the "
                             f"{SOURCE_KIND[args.dataset]}")
         if args.dataset == "facades":
-            cfg = from_dict(facades.FacadesConfig, cfg_section, where)
             source = args.source or root / RAW_ARCHIVE
             if not Path(source).is_file():
                 raise DataError(f"facades archive {source} not found: run `dvc repro fetch-facades` "
@@ -76,21 +59,18 @@ def main(argv: list[str] | None = None) -> None:
             out = out_root / prepared_name("facades", height, width)
             facades.prepare_facades(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
         elif args.dataset == "cityscapes":
-            cfg = from_dict(cityscapes.CityscapesConfig, cfg_section, where)
             source = args.source or cfg.root
             require(bool(source), "prepare.cityscapes.root is null: set it to the folder holding "
                                   "leftImg8bit/ and gtFine/ (or pass --source)")
             out = out_root / prepared_name("cityscapes", height, width)
             cityscapes.prepare_cityscapes(source, out, PrepareOptions(fit=cfg.fit, **opts))
         elif args.dataset == "nyu":
-            cfg = from_dict(nyu.NYUConfig, cfg_section, where)
             source = args.source or cfg.mat
             require(bool(source), "prepare.nyu.mat is null: set it to the path of nyu_depth_v2_labeled.mat "
                                   "(or pass --source)")
             out = out_root / prepared_name("nyu", height, width)
             nyu.prepare_nyu(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
         else:
-            cfg = from_dict(folders.FoldersConfig, cfg_section, where)
             source = args.source or cfg.root
             require(bool(source), "prepare.folders.root is null: set it to your folder (or pass --source)")
             out = out_root / prepared_name(cfg.name, height, width)
