@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from asap.config import UserError
+
 # name -> module that defines add_arguments(parser) and run(args)
 COMMANDS = {
     "convert-authors": "asap.convert",
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return modules[args.command].run(args) or 0
-    except (ValueError, OSError) as err:  # ConfigError, CheckpointError, missing or existing files
+    except (UserError, ValueError, OSError) as err:  # UserError: params, data, checkpoints; OSError: files
         print(f"error: {err}", file=sys.stderr)
         return 2
 

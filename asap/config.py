@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 import yaml
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """The base of every error a user can fix (bad params, data, checkpoints, missing inputs): its
+    message names the file or key, what was found and what to do. The stage runner and the `asap`
+    command print it as one line, never a traceback; any other exception is a bug and shows one."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message names the key, the value and what is allowed."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from asap.config import UserError
 from asap.models.asapnet import ASAPNetGenerator
 from asap.models.checkpoint import load_generator
 from asap.devices import resolve_device
@@ -37,7 +38,7 @@ from asap.models.inputs import DONTCARE_VALUE, instance_edges
 LABEL_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I")
 
 
-class TranslateError(ValueError):
+class TranslateError(UserError, ValueError):
     """An input cannot be translated; the message names the file, the value and what to do."""
 
 

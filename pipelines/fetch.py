@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from asap.data.common import DataError
 from asap.data.facades import ARCHIVE_NAME, fetch_archive, resolve_archive
 from asap.data.params import PrepareParams
-from pipelines.common import fail, params, project_root, run_stage
+from pipelines.common import params, project_root, run_stage
 
 RAW_ARCHIVE = f"data/raw/{ARCHIVE_NAME}"
 
@@ -29,10 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = PrepareParams.from_section(params(args.params).get("prepare")).facades
     dest = args.dest or project_root() / RAW_ARCHIVE
-    try:
-        fetch_archive(dest, resolve_archive(cfg.archive), cfg.url)
-    except DataError as err:
-        fail(str(err))
+    fetch_archive(dest, resolve_archive(cfg.archive), cfg.url)  # a DataError: one line, by run_stage
 
 
 if __name__ == "__main__":

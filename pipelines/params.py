@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from asap.config import ConfigError, from_dict, require
+from asap.config import UserError, from_dict, require
 
 from pipelines.common import SECTIONS
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         checked = check(load_params(args.params))
-    except ConfigError as err:
+    except UserError as err:  # a ConfigError, or a baseline whose arch is not registered (CheckpointError)
         print(f"error: {Path(args.params)}: {err}", file=sys.stderr)
         return 2
     print(f"{args.params}: every section valid ({', '.join(k for k in checked if k != 'generators')}; "

@@ -19,7 +19,7 @@ from asap.config import ConfigError, require
 from asap.data import cityscapes, facades, folders, nyu
 from asap.data.common import DataError, PrepareOptions, parse_size, prepared_name
 from asap.data.params import DATASETS, PrepareParams
-from pipelines.common import fail, params, project_root, run_stage
+from pipelines.common import params, project_root, run_stage
 from pipelines.fetch import RAW_ARCHIVE
 
 SOURCE_KIND = {"facades": "CMP_facade_DB_base.zip archive", "cityscapes": "folder holding leftImg8bit/ and gtFine/",
@@ -45,38 +45,35 @@ def main(argv: list[str] | None = None) -> None:
     root = project_root()
     out_root = Path(args.out_root) if args.out_root else root / "data" / "prepared"
     cfg = getattr(section, args.dataset)
-    try:
-        if args.source and not Path(args.source).exists():
-            raise DataError(f"--source {args.source} does not exist: pass the path of the "
-                            f"{SOURCE_KIND[args.dataset]}")
-        if args.dataset == "facades":
-            source = args.source or root / RAW_ARCHIVE
-            if not Path(source).is_file():
-                raise DataError(f"facades archive {source} not found: run `dvc repro fetch-facades` "
-                                "(or `python -m pipelines.fetch facades`) first, or pass --source"
-                                if not args.source else
-                                f"--source {source} is not a file: pass the path of the {SOURCE_KIND['facades']}")
-            out = out_root / prepared_name("facades", height, width)
-            facades.prepare_facades(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
-        elif args.dataset == "cityscapes":
-            source = args.source or cfg.root
-            require(bool(source), "prepare.cityscapes.root is null: set it to the folder holding "
-                                  "leftImg8bit/ and gtFine/ (or pass --source)")
-            out = out_root / prepared_name("cityscapes", height, width)
-            cityscapes.prepare_cityscapes(source, out, PrepareOptions(fit=cfg.fit, **opts))
-        elif args.dataset == "nyu":
-            source = args.source or cfg.mat
-            require(bool(source), "prepare.nyu.mat is null: set it to the path of nyu_depth_v2_labeled.mat "
-                                  "(or pass --source)")
-            out = out_root / prepared_name("nyu", height, width)
-            nyu.prepare_nyu(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
-        else:
-            source = args.source or cfg.root
-            require(bool(source), "prepare.folders.root is null: set it to your folder (or pass --source)")
-            out = out_root / prepared_name(cfg.name, height, width)
-            folders.prepare_folders(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
-    except DataError as err:
-        fail(str(err))
+    if args.source and not Path(args.source).exists():
+        raise DataError(f"--source {args.source} does not exist: pass the path of the "
+                        f"{SOURCE_KIND[args.dataset]}")
+    if args.dataset == "facades":
+        source = args.source or root / RAW_ARCHIVE
+        if not Path(source).is_file():
+            raise DataError(f"facades archive {source} not found: run `dvc repro fetch-facades` "
+                            "(or `python -m pipelines.fetch facades`) first, or pass --source"
+                            if not args.source else
+                            f"--source {source} is not a file: pass the path of the {SOURCE_KIND['facades']}")
+        out = out_root / prepared_name("facades", height, width)
+        facades.prepare_facades(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
+    elif args.dataset == "cityscapes":
+        source = args.source or cfg.root
+        require(bool(source), "prepare.cityscapes.root is null: set it to the folder holding "
+                              "leftImg8bit/ and gtFine/ (or pass --source)")
+        out = out_root / prepared_name("cityscapes", height, width)
+        cityscapes.prepare_cityscapes(source, out, PrepareOptions(fit=cfg.fit, **opts))
+    elif args.dataset == "nyu":
+        source = args.source or cfg.mat
+        require(bool(source), "prepare.nyu.mat is null: set it to the path of nyu_depth_v2_labeled.mat "
+                              "(or pass --source)")
+        out = out_root / prepared_name("nyu", height, width)
+        nyu.prepare_nyu(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
+    else:
+        source = args.source or cfg.root
+        require(bool(source), "prepare.folders.root is null: set it to your folder (or pass --source)")
+        out = out_root / prepared_name(cfg.name, height, width)
+        folders.prepare_folders(source, out, cfg, PrepareOptions(fit=cfg.fit, **opts))
 
 
 if __name__ == "__main__":

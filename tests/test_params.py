@@ -71,3 +71,25 @@ def test_the_command_checks_a_file_and_a_stage_refuses_an_unknown_section(tmp_pa
     typo.write_text(yaml.safe_dump({**PARAMS, "trian": {"steps": 3}}))
     with pytest.raises(ConfigError, match=r"unknown section\(s\) \['trian'\]"):
         params(typo)
+
+
+@pytest.mark.parametrize("error", ["asap.data.common.DataError", "asap.models.checkpoint.CheckpointError",
+                                   "asap.infer.TranslateError", "pipelines.common.MissingInput",
+                                   "asap.weights.PerceptualNetError", "RuntimeError"])
+def test_the_stage_runner_prints_a_user_error_as_one_line_and_a_bug_with_its_traceback(error):
+    """Every user-facing error derives from asap.config.UserError and is caught once, by run_stage:
+    one `error:` line and exit 2. Anything else is a bug: Python's traceback, exit 1."""
+    module, _, name = error.rpartition(".")
+    raise_it = f"from {module} import {name} as E" if module else f"E = {name}"
+    proc = subprocess.run([PYTHON, "-c", f"""
+{raise_it}
+from pipelines.common import run_stage
+def main():
+    raise E("data/x.png: label 99 is not a class (0..12)")
+run_stage(main)
+"""], cwd=REPO, capture_output=True, text=True)
+    if name == "RuntimeError":
+        assert proc.returncode == 1 and "Traceback" in proc.stderr
+    else:
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == "error: data/x.png: label 99 is not a class (0..12)\n"

@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from asap.config import UserError
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 FITS = ("stretch", "crop")
@@ -41,7 +43,7 @@ MAX_LISTED_ERRORS = 20
 DONTCARE_VALUE = 255    # as asap.models.inputs.DONTCARE_VALUE (not imported: preparation stays torch-free)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: the message names the file, what was found and what was expected."""
 
 

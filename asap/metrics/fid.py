@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asap.config import UserError
 from asap.files import atomic_path, file_sha1
 
 INCEPTION_SIZE = 299          # TF Inception-v3 input side (pytorch-fid resizes every image to it)
@@ -42,7 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 STATS_VERSION = 1  # bump when preprocessing changes: part of the real-statistics cache key
 
 
-class FIDWeightsError(FileNotFoundError):
+class FIDWeightsError(UserError, FileNotFoundError):
     """The Inception TorchScript file is missing or is not the expected one."""
 
 

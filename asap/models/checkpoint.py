@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from asap import files
+from asap.config import UserError
 from asap.files import atomic_path
 from asap.models.pixelwise import num_mlp_params
 
@@ -34,7 +35,7 @@ ARCHS = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file is not a generator checkpoint we can load; the message names the file and why."""
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asap.config import ConfigError, require
+from asap.config import ConfigError, UserError, require
 from asap.files import atomic_path, load_as_data
 
 FORMAT = "asap-segmenter/1"
@@ -217,7 +217,7 @@ def train_segmenter(model: Segmenter, dataset, steps: int, lr: float = 1e-3, bat
 # Checkpoints as data
 # ----------------------------------------------------------------------------------------------
 
-class SegmenterCheckpointError(ValueError):
+class SegmenterCheckpointError(UserError, ValueError):
     """A file is not a segmenter checkpoint; the message names the file and why."""
 
 
