@@ -72,6 +72,21 @@ def file_sha1(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# pickle opcodes that name or call code: what an armed file needs, what tensors saved as data never hold
+CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"}
+
+
+def _names_code(path: Path) -> bool:
+    """Does a plain pickle file name or call code? Its opcodes, parsed (pickletools never runs them)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in CODE_OPCODES for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a whole pickle: then it names nothing we could run
+        return False
+
+
 def load_as_data(path: str | Path, error: type[Exception], missing_hint: str = ""):
     """``torch.load(weights_only=True)`` with errors a user can act on, raised as ``error``: a missing
     file, a damaged one, or one that holds pickled code (refused, never run)."""
@@ -91,6 +106,10 @@ def load_as_data(path: str | Path, error: type[Exception], missing_hint: str = "
         if "weights only" not in str(err).lower():
             raise error(f"{path} is damaged or not a torch checkpoint ({str(err).splitlines()[0][:200]})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if not found and not _names_code(path):  # text, an image, ... read as a pickle
+            reason = re.search(r"Unsupported operand \d+", str(err))
+            raise error(f"{path} is damaged or not a torch checkpoint (not pickled tensors: "
+                        f"{reason.group(0) if reason else str(err).splitlines()[0][:120]})") from None
         what = f"it names {found.group(1)}" if found else "objects beyond tensors and plain values"
         raise error(
             f"{path} holds pickled code ({what}) and is refused: checkpoints are read as data only, never run. "

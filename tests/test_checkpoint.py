@@ -236,12 +236,15 @@ class NotData:
 @pytest.mark.parametrize("content,match", [
     (b"hello, I am a text file\n", "is damaged or not a torch checkpoint"),
     ("pickle", "holds pickled code"),
+    ("yaml", "is damaged or not a torch checkpoint (not pickled tensors"),  # text a pickle reader half-parses
     ("tensors", "is not a generator checkpoint: expected"),
 ])
 def test_files_that_are_not_generator_checkpoints_get_clear_errors(tmp_path, content, match):
     path = tmp_path / "thing.pt"
     if content == "pickle":  # a pickled object is never unpickled as code
         path.write_bytes(pickle.dumps(NotData()))
+    elif content == "yaml":
+        path.write_text("dataset: facades-256x256\ntrain:\n  steps: 3\n")
     elif content == "tensors":
         torch.save({"encoder.weight": torch.zeros(3)}, path)
     else:
