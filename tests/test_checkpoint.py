@@ -236,7 +236,7 @@ class NotData:
 @pytest.mark.parametrize("content,match", [
     (b"hello, I am a text file\n", "is damaged or not a torch checkpoint"),
     ("pickle", "holds pickled code"),
-    ("yaml", "is damaged or not a torch checkpoint (not pickled tensors"),  # text a pickle reader half-parses
+    ("yaml", r"is damaged or not a torch checkpoint \(not pickled tensors"),  # text a pickle reader half-parses
     ("tensors", "is not a generator checkpoint: expected"),
 ])
 def test_files_that_are_not_generator_checkpoints_get_clear_errors(tmp_path, content, match):
