@@ -38,7 +38,7 @@ from asap.data.prepared import DEFAULT_ROOT, DatasetInfo, prepare_hint
 from asap.files import exclusive
 from asap.training import (STATE_FILE, RunnerConfig, TrainingRun, load_newest_good, split_train_section,
                            write_checkpoint)
-from pipelines import common, tracking
+from pipelines import common, serving, tracking
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,25 +326,21 @@ def mlflow_run(job: Job, storage: Path, parent_run_id: str | None = None, extra_
 
 
 def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
+    """The run's final records: the measured metrics, the served model (pipelines/serving.py: label map
+    in, image out; registered in the Model Registry as ``<generator>-<dataset>``) and the checkpoint."""
     import mlflow
 
-    from asap.models.checkpoint import load_generator
-
-    model, meta = load_generator(generator_path)
-    # torch.export notes that the batch dimension of the example is specialised: expected, not news
-    logging.getLogger("torch._export").setLevel(logging.ERROR)
-    c = model.config
-    # pt2 (torch.export) needs an example: one encoded input at the trained size
-    example = torch.zeros(1, c.in_channels, meta["height"], meta["width"])
-    example[:, 0] = 1
     with mlflow.start_run(run_id=run_id):
         # measurements only: the settings (budget, workers, batch) are the run's params already
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
                             if k in MEASURED and isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
-        mlflow.pytorch.log_model(model, name="generator", input_example=example.numpy(),
-                                 serialization_format="pt2")
+        served = serving.log_generator_model(generator_path, name="generator", register=True)
         mlflow.log_artifact(str(generator_path), artifact_path="checkpoint")
+    if served.registry_uri:
+        uri = served.registry_uri
+        print(f"[train] registered {uri}; serve it with `mlflow models serve -m {uri} --env-manager local "
+              f"--host 127.0.0.1 --port 5001`", flush=True)
 
 
 # What the final_* metrics of a training run are: measurements and the last logged losses.
