@@ -3,6 +3,8 @@
     asap convert-authors latest_net_G.pth generator.pt [--num-classes 13 ...]
     asap translate ...            (inference; see asap/infer.py)
     asap train DATA [--generator NAME] ...   (in-process training; see asap/train_command.py)
+    asap export CHECKPOINT [--format onnx|pt2]  (ONNX / torch.export files; see asap/export.py)
+    asap demo CHECKPOINT [--port 7860]       (a live label-painting page; see asap/demo.py)
 
 Each subcommand lives in its own module and registers itself through COMMANDS.
 """
@@ -20,6 +22,8 @@ COMMANDS = {
     "convert-authors": "asap.convert",
     "translate": "asap.infer",
     "train": "asap.train_command",
+    "export": "asap.export",
+    "demo": "asap.demo",
 }
 
 

@@ -16,9 +16,13 @@ must move, GB/s achieved), peak memory and the fast path's max abs difference fr
 GPU timings use CUDA events after warm-up; CPU timings use perf_counter. Weights are random (runtime
 does not depend on them). The CPU memory section compares the reference MLP, which keeps parameters
 at grid resolution, with a naive upsample-then-multiply implementation (``naive_pixelwise_mlp``),
-using the CPU allocator's own accounting (torch.profiler, profile_memory).
+using the CPU allocator's own accounting (torch.profiler, profile_memory). The ONNX section
+(``onnx_cpu``; ``--no-onnx`` skips it) times the same generator exported as `asap export` writes it,
+ONNX Runtime against PyTorch, both on the CPU with the same threads, at every size (on a GPU run too),
+and records their max abs difference; without onnxruntime installed it records why it did not run.
 
-Imports only torch/numpy/stdlib and asap: it runs on the GPU machine without Ray, DVC or MLflow.
+Imports only torch/numpy/stdlib and asap (onnxruntime and onnxscript for the ONNX section, when
+installed): it runs on the GPU machine without Ray, DVC or MLflow.
 """
 
 from __future__ import annotations
@@ -186,11 +190,16 @@ def spread_mlps(model) -> None:
         model.lowres_stream.model[-1].bias.copy_(torch.cat(chunks))
 
 
-def bench_size(H, W, args, device) -> tuple[list[dict], dict | None]:
+def bench_model(H, W, args):
+    """The generator every path at this size times (the same weights: seeded)."""
     torch.manual_seed(0)
     model = asapnet(args.num_classes, H, W, lr_max_width=args.lr_max_width)
     spread_mlps(model)
-    model = model.to(device).eval()
+    return model.eval()
+
+
+def bench_size(H, W, args, device) -> tuple[list[dict], dict | None]:
+    model = bench_model(H, W, args).to(device)
     c = model.config
     S, P, channels = c.downsampling, c.num_params, c.mlp_channels
     gen = torch.Generator().manual_seed(1)
@@ -280,6 +289,61 @@ def bench_size(H, W, args, device) -> tuple[list[dict], dict | None]:
     return rows, memory
 
 
+def bench_onnx_cpu(H, W, args) -> dict:
+    """ONNX Runtime (CPU) against PyTorch (CPU, eager fp32) on the same generator, the same batch-1
+    label map and the same number of threads, timed alternately (one call of each per round) so that
+    load from other processes hits both alike. The ONNX file is what `asap export` writes (one-hot
+    inside, row-mean instance norms), made from the seeded benchmark model."""
+    row = {"size": f"{H}x{W}", "H": H, "W": W, "batch": 1}
+    try:
+        import onnxruntime as ort
+
+        from asap.export import LabelMapGenerator, export_onnx, size_divisor, with_row_mean_norms
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (torch's ONNX exporter)
+    except ImportError as err:
+        row["note"] = f"not run: {err.name} is not installed"
+        print(json.dumps(row), flush=True)
+        return row
+    model = bench_model(H, W, args)
+    threads = torch.get_num_threads()
+    labels = torch.randint(0, args.num_classes, (1, H, W), generator=torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "generator.onnx"
+        t0 = time.perf_counter()
+        export_onnx(LabelMapGenerator(with_row_mean_norms(model)).eval(), path,
+                    {"description": "benchmarks.inference"}, size_divisor(model))
+        row["export_s"] = time.perf_counter() - t0
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # ORT's pool threads otherwise spin after each run, starving the PyTorch call that follows
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"labels": labels.numpy()}
+    calls = {"pytorch_cpu": lambda: model(labels), "onnxruntime_cpu": lambda: session.run(["image"], feed)}
+    times = {name: [] for name in calls}
+    with torch.no_grad():
+        row["max_abs_diff_vs_pytorch"] = float(abs(session.run(["image"], feed)[0] - model(labels).numpy()).max())
+        for _ in range(args.warmup):
+            for fn in calls.values():
+                fn()
+        for _ in range(args.onnx_iters):
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    c = model.config
+    row.update(S=c.downsampling, P=c.num_params, num_classes=args.num_classes, lr_max_width=args.lr_max_width,
+               threads=threads, onnxruntime=ort.__version__,
+               **{f"{name}_ms": summary(t) for name, t in times.items()})
+    row["onnxruntime_speedup"] = row["pytorch_cpu_ms"]["median"] / row["onnxruntime_cpu_ms"]["median"]
+    print(json.dumps({"size": row["size"], "path": "onnxruntime-cpu vs pytorch-cpu", "threads": threads,
+                      "pytorch_cpu_ms": round(row["pytorch_cpu_ms"]["median"], 2),
+                      "onnxruntime_cpu_ms": round(row["onnxruntime_cpu_ms"]["median"], 2),
+                      "max_abs_diff": float(f"{row['max_abs_diff_vs_pytorch']:.2g}")}), flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="JSON file (default metrics/inference-<device>.json)")
@@ -300,6 +364,10 @@ def main(argv=None) -> int:
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU: reference vs naive peak memory of the MLP")
     p.add_argument("--naive-max-gb", type=float, default=2.0, help="CPU: skip the naive MLP above this size")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="ONNX Runtime CPU vs PyTorch CPU, batch 1, at each size (an `asap export` of the same model)")
+    p.add_argument("--onnx-iters", type=int, default=None, help="timed calls of each for --onnx (default: CPU "
+                                                                  "--iters, GPU runs 5: these run on the CPU)")
     args = p.parse_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -313,15 +381,18 @@ def main(argv=None) -> int:
         if prec not in PRECISIONS:
             raise SystemExit(f"--precisions: {prec!r} is not one of {sorted(PRECISIONS)}")
     args.paths = args.paths.split(",")
+    args.onnx_iters = args.onnx_iters or (5 if gpu else args.iters)
     if gpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
 
-    rows, memory = [], []
+    rows, memory, onnx_cpu = [], [], []
     for H, W in args.sizes:
         r, m = bench_size(H, W, args, device)
         rows += r
         if m:
             memory.append(m)
+        if args.onnx:
+            onnx_cpu.append(bench_onnx_cpu(H, W, args))
     result = {
         "benchmark": "inference",
         "device": device_info(device),
@@ -329,6 +400,7 @@ def main(argv=None) -> int:
         "timing": "CUDA events after warm-up" if gpu else "perf_counter after warm-up",
         "rows": rows,
         "memory_cpu": memory,
+        "onnx_cpu": onnx_cpu,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out = Path(args.out or f"metrics/inference-{device_slug(device)}.json")
