@@ -50,6 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asap.config import UserError
 from asap.files import atomic_path, file_sha1
 from asap.models.checkpoint import arch_of, load_generator
 from asap.models.inputs import DONTCARE_VALUE
@@ -59,7 +60,7 @@ TOLERANCE = 1e-4           # max |exported - PyTorch| on the [-1, 1] output, bot
 METADATA_FILE = "asap_export.json"  # the pt2 extra file holding the description
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A generator cannot be exported, or its export does not reproduce it; the message says why."""
 
 

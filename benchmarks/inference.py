@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from asap.files import write_text_atomic
 from asap.models.asapnet import asapnet
 from asap.models.fast import PRECISIONS, FastGenerator
 from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, pixelwise_mlp, positional_encoding
@@ -404,10 +405,7 @@ def main(argv=None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out = Path(args.out or f"metrics/inference-{device_slug(device)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -15,6 +15,12 @@ other models/<name>/generator.pt) and a few test pairs of the prepared dataset, 
                                     missing and which stage makes it)
     plots/*.csv                     the series of dvc.yaml `plots:` (`dvc plots diff` compares runs)
 
+and noise/seed-noise.json (a DVC metric): |metric(seed a) - metric(seed b)| of FID, KID, pixel accuracy
+and mIoU for each `repeat:` entry of params.yaml `baselines` (the run-to-run noise every table marks
+differences against), {} without one. The GPU campaign's files (metrics/gpu-<device>-*.json, from
+`python -m benchmarks.gpu_campaign score`) are found by globbing metrics/ when the stage runs; the
+stage depends on the whole metrics/ folder, so `dvc repro report` redraws after `score`.
+
 A figure whose inputs are absent is left out and README.md says which stage produces them. The stage
 fails only when no result exists at all, or when an input named by --benchmark / --require /
 `report.require` is absent; the error names the stage to run. The paper's own numbers come from
@@ -31,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asap.config import ConfigError, from_dict, require
-from asap.report import paper, tables
-from asap.report.inputs import SOURCES, Inputs, Missing, ReportInputError, params_generators, read_inputs, stages
+from asap.files import write_text_atomic
+from asap.report import campaign, noise, paper, tables
+from asap.report.inputs import (SOURCES, Inputs, Missing, ReportInputError, checkpoint_meta, params_generators,
+                                read_inputs, stages)
 from asap.report.tables import fmt
 
 FIGURES = {  # key -> (file under reports/, what it shows)
@@ -47,6 +55,7 @@ FIGURES = {  # key -> (file under reports/, what it shows)
     "qualitative": ("qualitative.png", "Qualitative: label | ASAP-Net | baselines | real photo"),
 }
 PLOTS = "plots"  # reports/plots/*.csv: the series of dvc.yaml `plots:`
+NOISE_FILE = Path("noise") / "seed-noise.json"  # dvc.yaml: a metric of the report stage
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ class Report:
         self.missing: list[Missing] = list(inputs.missing)
         self.asapnet = (params.get("train") or {}).get("name", "asapnet")  # train.name: Fig. 6's reference
         self.budget = tables.budget_line(inputs.generators, inputs.reference)
+        self.noises = noise.seed_noise(inputs.generators)  # per repeated generator: its seeds' spread
+        self.noise = noise.pooled(self.noises)             # metric -> the noise differences are marked against
+        self.noise_file: Path | None = None                # where write_noise put noise/seed-noise.json
 
     def save(self, key: str, fig) -> None:
         name = FIGURES[key][0]
@@ -120,10 +132,13 @@ def runtime_sections(rep: Report) -> None:
                  "the JSON it writes")
     if not bench.empty:
         rep.save("fig1", figures.runtime_vs_resolution(bench))
+        gpu = ("Devices marked [GPU campaign] come from the campaign's phase 2 (metrics/gpu-<device>-inference.json: "
+               "reference and fast path in fp32 and bf16, one panel per precision). " if rep.inputs.present("gpu")
+               else "")
         rep.section(FIGURES["fig1"][1],
                     "Batch 1, median over the timed iterations (10th / 90th percentiles beside it), generators with "
                     "random weights (no training budget: runtime does not depend on the weights). Low-res / "
-                    "pixelwise: ASAP-Net's two streams timed separately (Fig. 4). Measured by:",
+                    "pixelwise: ASAP-Net's two streams timed separately (Fig. 4). " + gpu + "Measured by:",
                     tables.benchmark_provenance(bench), "Ours:", tables.benchmark_table(bench),
                     "The paper's stated numbers:", tables.paper_runtime_table(), tables.speedup_table(bench),
                     figure=FIGURES["fig1"][0])
@@ -132,10 +147,12 @@ def runtime_sections(rep: Report) -> None:
     else:
         rep.save("fig1b", figures.fast_path(inference))
         rep.section(FIGURES["fig1b"][1], f"From {', '.join(sorted(set(inference['file'])))} "
-                    "(benchmarks/inference.py; the file records the machine and the time, not the commit): batch-1 "
-                    "latency of the fp32 reference generator and the fast path, random weights; on a CPU the fast "
-                    "path falls back to the reference MLP.", tables.inference_table(inference),
-                    figure=FIGURES["fig1b"][0])
+                    "(inference-*.json: benchmarks/inference.py, which records the machine and the time, not the "
+                    "commit; gpu-*-inference.json: the GPU campaign's phase 2, with its commit): batch-1 latency of "
+                    "the reference generator and the fast path, random weights; on a CPU the fast path falls back "
+                    "to the reference MLP (the campaign's smoke mode runs the Triton kernel in its interpreter: "
+                    "slow, measuring nothing).", tables.inference_table(inference),
+                    tables.fast_path_speedups(inference), figure=FIGURES["fig1b"][0])
     if bench.empty:
         return
     split = bench[(bench["arch"] == "asapnet") & bench["lr_ms"].notna()]
@@ -153,22 +170,33 @@ def quality_sections(rep: Report) -> None:
     from asap.report import figures
 
     gens, evals = rep.inputs.generators, rep.inputs.evals
+    gpu = rep.inputs.gpu.quality[rep.inputs.gpu.quality["error"] == ""]
     if evals.empty:
         rep.lack("Fig. 6", *SOURCES["eval"])
-        return
+        if gpu.empty:
+            return
     for r in evals[evals["runtime_ms"].isna()].itertuples():
         rep.lack(f"Fig. 6 point of {r.name}", f"runtime_ms in {r.eval_file}",
                  f"set evaluate.runtime_iters > 0 and run `dvc repro {stages(r.name, r.role)[1]}`")
-    if evals["runtime_ms"].notna().any():
-        rep.save("fig6", figures.quality_vs_runtime(evals, rep.budget, tables.point_label))
+    if evals["runtime_ms"].notna().any() or gpu["runtime_ms"].notna().any():
+        rep.save("fig6", figures.quality_vs_runtime(evals, rep.budget, tables.point_label, gpu,
+                                                    campaign.budget_line(gpu) if not gpu.empty else ""))
+    gpu_text = (f"Squares: the GPU campaign's equal-time generators ({campaign.budget_line(gpu)}; runtime: each "
+                "one's best path at the training size; GPU campaign section below). They had another budget than "
+                "the circles: compare squares with squares." if not gpu.empty else "")
     rep.section(FIGURES["fig6"][1],
                 "One point per generator trained by the pipeline (`train`, `train-baseline@<name>`) and scored by "
                 "`evaluate` / `evaluate-baseline@<name>`, with the same losses and the same budget; runtime is the "
-                "batch-1 time at the training size (log axis, as the paper's Fig. 6). The sweep's trials are not "
-                "drawn here: they get another budget and are scored on fewer test images (FID depends on the image "
-                "count), so Fig. 9 compares them among themselves.",
-                tables.budget_note(gens, rep.inputs.reference), tables.floor_note(gens), tables.noise_note(gens),
-                tables.quality_table(gens, rep.asapnet), tables.ceiling_note(gens), figure=FIGURES["fig6"][0])
+                "batch-1 time at the training size (log axis, as the paper's Fig. 6). A `repeat:` entry of "
+                "`baselines` is its generator's config trained with another seed: drawn as an open marker joined to "
+                "that generator's point by a dotted line (their gap is the run-to-run noise), not as a generator of "
+                "its own. The sweep's trials are not drawn here: they get another budget and are scored on fewer "
+                "test images (FID depends on the image count), so Fig. 9 compares them among themselves. " + gpu_text,
+                tables.budget_note(gens, rep.inputs.reference), tables.floor_note(gens),
+                tables.noise_note(gens, rep.noises), tables.quality_table(gens, rep.asapnet, rep.noise),
+                "The run-to-run noise, run by run:" if rep.noises else "",
+                tables.noise_table(gens, rep.noises) if rep.noises else "", tables.ceiling_note(gens),
+                figure=FIGURES["fig6"][0])
 
 
 def slim_section(rep: Report) -> None:
@@ -203,10 +231,16 @@ def ablation_sections(rep: Report) -> None:
     except ValueError:
         height = width = 256
     s_default = tables.default_s(sweep, height, width)
-    budget = tables.sweep_budget(sweep, rep.inputs.sweep_meta)
+    trials = [str(t) for t in sweep["trial"]] if "trial" in sweep else []
+    trained_on = sorted(set(str(checkpoint_meta(rep.root / "models" / "sweep" / t / "generator.pt").get("train_device")
+                                or "") for t in trials) - {""})
+    budget = tables.sweep_budget(sweep, rep.inputs.sweep_meta, trained_on)
     devices = sorted(set(sweep["runtime_device"].dropna().astype(str))) if "runtime_device" in sweep else []
     device = (", ".join(devices) or "device not recorded") + (f" ({dataset})" if dataset else "")
-    rep.save("fig9b", figures.s_tradeoff(sweep, s_default, device, budget))
+    # the reference trial of the table's differences: the full model at the default S (Fig. 9 (f))
+    reference = sweep[(sweep["variant"] == "full") & (sweep["S"] == s_default)]
+    reference = str(reference["trial"].iloc[0]) if not reference.empty and "trial" in sweep else None
+    rep.save("fig9b", figures.s_tradeoff(sweep, s_default, device, budget, reference, rep.noise.get("fid")))
 
     # the grid: (a) input, (b) no PE, (c) uniform, (d) larger S, (e) smaller S, (f) full, as Fig. 9
     order = [r for v in ("no_pe", "uniform") for r in sweep[sweep["variant"] == v].to_dict("records")]
@@ -227,9 +261,9 @@ def ablation_sections(rep: Report) -> None:
         rep.save("fig9", figures.image_grid(columns, pairs.stems,
                                             f"Fig. 9: ablations on {dataset} test pairs\n{budget}"))
     rep.section("Fig. 9: ablations (S, positional encoding, spatially uniform MLP)",
-                f"Trials of metrics/sweep.csv on {dataset}; default S = {s_default}. Budget: {budget}. One seed per "
-                "trial and no seed-to-seed noise measured: FID differences between trials are not known to exceed "
-                "training noise.", tables.sweep_table(sweep),
+                f"Trials of metrics/sweep.csv on {dataset}; default S = {s_default}. Budget: {budget}.",
+                tables.sweep_noise_note(sweep, rep.inputs.sweep_meta, rep.noises, rep.inputs.generators),
+                tables.sweep_table(sweep, reference, rep.noise, noise.not_measured(rep.inputs.generators)),
                 f"The paper's Fig. 9 caption ({paper.PAPER_S_ABLATION_SIZE} facades, {paper.PAPER_DEVICE}):",
                 tables.paper_s_table(), f"![{FIGURES['fig9b'][1]}]({FIGURES['fig9b'][0]})",
                 figure=FIGURES["fig9"][0] if FIGURES["fig9"][0] in rep.written else None)
@@ -265,7 +299,8 @@ def _generated(rep: Report, checkpoint: Path, pairs, what: str, how: str) -> lis
 def per_class_section(rep: Report) -> None:
     from asap.report import figures
 
-    names = [n for n in rep.inputs.evals["name"] if n in rep.inputs.per_class]
+    evals = rep.inputs.evals
+    names = [n for n in evals.loc[evals["role"] != "repeat", "name"] if n in rep.inputs.per_class]  # one seed each
     wide = tables.per_class_wide(rep.inputs.per_class, names)
     names = [n for n in names if wide[f"iou_{n}"].notna().any()]
     if not names:
@@ -274,7 +309,8 @@ def per_class_section(rep: Report) -> None:
         return
     rep.save("fig11", figures.per_class_iou(wide, names, rep.budget))
     rep.section(FIGURES["fig11"][1], f"The paper sees IoU drop for classes under "
-                f"{paper.PAPER_SMALL_CLASS_SHARE:.0%} of the image (Fig. 11, Cityscapes). Budget as in Fig. 6.",
+                f"{paper.PAPER_SMALL_CLASS_SHARE:.0%} of the image (Fig. 11, Cityscapes). Budget as in Fig. 6; one "
+                "seed per generator (a `repeat:` run is left out).",
                 tables.per_class_table(wide, names), figure=FIGURES["fig11"][0])
 
 
@@ -295,7 +331,9 @@ def qualitative_section(rep: Report) -> None:
         path = rep.root / "models" / r["name"] / "generator.pt"
         images = (_generated(rep, path, pairs, f"qualitative column {r['name']}", "")
                   if r["has_checkpoint"] else [None] * len(pairs.stems))  # its absence is listed already
-        title = f"{figures.model_label(r['arch'], False, r['width_mult'])} ({r['name']})"
+        label = figures.model_label(r["arch"], False, r["width_mult"])
+        seed = f", seed {fmt(r['seed'], 0)}" if r["role"] == "repeat" else ""  # a repeat: its generator's other seed
+        title = f"{label}{seed} ({r['name']})"
         if r["has_checkpoint"]:
             title += f"\n{fmt(r['steps'], 0)} steps, {fmt(r['train_seconds'], 0)} s"
         if r["has_eval"]:
@@ -307,6 +345,39 @@ def qualitative_section(rep: Report) -> None:
         f"{r['name']} (`models/{r['name']}/generator.pt`{'' if r['has_checkpoint'] else ', missing'})"
         for _, r in shown.iterrows()) + f"; test pairs {', '.join(pairs.stems)}. Budget as in Fig. 6.",
         figure=FIGURES["qualitative"][0])
+
+
+def gpu_section(rep: Report) -> None:
+    """The GPU campaign (issue 13): the issue's targets met or missed, the training-step comparison and
+    the equal-time quality of each generator; or one line saying there is none."""
+    gpu = rep.inputs.gpu
+    title = "GPU campaign (issue 13): targets, training step, equal-time quality"
+    if not gpu.files:
+        rep.section(title, "No GPU campaign results in metrics/ (metrics/gpu-<device>-*.json): docs/gpu.md says how "
+                           "to run it (`python -m benchmarks.gpu_campaign run` on a GPU, `... score DIR` here, then "
+                           "`dvc repro report`).")
+        return
+    smoked = gpu.quality["smoke"].astype(bool).any() or any("smoke" in d for d in gpu.targets["device"])
+    smoke = " **Smoke-mode files (the campaign run on a CPU at toy sizes): their numbers measure nothing.**" \
+        if smoked else ""
+    files = ", ".join(f"`{rel(rep.root, f)}`" for f in gpu.files)
+    parts = [f"From {files}. Phase 2's runtimes are drawn in Fig. 1, 1b, 4 and 8 (devices marked [GPU campaign]); "
+             "its speed-ups are measured against the reference in the same run." + smoke,
+             "**The issue's targets** (a target no file holds is *not measured*):", campaign.targets_table(gpu.targets)]
+    if not gpu.training.empty:
+        parts += ["**Training step** (phase 3): ours against the authors' way of writing the step, same run, same "
+                  "batch and size:", campaign.training_table(gpu.training)]
+    if not gpu.quality.empty:
+        q = gpu.quality
+        noise_text = (f"Differences to ASAP-Net are marked *{noise.WITHIN}* against the run-to-run noise measured by "
+                      f"the pipeline ({', '.join(rep.noises)}), **at the pipeline's budget, not this one**: the noise "
+                      "at the campaign's budget is not measured." if rep.noises else
+                      "Differences to ASAP-Net are not judged against training noise: "
+                      f"{noise.not_measured(rep.inputs.generators)}.")
+        parts += [f"**Equal-time quality** (phase 4, scored on the CPU by `score`): {campaign.budget_line(q)}; one "
+                  f"seed each. Read FID beside its real-vs-real floor. {noise_text} Drawn as squares in Fig. 6.",
+                  campaign.quality_table(q, rep.noise)]
+    rep.section(title, *parts)
 
 
 def provenance_section(rep: Report) -> None:
@@ -330,13 +401,17 @@ def write_plot_series(rep: Report) -> None:
 
 
 def make_report(root: str | Path, out: str | Path | None = None, params: dict | None = None,
-                benchmark_files: list[str] | None = None, require_inputs: list[str] | None = None) -> Report:
-    """Read ``root``'s results, write figures, plot series and README.md into ``out`` (root/reports)."""
+                benchmark_files: list[str] | None = None, require_inputs: list[str] | None = None,
+                noise_file: str | Path | None = None) -> Report:
+    """Read ``root``'s results, write figures, plot series and README.md into ``out`` (root/reports),
+    and the run-to-run noise into ``noise_file`` (root/noise/seed-noise.json with the default ``out``,
+    else <out>/seed-noise.json)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     root = Path(root).resolve()
     out = Path(out) if out else root / "reports"
+    noise_file = Path(noise_file) if noise_file else None
     params = params or {}
     cfg = from_dict(ReportConfig, params.get("report"), "params.yaml report")
     named = [Path(f) if Path(f).is_absolute() else root / f for f in benchmark_files or []]
@@ -361,10 +436,21 @@ def make_report(root: str | Path, out: str | Path | None = None, params: dict | 
     ablation_sections(rep)
     per_class_section(rep)
     qualitative_section(rep)
+    gpu_section(rep)
     provenance_section(rep)
     write_plot_series(rep)
+    write_noise(rep, noise_file or (root / NOISE_FILE if out == root / "reports" else out / NOISE_FILE.name))
     write_readme(rep)
     return rep
+
+
+def write_noise(rep: Report, path: Path) -> Path:
+    """noise/seed-noise.json: numbers only (asap.report.noise.metrics_file), {} without a repeat."""
+    import json
+
+    write_text_atomic(path, json.dumps(noise.metrics_file(rep.noises), indent=2, sort_keys=True) + "\n")
+    rep.noise_file = path
+    return path
 
 
 def write_readme(rep: Report) -> Path:
@@ -383,14 +469,12 @@ def write_readme(rep: Report) -> Path:
         missing.append("Files skipped:\n\n" + "\n".join(f"- {p}" for p in rep.inputs.problems))
     text = "\n\n".join(head + rep.sections + missing) + "\n"
     path = rep.out / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipelines.common import fail, params, project_root
+    from pipelines.common import params, project_root
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default=None, help="params file (default: the project's params.yaml)")
@@ -399,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--benchmark", action="append", default=[],
                         help="a benchmark JSON that must exist (repeatable); all metrics/benchmark-*.json are drawn")
     parser.add_argument("--require", default="", help=f"comma-separated inputs that must exist: {','.join(SOURCES)}")
+    parser.add_argument("--noise-out", default=None,
+                        help="the run-to-run noise metrics file (default: <root>/noise/seed-noise.json, or "
+                             "<out>/seed-noise.json with --out)")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else project_root()
     p = params(args.params or (root / "params.yaml"))
@@ -406,11 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(required) - set(SOURCES))
     if unknown:
         raise ConfigError(f"--require {unknown} unknown; allowed: {sorted(SOURCES)}")
-    try:
-        rep = make_report(root, args.out, p, args.benchmark, required)
-    except ReportInputError as err:
-        fail(str(err))
-    print(f"wrote {len(rep.written)} figures and README.md to {rep.out}: {', '.join(rep.written)}")
+    rep = make_report(root, args.out, p, args.benchmark, required, args.noise_out)  # ReportInputError: run_stage
+    print(f"wrote {len(rep.written)} figures and README.md to {rep.out}: {', '.join(rep.written)}; "
+          f"run-to-run noise to {rep.noise_file}")
     for m in rep.missing:
         print(f"not drawn: {m.line()}", file=sys.stderr)
 

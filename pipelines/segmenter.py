@@ -36,7 +36,8 @@ def main() -> None:
     info = DatasetInfo.load(data_root)
     out = root / "models" / f"segmenter-{dataset}.pt"
     metrics_path = root / "metrics" / "segmenter.json"
-    for stale in (out, metrics_path):  # a failed run must not leave outputs DVC would count as done
+    sidecar = root / "metrics" / "provenance" / "segmenter.json"  # dataset, run, commit, per-class IoU
+    for stale in (out, metrics_path, sidecar):  # a failed run must not leave outputs DVC would count as done
         stale.unlink(missing_ok=True)
 
     import mlflow
@@ -62,21 +63,24 @@ def main() -> None:
         train_s = time.time() - t0
         test = score_real_photos(data_root, model, batch_size=cfg.batch_size, device=cfg.device)
         tail = history[-min(10, len(history)):]
-        metrics = {
-            "dataset": dataset, "steps": cfg.steps, "train_s": round(train_s, 1),
+        metrics = {  # numbers a user compares (the DVC metric); what they come from: the sidecar
+            "steps": cfg.steps, "train_s": round(train_s, 1),
             "train_loss_first": history[0], "train_loss_last10": sum(tail) / len(tail),
-            "test_pixel_acc": test["pixel_acc"], "test_miou": test["miou"], "test_per_class": test["per_class"],
+            "test_pixel_acc": test["pixel_acc"], "test_miou": test["miou"],
             "test_images": test["num_images"], "num_params": sum(t.numel() for t in model.parameters()),
-            "mlflow_run_id": run.info.run_id,
         }
+        provenance = {"dataset": dataset, "mlflow_run_id": run.info.run_id, "git_commit": common.git_commit(),
+                      "segmenter": str(out.relative_to(root)), "test_per_class": test["per_class"]}
         mlflow.log_metrics({"test_pixel_acc": test["pixel_acc"], "test_miou": test["miou"],
                             "train_loss_last10": metrics["train_loss_last10"], "train_s": train_s})
         mlflow.log_metrics({f"test_iou_{c['name']}": c["iou"] for c in test["per_class"] if c["iou"] is not None})
         meta = {"dataset": dataset, "steps": cfg.steps, "recipe": cfg.to_dict(), "git_commit": common.git_commit(),
                 "test_pixel_acc": test["pixel_acc"], "test_miou": test["miou"], "mlflow_run_id": run.info.run_id}
         save_segmenter(out, model, meta=meta)
+        common.write_json(sidecar, provenance)
         common.write_json(metrics_path, metrics)
         mlflow.log_artifact(str(metrics_path))
+        mlflow.log_artifact(str(sidecar), artifact_path="provenance")
     print(f"[segmenter] real test photos: pixel acc {test['pixel_acc']:.3f}, mIoU {test['miou']:.3f}; "
           f"wrote {out.relative_to(root)} and {metrics_path.relative_to(root)} ({time.time() - t0:.0f}s)", flush=True)
 

@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         trial_job(base, spec, sweep)
 
     csv_path, json_path = root / "metrics" / "sweep.csv", root / "metrics" / "sweep.json"
-    for stale in (csv_path, json_path):
+    provenance_path = root / "metrics" / "provenance" / "sweep.json"  # dataset, MLflow parent run, commit
+    for stale in (csv_path, json_path, provenance_path):
         stale.unlink(missing_ok=True)
     sweep_dir = (root / "models" / "sweep").resolve()
     storage = (root / "checkpoints" / "sweep").resolve()
@@ -282,8 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     # (a list of rows is not shown); run names and ids stay in sweep.csv and MLflow
     trials = {row["trial"]: {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
               for row in table.to_dict(orient="records")}
-    common.write_json(json_path, {"trials": trials, "dataset": dataset, "steps": sweep.steps,
-                                  "time_budget_s": sweep.time_budget_s, "mlflow_parent_run_id": parent})
+    budget = {"time_budget_s": sweep.time_budget_s} if sweep.time_budget_s is not None else {}
+    common.write_json(json_path, {"trials": trials, "steps": sweep.steps, **budget})  # numbers only
+    common.write_json(provenance_path, {"dataset": dataset, "mlflow_parent_run_id": parent,
+                                        "git_commit": common.git_commit(), "csv": str(csv_path.relative_to(root))})
     summarize_parent(uri, parent, table, csv_path, sweep)
     shown = [c for c in ("trial", "steps", "train_seconds", "fid", "kid_mean", "pixel_acc", "miou", "runtime_ms")
              if c in table]

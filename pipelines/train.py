@@ -348,6 +348,8 @@ MEASURED = {"steps", "train_seconds", "wall_s", "G_total", "G_gan", "G_feat", "G
 
 
 def metrics_path(root: Path, name: str) -> Path:
+    """metrics/train-<name>.json: numbers only (a DVC metric); its provenance sidecar (run, device,
+    commit, how training stopped) is metrics/provenance/train-<name>.json beside it (a plain out)."""
     return root / "metrics" / f"train-{name}.json"
 
 
@@ -362,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     storage = (root / "checkpoints" / "ray").resolve()
     out = root / "models" / run.name / "generator.pt"
     result_path = metrics_path(root, run.name)
-    for stale in (out, result_path):  # a failed run must not leave outputs DVC would count as done
+    sidecar = result_path.parent / "provenance" / result_path.name
+    for stale in (out, result_path, sidecar):  # a failed run must not leave outputs DVC would count as done
         stale.unlink(missing_ok=True)
 
     common.setup_mlflow(f"asapnet-{run.dataset}")  # create the store once, before any worker
@@ -394,19 +397,25 @@ def finish(job: Job, result, out: Path, result_path: Path, t0: float, storage: P
     sent = tracking.send_spool(job.tracking_uri, job.mlflow_run_id, storage / job.run_name)
     if sent:
         print(f"[train] sent {sent} metric record(s) the workers could not send while MLflow was away", flush=True)
-    metrics = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "stopped_by": meta["stopped_by"],
-               "time_budget_s": run.train.time_budget_s, "wall_s": round(time.time() - t0, 1),
+    # numbers a user compares across runs (the DVC metric) ...
+    metrics = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "wall_s": round(time.time() - t0, 1),
                "num_workers": job.runner.num_workers, "global_batch": meta["global_batch"],
+               **({"time_budget_s": run.train.time_budget_s} if run.train.time_budget_s is not None else {}),
                **{k: v for k, v in (result.metrics or {}).items()
-                  if isinstance(v, (int, float)) and k not in ("step", "elapsed_s")},
-               "arch": run.arch, "train_device": meta["train_device"], "run_name": job.run_name,
-               "mlflow_run_id": job.mlflow_run_id}
-    log_final_model(job.mlflow_run_id, out, metrics)
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "elapsed_s")}}
+    # ... and what they come from (metrics/provenance/train-<name>.json)
+    provenance = {"name": run.name, "arch": run.arch, "dataset": run.dataset, "train_seed": run.train.seed,
+                  "stopped_by": meta["stopped_by"], "train_device": meta["train_device"], "run_name": job.run_name,
+                  "mlflow_run_id": job.mlflow_run_id, "git_commit": job.git_commit,
+                  "generator": str(Path("models") / run.name / out.name)}
+    log_final_model(job.mlflow_run_id, out, {**metrics, "stopped_by": meta["stopped_by"]})
     import mlflow
     mlflow.MlflowClient(job.tracking_uri).set_terminated(job.mlflow_run_id, "FINISHED")
+    sidecar = result_path.parent / "provenance" / result_path.name
+    common.write_json(sidecar, provenance)
     common.write_json(result_path, metrics)
     print(f"[train] wrote {out} ({meta['steps']} steps, {meta['train_seconds']:.0f} s, stopped by "
-          f"{meta['stopped_by'].replace('_', ' ')}) and {result_path}", flush=True)
+          f"{meta['stopped_by'].replace('_', ' ')}), {result_path} and {sidecar}", flush=True)
 
 
 if __name__ == "__main__":

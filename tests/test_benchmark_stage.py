@@ -50,6 +50,10 @@ def test_stage_writes_the_documented_schema(tmp_path):
         else:
             assert r["lr_ms"] is None and r["hr_ms"] is None
     assert [r["width_mult"] for r in rows[:3]] == [1.0, 1.0, 0.5]
+    # the DVC metric beside it: the medians only, every leaf a number
+    runtime = json.loads((out.parent / "runtime-cpu.json").read_text())
+    assert runtime == {"median_ms": {r["model"]: {s["size"]: s["median_ms"] for s in rows if s["model"] == r["model"]}
+                                     for r in rows}}
 
 
 def test_bad_sections_name_the_key():

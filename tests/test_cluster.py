@@ -287,7 +287,8 @@ def test_train_job_on_two_nodes_brings_outputs_back_with_its_mlflow_run(tmp_path
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     [run] = client.search_runs([client.get_experiment_by_name("asapnet-facades-64x64").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_id == metrics["mlflow_run_id"]
+    provenance = json.loads((project / "metrics" / "provenance" / "train-asapnet.json").read_text())
+    assert run.info.status == "FINISHED" and run.info.run_id == provenance["mlflow_run_id"]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "G_total")) == [1, 2]
     # artifacts beside the project's store, not in the job's scratch dir that Ray deletes
     assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())

@@ -19,6 +19,7 @@ from asap.models.asapnet import asapnet
 from asap.models.baselines import SPADEConfig, SPADEGenerator
 from asap.models.checkpoint import save_generator
 from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
+from metrics_helpers import assert_stage_metrics_are_numbers
 from project_helpers import make_project, run_stage
 
 DATASET = "facades-64x64"
@@ -60,9 +61,13 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
 
     metrics = json.loads((project / "metrics" / "eval-asapnet.json").read_text())
     assert metrics["num_images"] == 6 and metrics["generator_steps"] == 7 and metrics["segmenter_steps"] == 5
-    assert metrics["dataset"] == DATASET and metrics["generator_mlflow_run_id"] == run_id
-    assert metrics["fid"] > 0 and metrics["kid_subset_size"] == 6
-    assert set(metrics["real"]) == {"pixel_acc", "miou"} and len(metrics["per_class"]) == 13
+    assert metrics["fid"] > 0 and metrics["kid_subset_size"] == 6 and set(metrics["real"]) == {"pixel_acc", "miou"}
+    assert_stage_metrics_are_numbers(project, "evaluate")  # the DVC metric: numbers only
+    provenance = json.loads((project / "metrics" / "provenance" / "eval-asapnet.json").read_text())
+    assert provenance["dataset"] == DATASET and provenance["generator_mlflow_run_id"] == run_id
+    assert provenance["name"] == "asapnet" and provenance["arch"] == "asapnet" and provenance["repeat_of"] is None
+    assert provenance["generator"] == "models/asapnet/generator.pt" and provenance["runtime_device"] == "cpu"
+    assert provenance["segmenter"] == f"models/segmenter-{DATASET}.pt" and provenance["train_seed"] == 0
 
     # Pixel accuracy of the segmenter on the generated images, counted here pixel by pixel.
     test = PreparedDataset(facades64, "test")
@@ -74,9 +79,10 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     with open(project / "metrics" / "eval_per_class-asapnet.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows][:3] == ["unused", "background", "facade"] and len(rows) == 13
-    for row, c in zip(rows, metrics["per_class"]):
-        assert float(row["pixel_share"]) == pytest.approx(c["pixel_share"])
-        assert (row["iou"] == "") == (c["iou"] is None)
+    for c, row in enumerate(rows):  # each class's share of the 6 test label maps, counted here
+        share = (labels == c).double().mean().item()
+        assert float(row["pixel_share"]) == pytest.approx(share, abs=1e-6)
+        assert (row["iou"] == "") == (share == 0 and not (predicted == c).any().item())
 
     samples = sorted((project / "metrics" / "samples" / "asapnet").glob("*.png"))
     assert [s.name for s in samples] == ["cmp_b0001.png", "cmp_b0002.png"]
@@ -93,7 +99,7 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     covmean = linalg.sqrtm(s1 @ s2).real
     floor = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
     assert metrics["fid_floor"]["fid"] == pytest.approx(floor, rel=1e-3)
-    assert metrics["fid_floor"]["num_images"] == 6 and metrics["name"] == "asapnet"
+    assert metrics["fid_floor"]["num_images"] == 6 and provenance["fid_floor_reference_split"] == "train"
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(run_id)
@@ -101,13 +107,14 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     assert run.data.metrics["eval_fid"] == pytest.approx(metrics["fid"])
     assert run.data.metrics["eval_miou"] == pytest.approx(metrics["miou"])
     assert run.data.metrics["eval_real_pixel_acc"] == pytest.approx(metrics["real"]["pixel_acc"])
-    assert run.data.metrics["eval_pixel_share_facade"] == pytest.approx(metrics["per_class"][2]["pixel_share"])
+    assert run.data.metrics["eval_pixel_share_facade"] == pytest.approx(float(rows[2]["pixel_share"]))
     assert run.data.metrics["eval_fid_floor"] == pytest.approx(floor, rel=1e-3)
     assert run.data.tags["eval.dataset"] == DATASET and run.data.tags["eval.linked_to_training_run"] == "true"
     assert run.data.tags["eval.num_images"] == "6" and "eval_num_images" not in run.data.metrics  # a setting
     assert client.get_metric_history(run_id, "eval_fid")[0].step == 7
     assert {a.path for a in client.list_artifacts(run_id, "eval")} >= {"eval/eval-asapnet.json",
                                                                       "eval/eval_per_class-asapnet.csv"}
+    assert [a.path for a in client.list_artifacts(run_id, "eval/provenance")] == ["eval/provenance/eval-asapnet.json"]
     # the training run was not reopened: its end time is still the one set before evaluation
     assert run.info.end_time == ended_at
 
@@ -123,7 +130,10 @@ def test_a_baseline_gets_its_own_eval_file(tmp_path, facades64):
     proc = run_stage(project, "pipelines.evaluate", "--generator", "spade", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((project / "metrics" / "eval-spade.json").read_text())
-    assert metrics["arch"] == "spade" and metrics["width_mult"] == 0.1 and metrics["generator_steps"] == 3
+    provenance = json.loads((project / "metrics" / "provenance" / "eval-spade.json").read_text())
+    assert provenance["arch"] == "spade" and metrics["width_mult"] == 0.1 and metrics["generator_steps"] == 3
+    assert "runtime_ms" not in metrics and "runtime_device" not in provenance  # evaluate.runtime_iters: 0
+    assert_stage_metrics_are_numbers(project, "evaluate-baseline@spade")
     assert metrics["params"] == sum(t.numel() for t in spade.parameters())
     assert [p.name for p in (project / "metrics" / "samples" / "spade").iterdir()] == ["cmp_b0001.png"]
     assert not (project / "metrics" / "eval-asapnet.json").exists()
@@ -163,13 +173,14 @@ def test_a_checkpoint_without_a_known_training_run_gets_an_evaluate_run(tmp_path
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")  # restored after the test
     metrics = {"fid": 12.5, "kid_mean": 0.1, "kid_std": 0.0, "pixel_acc": 0.5, "miou": 0.25, "num_images": 2,
-               "generator_steps": 3, "generator_mlflow_run_id": "0123456789abcdef", "segmenter": "models/s.pt",
-               "real": {"pixel_acc": 0.6, "miou": 0.3},
-               "per_class": [{"class": 0, "name": "traffic light", "pixel_share": 1.0, "iou": None, "real_iou": 0.5}]}
+               "generator_steps": 3, "real": {"pixel_acc": 0.6, "miou": 0.3}}
+    provenance = {"generator_mlflow_run_id": "0123456789abcdef", "segmenter": "models/s.pt"}
+    per_class = [{"class": 0, "name": "traffic light", "pixel_share": 1.0, "iou": None, "real_iou": 0.5}]
     common.write_json(project / stage.eval_json("asapnet"), metrics)
-    stage.write_per_class_csv(project / stage.per_class_csv("asapnet"), metrics["per_class"])
+    common.write_json(project / stage.provenance_json("asapnet"), provenance)
+    stage.write_per_class_csv(project / stage.per_class_csv("asapnet"), per_class)
     try:
-        run_id = stage.log_to_mlflow(metrics, DATASET, "asapnet", project)
+        run_id = stage.log_to_mlflow(metrics, provenance, per_class, DATASET, "asapnet", project)
     finally:
         mlflow.set_tracking_uri(None)
     run = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)

@@ -83,7 +83,7 @@ def test_train_stage_logs_to_an_mlflow_server_read_back_over_rest(tmp_path, faca
     proc = run_stage(project, "pipelines.train", env=stage_env(MLFLOW_TRACKING_URI=url))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (project / "mlflow.db").exists()  # nothing went to the local store
-    metrics = json.loads((project / "metrics" / "train-asapnet.json").read_text())
+    metrics = json.loads((project / "metrics" / "provenance" / "train-asapnet.json").read_text())  # run ids
 
     exp = json.loads(get(url, "/api/2.0/mlflow/experiments/get-by-name",
                          experiment_name="asapnet-facades-64x64"))["experiment"]

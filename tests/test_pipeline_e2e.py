@@ -70,7 +70,8 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(tmp_path):
     report = (project / "reports/README.md").read_text()
     for name, arch in (("asapnet", "asapnet"), ("pix2pixhd", "pix2pixhd")):
         ev = json.loads((project / f"metrics/eval-{name}.json").read_text())
-        assert ev["arch"] == arch and ev["fid"] > 0 and 0 <= ev["pixel_acc"] <= 1 and ev["generator_steps"] == 4
+        provenance = json.loads((project / f"metrics/provenance/eval-{name}.json").read_text())
+        assert provenance["arch"] == arch and ev["fid"] > 0 and 0 <= ev["pixel_acc"] <= 1 and ev["generator_steps"] == 4
         assert f"{ev['fid']:.1f}" in report  # the report tabulates every evaluation it was given
 
     again = dvc(project, "repro")

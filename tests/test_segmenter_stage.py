@@ -26,7 +26,10 @@ def test_segmenter_stage_writes_model_metrics_and_mlflow_run(tmp_path, facades64
     assert meta["dataset"] == "facades-64x64" and meta["steps"] == 3 and meta["recipe"]["crop"] == 32
     assert model.config.num_classes == 13 and model.config.width_mult == 0.1
     metrics = json.loads((project / "metrics" / "segmenter.json").read_text())
-    assert metrics["steps"] == 3 and metrics["test_images"] == 60 and len(metrics["test_per_class"]) == 13
+    assert metrics["steps"] == 3 and metrics["test_images"] == 60
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())  # a DVC metric
+    provenance = json.loads((project / "metrics" / "provenance" / "segmenter.json").read_text())
+    assert len(provenance["test_per_class"]) == 13 and provenance["dataset"] == "facades-64x64"
 
     # Pixel accuracy on the real test photos, recomputed here by counting equal pixels.
     test = PreparedDataset(facades64, "test")
@@ -38,7 +41,7 @@ def test_segmenter_stage_writes_model_metrics_and_mlflow_run(tmp_path, facades64
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("asapnet-facades-64x64")
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_name == "segmenter-facades-64x64" and run.info.run_id == metrics["mlflow_run_id"]
+    assert run.info.run_name == "segmenter-facades-64x64" and run.info.run_id == provenance["mlflow_run_id"]
     assert run.info.status == "FINISHED" and run.data.params["segmenter.steps"] == "3"
     assert run.data.metrics["test_pixel_acc"] == pytest.approx(metrics["test_pixel_acc"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]

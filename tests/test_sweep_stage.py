@@ -39,7 +39,8 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     parents = [r for r in runs if r.data.tags.get("stage") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and len(children) == 2
-    assert parents[0].info.run_id == summary["mlflow_parent_run_id"]
+    provenance = json.loads((project / "metrics" / "provenance" / "sweep.json").read_text())
+    assert parents[0].info.run_id == provenance["mlflow_parent_run_id"] and provenance["dataset"] == "facades-64x64"
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert sorted(c.data.params["sweep.variant"] for c in children) == ["full", "uniform"]
     assert all(c.data.params["sweep.S"] == "4" for c in children)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from asap.models.checkpoint import load_generator
+from metrics_helpers import assert_stage_metrics_are_numbers
 from project_helpers import PYTHON, make_project, run_stage, stage_env
 
 pytestmark = pytest.mark.slow
@@ -53,13 +54,17 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert model(torch.randint(1, 13, (1, 64, 64))).shape == (1, 3, 64, 64)
     assert checkpoint_steps(project)[-2:] == [2, 4]
     metrics = json.loads((project / "metrics" / "train-asapnet.json").read_text())
-    assert metrics["steps"] == 4 and metrics["num_workers"] == 2 and metrics["stopped_by"] == "steps"
-    assert metrics["global_batch"] == 2 and metrics["arch"] == "asapnet"
+    assert metrics["steps"] == 4 and metrics["num_workers"] == 2 and metrics["global_batch"] == 2
+    assert_stage_metrics_are_numbers(project, "train")  # the DVC metric: numbers only
+    provenance = json.loads((project / "metrics" / "provenance" / "train-asapnet.json").read_text())
+    assert provenance["stopped_by"] == "steps" and provenance["arch"] == "asapnet" and provenance["train_seed"] == 0
+    assert provenance["train_device"] == meta["train_device"] == "cpu" and provenance["dataset"] == "facades-64x64"
+    assert provenance["run_name"] == meta["run_name"] and provenance["generator"] == "models/asapnet/generator.pt"
 
     client, runs = mlflow_run(project, "facades-64x64")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_id == metrics["mlflow_run_id"]
+    assert run.info.status == "FINISHED" and run.info.run_id == provenance["mlflow_run_id"] == meta["mlflow_run_id"]
     assert run.data.params["model.lr_max_width"] == "16" and len(run.data.params["dataset.manifest_sha1"]) == 40
     assert run.data.params["train.lr_d"] == "0.0004"
     # the resolved config that ran: S from the image size, the global batch, the worker count
@@ -134,7 +139,10 @@ def test_baseline_trained_by_the_stage_for_a_time_budget_on_two_workers(tmp_path
     assert "of the time budget" in out
 
     metrics = json.loads((project / "metrics" / "train-spade.json").read_text())
-    assert metrics["stopped_by"] == "time_budget" and metrics["arch"] == "spade" and metrics["steps"] >= 2
+    provenance = json.loads((project / "metrics" / "provenance" / "train-spade.json").read_text())
+    assert provenance["stopped_by"] == "time_budget" and provenance["arch"] == "spade" and metrics["steps"] >= 2
+    assert_stage_metrics_are_numbers(project, "train-baseline@spade")
+    assert metrics["time_budget_s"] == budget
     assert budget <= metrics["train_seconds"] <= budget + 10
     model, meta = load_generator(project / "models" / "spade" / "generator.pt")
     assert type(model).__name__ == "SPADEGenerator" and meta["steps"] == metrics["steps"]

@@ -80,10 +80,15 @@ def _log_ms_axis(ax, axis: str = "x") -> None:
     scale.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
 
 
-def _errorbar(ax, g: pd.DataFrame, **style) -> None:
+def _errorbar(ax, g: pd.DataFrame, marker: str = "o", **style) -> None:
     lo = (g["median_ms"] - g["p10_ms"]).clip(lower=0).fillna(0)
     hi = (g["p90_ms"] - g["median_ms"]).clip(lower=0).fillna(0)
-    ax.errorbar(g["megapixels"], g["median_ms"], yerr=[lo, hi], capsize=3, marker="o", **style)
+    ax.errorbar(g["megapixels"], g["median_ms"], yerr=[lo, hi], capsize=3, marker=marker, **style)
+
+
+def _panel_title(text: str, width: int = 52) -> str:
+    """A panel's title wrapped so that side-by-side panels do not write over each other."""
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,13 +108,13 @@ def runtime_vs_resolution(bench: pd.DataFrame) -> Figure:
             g = g.sort_values("megapixels")
             first = g.iloc[0]
             _errorbar(ax, g, color=ARCH_COLOURS.get(first["arch"], "C7"), linestyle="--" if first["fast"] else "-",
-                      label=model_label(first["arch"], bool(first["fast"])))
+                      marker="D" if first["fast"] else "o", label=model_label(first["arch"], bool(first["fast"])))
         ax.plot(list(paper_mp), [paper.PAPER_ASAPNET_MS[s] for s in paper_mp.values()], **PAPER_STYLE,
                 label=f"ASAP-Net, paper ({paper.PAPER_DEVICE})")
         _size_ticks(ax, {**paper_mp, **_sizes(d)})
         _log_ms_axis(ax, "y")
         ax.set(xlabel="resolution (megapixels, log scale)", ylabel="runtime per image, median (ms, log scale)",
-               title=f"ours: {device}{_commit(d)}")
+               title=_panel_title(f"ours: {device}{_commit(d)}"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
     _suptitle(fig, "Fig. 1: inference time vs resolution, random weights (runtime does not depend on them)\n"
@@ -123,23 +128,32 @@ def _mp(size: str) -> float:
 
 
 def fast_path(inference: pd.DataFrame) -> Figure:
-    """The reference generator vs the fast path (benchmarks/inference.py), per device and precision."""
+    """The reference generator vs the fast path (benchmarks/inference.py, the GPU campaign's phase 2),
+    per file (one run on one device) and precision; each fast-path point says its speed-up over the
+    fp32 reference timed in the same run ("x8.3")."""
     devices = list(dict.fromkeys(inference["file"]))
     fig, axes = _figure(len(devices))
     for ax, file in zip(axes[0], devices):
         d = inference[inference["file"] == file]
+        reference = d[(d["path"] == "reference") & (d["precision"] == "fp32")].set_index("size")["median_ms"]
         for i, ((path, precision), g) in enumerate(d.groupby(["path", "precision"], sort=False)):
             g = g.sort_values("megapixels")
             _errorbar(ax, g, color=f"C{i}", linestyle="-" if path == "reference" else "--",
-                      label=f"{path} ({precision})")
+                      marker="o" if path == "reference" else "D", label=f"{path} ({precision})")
+            if path != "reference":
+                for _, r in g.iterrows():
+                    if r["size"] in reference.index and r["median_ms"] > 0:
+                        ax.annotate(f"x{reference[r['size']] / r['median_ms']:.1f}", (r["megapixels"], r["median_ms"]),
+                                    fontsize=7, color=f"C{i}", xytext=(4, -9), textcoords="offset points")
         _size_ticks(ax, _sizes(d))
         _log_ms_axis(ax, "y")
         device = d["device"].iloc[0].rsplit(",", 1)[0]
         ax.set(xlabel="resolution (megapixels, log scale)", ylabel="runtime per image, median (ms, log scale)",
-               title=f"{device} ({file})")
+               title=_panel_title(f"{device} ({file})"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    fig.suptitle("ASAP-Net: reference generator vs fast path\n(batch 1; median, bars from 10th to 90th percentile)")
+    fig.suptitle("ASAP-Net: reference generator vs fast path, random weights\n(batch 1; median, bars from 10th to 90th "
+                 "percentile; xN: speed-up over the fp32 reference of the same run)")
     return fig
 
 
@@ -157,7 +171,8 @@ def stream_split(bench: pd.DataFrame) -> Figure:
         ax.plot(x, d["median_ms"], linestyle="none", marker="_", markersize=28, color="black",
                 label="whole generator, timed end to end")
         ax.set_xticks(x, [f"{s}\n{m:.2g} MP" for s, m in zip(d["size"], d["megapixels"])], fontsize=8)
-        ax.set(xlabel="resolution", ylabel="runtime per image, median (ms)", title=f"ours: {device}{_commit(d)}")
+        ax.set(xlabel="resolution", ylabel="runtime per image, median (ms)",
+               title=_panel_title(f"ours: {device}{_commit(d)}"))
         ax.grid(True, axis="y", alpha=0.3)
         ax.set_ylim(0, 1.3 * max(d["median_ms"].max(), (d["lr_ms"] + d["hr_ms"]).max()))
         ax.legend(fontsize=8, loc="upper left", framealpha=0.85)
@@ -193,44 +208,88 @@ def _floor_lines(ax, evals: pd.DataFrame, metric: str) -> None:
             ax.axhspan(r[column] - r["floor_kid_std"], r[column] + r["floor_kid_std"], color="C3", alpha=0.1)
 
 
-def _points(ax, d: pd.DataFrame, metric: str, labels) -> None:
+def _is_repeat(r) -> bool:
+    return r.get("role") == "repeat" and bool(r.get("repeat_of"))
+
+
+def _seed_links(ax, d: pd.DataFrame, metric: str, x: str = "runtime_ms") -> None:
+    """A `repeat:` run is its generator's second seed, not a generator of its own: a dotted line joins
+    it to the generator's point, so the pair reads as one result and its spread."""
+    by_name = d.set_index("name")
     for _, r in d.iterrows():
-        style = dict(color=ARCH_COLOURS.get(r["arch"], "C7"), alpha=1.0 if _full(r["width_mult"]) else 0.55, zorder=3)
+        if _is_repeat(r) and r["repeat_of"] in by_name.index:
+            t = by_name.loc[r["repeat_of"]]
+            ax.plot([t[x], r[x]], [t[metric], r[metric]], color=ARCH_COLOURS.get(r["arch"], "C7"), linestyle=":",
+                    linewidth=1.5, zorder=2)
+
+
+def _points(ax, d: pd.DataFrame, metric: str, labels) -> None:
+    _seed_links(ax, d, metric)
+    for _, r in d.iterrows():
+        colour = ARCH_COLOURS.get(r["arch"], "C7")
+        style = dict(color=colour, alpha=1.0 if _full(r["width_mult"]) else 0.55, zorder=3)
+        hollow = _is_repeat(r)  # a second seed: an open marker of its generator's colour
         if metric == "kid_mean":
             ax.errorbar(r["runtime_ms"], r[metric], yerr=r["kid_std"] if r["kid_std"] == r["kid_std"] else None,
-                        marker="o", markersize=6, capsize=4, linestyle="none", **style)
+                        marker="o", markersize=6, capsize=4, linestyle="none",
+                        **({"mfc": "white"} if hollow else {}), **style)
+        elif hollow:
+            ax.scatter(r["runtime_ms"], r[metric], s=45, facecolors="white", edgecolors=colour, linewidths=1.5,
+                       zorder=3)
         else:
             ax.scatter(r["runtime_ms"], r[metric], s=45, **style)
-        ax.annotate(labels(r), (r["runtime_ms"], r[metric]), fontsize=7, xytext=(5, 3), textcoords="offset points")
+        ax.annotate(labels(r), (r["runtime_ms"], r[metric]), fontsize=7, xytext=(5, -14 if hollow else 3),
+                    textcoords="offset points")  # a second seed lies near its first: its label below
 
 
-def quality_vs_runtime(evals: pd.DataFrame, budget: str, labels) -> Figure:
+def _gpu_points(ax, gpu: pd.DataFrame, metric: str) -> None:
+    """The GPU campaign's equal-time points (asap.report.campaign QUALITY_COLUMNS): squares, labelled
+    with the budget and device they were made with."""
+    for _, r in gpu.iterrows():
+        ax.scatter(r["runtime_ms"], r[metric], s=50, marker="s", color=ARCH_COLOURS.get(r["arch"], "C7"),
+                   edgecolors="black", linewidths=0.6, zorder=4)
+        ax.annotate(f"{r['name']} (GPU campaign)\n{r['steps']:.0f} steps, {r['budget_s']:g} s budget",
+                    (r["runtime_ms"], r[metric]), fontsize=7, xytext=(5, -10), textcoords="offset points")
+
+
+def quality_vs_runtime(evals: pd.DataFrame, budget: str, labels, gpu: pd.DataFrame | None = None,
+                       gpu_budget: str = "") -> Figure:
     """Fig. 6: FID, KID, pixel accuracy and mIoU vs batch-1 runtime (log scale), one point per evaluated
-    generator (``evals``: asap.report.inputs GENERATOR_COLUMNS), labelled by ``labels(row)``; the
+    generator (``evals``: asap.report.inputs GENERATOR_COLUMNS), labelled by ``labels(row)``, a
+    `repeat:` run as an open marker joined to its generator's point (its second seed); the GPU
+    campaign's equal-time points (``gpu``: asap.report.campaign QUALITY_COLUMNS) as squares; the
     real-vs-real floor as a dashed line (FID, KID), the segmenter on real photos as a dotted one."""
     fig, axes = _figure(2, width=5.6, height=4.4, nrows=2)
     timed = evals[evals["runtime_ms"].notna()]
+    gpu = gpu[gpu["runtime_ms"].notna()] if gpu is not None else pd.DataFrame(columns=["runtime_ms"])
     for ax, (metric, ylabel, title) in zip(axes.flat, QUALITY_AXES):
         d = timed[timed[metric].notna()]
-        if d.empty:
+        g = gpu[gpu[metric].notna()] if metric in gpu else gpu.iloc[:0]
+        if d.empty and g.empty:
             _note(ax, f"no {metric} with a runtime in the eval files")
             ax.set_title(title)
             continue
         _points(ax, d, metric, labels)
+        _gpu_points(ax, g, metric)
         if metric in ("fid", "kid_mean"):
-            _floor_lines(ax, evals, metric)
+            _floor_lines(ax, pd.concat([t for t in (evals, gpu) if not t.empty]), metric)
         ceiling = evals.get(f"real_{metric}")
+        if (ceiling is None or ceiling.isna().all()) and f"real_{metric}" in gpu:
+            ceiling = gpu[f"real_{metric}"]  # only the campaign's generators: its own scoring of the real photos
         if ceiling is not None and ceiling.notna().any():
             ax.axhline(float(ceiling.dropna().iloc[0]), **CEILING_STYLE, label="real photos (segmenter ceiling)")
         _log_ms_axis(ax)
-        lo, hi = d["runtime_ms"].min(), d["runtime_ms"].max()
+        runtimes = pd.concat([d["runtime_ms"], g["runtime_ms"]])
+        lo, hi = runtimes.min(), runtimes.max()
         ax.set_xlim(lo / 1.6, hi * 2.2)  # room for the labels right of the points
         ax.margins(y=0.25)
         ax.set(xlabel="runtime per image, batch 1 (ms, log scale)", ylabel=ylabel, title=title)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
-    _suptitle(fig, f"Fig. 6: quality vs runtime, one point per generator\n{budget}")
+    title = "Fig. 6: quality vs runtime, one point per generator" + (
+        " (open marker: a second training seed)" if "role" in evals and (evals["role"] == "repeat").any() else "")
+    _suptitle(fig, f"{title}\n{budget}" + (f"\nsquares: {gpu_budget}" if gpu_budget and not gpu.empty else ""))
     return fig
 
 
@@ -254,7 +313,7 @@ def slim_baselines(bench: pd.DataFrame, evals: pd.DataFrame, budget: str = "") -
         ax.set_xticks(np.arange(len(sizes)), sizes)
         _log_ms_axis(ax, "y")
         ax.set(xlabel="resolution", ylabel="runtime per image, median (ms, log scale)",
-               title=f"(a) runtime by channel width, random weights\nours: {device}{_commit(d)}")
+               title=_panel_title(f"(a) runtime by channel width, random weights\nours: {device}{_commit(d)}"))
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
@@ -264,11 +323,19 @@ def slim_baselines(bench: pd.DataFrame, evals: pd.DataFrame, budget: str = "") -
         _note(ax, "no FID for pix2pixHD or SPADE yet:\nrun `dvc repro evaluate-baseline@<name>`\n"
                   "(see reports/README.md)")
     else:
+        _seed_links(ax, scored, "fid")
         for _, r in scored.iterrows():
-            ax.scatter(r["runtime_ms"], r["fid"], s=50, color=ARCH_COLOURS.get(r["arch"], "C7"),
-                       alpha=1.0 if _full(r["width_mult"]) else 0.55, zorder=3)
-            ax.annotate(f"{model_label(r['arch'], False, r['width_mult'])}\n{r['steps']:.0f} steps",
-                        (r["runtime_ms"], r["fid"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            colour = ARCH_COLOURS.get(r["arch"], "C7")
+            if _is_repeat(r):  # a second seed of a generator drawn here: open marker, joined to it
+                ax.scatter(r["runtime_ms"], r["fid"], s=50, facecolors="white", edgecolors=colour, linewidths=1.5,
+                           zorder=3)
+                name = f"seed {r['seed']:.0f}" if r["seed"] == r["seed"] else "another seed"
+            else:
+                ax.scatter(r["runtime_ms"], r["fid"], s=50, color=colour,
+                           alpha=1.0 if _full(r["width_mult"]) else 0.55, zorder=3)
+                name = model_label(r["arch"], False, r["width_mult"])
+            ax.annotate(f"{name}\n{r['steps']:.0f} steps", (r["runtime_ms"], r["fid"]), fontsize=7,
+                        xytext=(4, -16 if _is_repeat(r) else 3), textcoords="offset points")
         _floor_lines(ax, evals, "fid")
         _log_ms_axis(ax)
         ax.set_xlim(scored["runtime_ms"].min() / 1.6, scored["runtime_ms"].max() * 2.2)
@@ -322,9 +389,11 @@ def image_grid(columns: list[tuple[str, list]], row_labels: list[str], title: st
     return fig
 
 
-def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str, budget: str = "") -> Figure:
+def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str, budget: str = "", reference: str | None = None,
+               fid_noise: float | None = None) -> Figure:
     """Fig. 9 in numbers: (a) runtime of the full model per S relative to the default S, ours beside
-    the paper's (Fig. 9 caption), absolute ms on the bars; (b) FID of every trial."""
+    the paper's (Fig. 9 caption), absolute ms on the bars; (b) FID of every trial, with the band of
+    the ``reference`` trial's FID ± the run-to-run noise (``fid_noise``) when it was measured."""
     fig, axes = _figure(2, width=5.6)
     ax = axes[0][0]
     full = sweep[sweep["variant"] == "full"].sort_values("S", ascending=False)
@@ -369,6 +438,12 @@ def s_tradeoff(sweep: pd.DataFrame, default_s: int, device: str, budget: str = "
         colours = [f"C{list(VARIANT_NAMES).index(v) if v in VARIANT_NAMES else 7}" for v in order["variant"]]
         ax.bar(x, order["fid"], color=colours)
         ax.set_xticks(x, [f"{v}\nS={s}" for v, s in zip(order["variant"], order["S"])], fontsize=8)
+        ref = order[order["trial"].astype(str) == reference] if reference and "trial" in order else order.iloc[:0]
+        if fid_noise is not None and fid_noise == fid_noise and not ref.empty:
+            centre = float(ref["fid"].iloc[0])
+            ax.axhspan(centre - fid_noise, centre + fid_noise, color="0.5", alpha=0.25, zorder=0,
+                       label=f"{reference} ± run-to-run noise ({fid_noise:.1f}, measured at the generators' budget)")
+            ax.legend(fontsize=7, loc="lower right")
         ax.set(ylabel="FID (lower is better)", title="(b) FID per trial")
         ax.grid(True, axis="y", alpha=0.3)
     _suptitle(fig, "Fig. 9: the speed / quality trade-off of S and the ablations" + (f"\n{budget}" if budget else ""))

@@ -14,6 +14,7 @@ import pandas as pd
 
 from asap.report import paper
 from asap.report.inputs import stages
+from asap.report.noise import METRICS, NOT_MEASURED, WITHIN, SeedNoise, not_measured, within
 
 NOT_RECORDED = "not recorded"
 NOISE_SIGMAS = 2.0  # a KID difference within 2 sigma of the subset noise counts as not significant
@@ -72,10 +73,19 @@ def budget(row) -> str:
 
 
 def point_label(row) -> str:
-    """A Fig. 6 point: the generator's name and the training it got."""
+    """A Fig. 6 point: the generator's name (a repeat: which seed of which generator) and the
+    training it got."""
     trained = f"{fmt(row['steps'], 0)} steps" + (f", {row['train_seconds']:.0f} s" if _present(row["train_seconds"])
                                                  else "")
-    return f"{row['name']}\n{trained}"
+    return f"{generator_name(row)}\n{trained}"
+
+
+def generator_name(row) -> str:
+    """"asapnet", or for a `repeat:` entry "asapnet-seed1 (seed 1 of asapnet)"."""
+    if row.get("role") == "repeat" and row.get("repeat_of"):
+        seed = f"seed {row['seed']:.0f}" if _present(row.get("seed")) else "another seed"
+        return f"{row['name']} ({seed} of {row['repeat_of']})"
+    return str(row["name"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,6 +147,23 @@ def inference_table(inference: pd.DataFrame) -> str:
                      for r in inference.itertuples()])
 
 
+def fast_path_speedups(inference: pd.DataFrame) -> str:
+    """Per run (file), size and precision: the fast path against the reference timed in the same run,
+    fp32 and same precision (benchmarks/inference.py, the GPU campaign's phase 2)."""
+    rows = []
+    for file, d in inference.groupby("file", sort=False):
+        ref = {(r.size, r.precision): r.median_ms for r in d[d["path"] == "reference"].itertuples()}
+        for r in d[d["path"] != "reference"].itertuples():
+            fp32, same = ref.get((r.size, "fp32"), math.nan), ref.get((r.size, r.precision), math.nan)
+            rows.append([r.device, r.size, f"{r.path} ({r.precision})", fmt(r.median_ms, 3), fmt(fp32, 3),
+                         fmt(fp32 / r.median_ms), fmt(same / r.median_ms), f"`metrics/{file}`"])
+    if not rows:
+        return ""
+    return ("Speed-up of the fast path over the reference generator, both timed in the same run (batch 1, "
+            "medians):\n\n" + md_table(["device", "size", "path", "ms", "reference fp32 ms", "speed-up vs fp32",
+                                          "speed-up vs same precision", "file"], rows))
+
+
 def stream_table(split: pd.DataFrame) -> str:
     return md_table(["device", "size", "low-res ms", "pixelwise ms", "end to end ms", "low-res %"],
                     [[r.device, r.size, fmt(r.lr_ms), fmt(r.hr_ms), fmt(r.median_ms),
@@ -153,7 +180,9 @@ def slim_table(bench: pd.DataFrame) -> str:
 def runtime_series(bench: pd.DataFrame, models: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The dvc plots series of Fig. 1 (median ms per size, a column per model) and Fig. 4 (ASAP-Net's
     stream split), from the primary benchmark file (the first read)."""
-    primary = bench[bench["file"] == bench["file"].iloc[0]] if not bench.empty else bench
+    # one file and one device label (a campaign file holds one per precision): sizes stay unique per model
+    primary = bench[(bench["file"] == bench["file"].iloc[0]) & (bench["device"] == bench["device"].iloc[0])] \
+        if not bench.empty else bench
     wide = primary.drop_duplicates("size").sort_values("megapixels")[["size", "megapixels"]].copy()
     for model in models:
         wide[model] = wide["size"].map(primary[primary["model"] == model].set_index("size")["median_ms"])
@@ -169,47 +198,75 @@ def _evaluated(gens: pd.DataFrame) -> pd.DataFrame:
     return gens[gens["has_eval"].astype(bool)]
 
 
-def versus(row, ref) -> str:
-    """How ``row`` compares with the reference generator: the FID and KID differences, and whether
-    KID's difference exceeds NOISE_SIGMAS x its subset noise (the only noise estimate measured)."""
+DIGITS_OF = {"fid": 1, "kid_mean": 4, "pixel_acc": 3, "miou": 3}
+
+
+def differences(row, ref, noise: dict[str, float]) -> str:
+    """"FID +10.5 (within seed noise), KID +0.0012, ...": ``row`` minus ``ref`` per metric, each
+    marked when it is no larger than the run-to-run noise (``noise``: asap.report.noise.pooled)."""
+    parts = []
+    for m, label in METRICS.items():
+        d = row[m] - ref[m]
+        if not _present(d):
+            continue
+        parts.append(f"{label} {d:+.{DIGITS_OF[m]}f}" + (f" ({WITHIN})" if within(d, noise.get(m)) else ""))
+    return ", ".join(parts)
+
+
+def versus(row, ref, noise: dict[str, float] | None = None, unmeasured: str = NOT_MEASURED) -> str:
+    """How ``row`` compares with the reference generator: each metric's difference, marked "within
+    seed noise" when no larger than the measured run-to-run noise (``noise``); and whether KID's
+    difference exceeds NOISE_SIGMAS x its subset spread (the noise from which test images are scored).
+    ``unmeasured``: what to say when there is no noise (asap.report.noise.not_measured)."""
+    noise = noise or {}
     if row["name"] == ref["name"]:
         return "reference"
-    d_fid, d_kid = row["fid"] - ref["fid"], row["kid_mean"] - ref["kid_mean"]
-    noise = math.hypot(row["kid_std"], ref["kid_std"])
-    head = f"FID {d_fid:+.1f}, KID {d_kid:+.4f}"
-    if not (_present(d_kid) and _present(noise)):
-        return f"{head}: no noise estimate, not judged" if _present(d_fid) else "n/a"
-    if abs(d_kid) <= NOISE_SIGMAS * noise:
-        return f"{head}: not significant (KID within ±{NOISE_SIGMAS * noise:.4f})"
-    if _present(d_fid) and (d_fid > 0) != (d_kid > 0):
-        return f"{head}: not significant (FID and KID disagree)"
-    return f"{head}: {'worse' if d_kid > 0 else 'better'} than {ref['name']} beyond KID noise"
+    if row.get("role") == "repeat" and row.get("repeat_of") == ref["name"]:
+        return f"second seed of {ref['name']}: {differences(row, ref, {})} = the run-to-run noise"
+    head = differences(row, ref, noise)
+    if not head:
+        return "n/a"
+    marks = [within(row[m] - ref[m], noise.get(m)) for m in METRICS if _present(row[m] - ref[m])]
+    if noise and marks and all(marks):
+        head += f"; every difference {WITHIN}"
+    elif not noise:
+        head += f"; {unmeasured}"
+    d_kid, subset = row["kid_mean"] - ref["kid_mean"], math.hypot(row["kid_std"], ref["kid_std"])
+    if _present(d_kid) and _present(subset) and abs(d_kid) <= NOISE_SIGMAS * subset:
+        head += f"; KID also within ±{NOISE_SIGMAS * subset:.4f} of its subset spread"
+    return head
 
 
-def quality_table(gens: pd.DataFrame, reference: str) -> str:
-    """Fig. 6's table: a row per generator (evaluated or not), quality beside its floor, runtime with
-    its device, and the training budget it got."""
+def quality_table(gens: pd.DataFrame, reference: str, noise: dict[str, float] | None = None) -> str:
+    """Fig. 6's table: a row per generator (evaluated or not; a repeat as its generator's second
+    seed), quality beside its floor, runtime with its device, the training budget it got (steps,
+    seconds, device), and its differences to the reference marked against the run-to-run noise."""
     ref = _evaluated(gens)
     ref = ref[ref["name"] == reference]
     ref = ref.iloc[0] if not ref.empty else None
+    unmeasured = not_measured(gens)
     rows = []
     for _, r in gens.iterrows():
         if not r["has_eval"]:
             verdict = (f"not evaluated: `dvc repro {stages(r['name'], r['role'])[1]}`" if r["role"] != "other"
                        else "not evaluated (not in params.yaml)")
         else:
-            verdict = versus(r, ref) if ref is not None else "n/a"
+            verdict = versus(r, ref, noise, unmeasured) if ref is not None else "n/a"
         runtime = (f"{fmt(r['runtime_ms'])} ({fmt(r['runtime_p10_ms'])}–{fmt(r['runtime_p90_ms'])})"
                    if _present(r["runtime_ms"]) else "n/a")
-        rows.append([f"{r['name']} ({r['arch']})", fmt(r["params"] / 1e6, 2), fmt(r["fid"], 1), fmt(r["floor_fid"], 1),
-                     pm(r["kid_mean"], r["kid_std"]), pm(r["floor_kid_mean"], r["floor_kid_std"]),
+        trained = r["has_eval"] or r["has_train"] or r["has_checkpoint"]
+        # a repeat: which seed of which generator (the arch is that generator's)
+        name = generator_name(r) if r["role"] == "repeat" else f"{r['name']} ({r['arch']})"
+        rows.append([name, fmt(r["params"] / 1e6, 2), fmt(r["fid"], 1),
+                     fmt(r["floor_fid"], 1), pm(r["kid_mean"], r["kid_std"]),
+                     pm(r["floor_kid_mean"], r["floor_kid_std"]),
                      fmt(r["pixel_acc"], 3), fmt(r["miou"], 3), runtime,
                      runtime_device(r) if r["has_eval"] else "n/a", fmt(r["steps"], 0), fmt(r["train_seconds"], 0),
-                     budget(r) if r["has_eval"] or r["has_train"] or r["has_checkpoint"] else "n/a",
+                     budget(r) if trained else "n/a", (r["train_device"] or NOT_RECORDED) if trained else "n/a",
                      r["stopped_by"] or "n/a", verdict])
     return md_table(["generator", "params (M)", "FID", "floor FID", "KID ± std", "floor KID ± std", "pixel acc",
-                     "mIoU", "runtime ms (p10–p90)", "runtime on", "steps", "train s", "budget", "stopped by",
-                     f"vs {reference}"], rows)
+                     "mIoU", "runtime ms (p10–p90)", "runtime on", "steps", "train s", "budget", "trained on",
+                     "stopped by", f"vs {reference}"], rows)
 
 
 def budget_facts(gens: pd.DataFrame, reference: dict) -> dict:
@@ -236,8 +293,9 @@ def budget_line(gens: pd.DataFrame, reference: dict) -> str:
     f = budget_facts(gens, reference)
     if not f:
         return ""
-    line = (f"training budget {' / '.join(f['budgets'])} each (steps: {f['steps']}); runtime batch 1 on "
-            f"{', '.join(f['runtime'])}; {f['images']} test images")
+    trained = ", ".join(f["train_devices"]) or "a device not recorded"
+    line = (f"training budget {' / '.join(f['budgets'])} each on {trained} (steps: {f['steps']}); runtime batch 1 "
+            f"on {', '.join(f['runtime'])}; {f['images']} test images")
     if f["quick"]:
         line += (f"\nQUICK{' CPU' if f['on_cpu'] else ''} BUDGET: {f['share']:.1%} of the steps of "
                  f"{f['reference']['file']}; far from the paper's numbers")
@@ -281,17 +339,45 @@ def quick_warning(gens: pd.DataFrame, reference: dict) -> str:
             f"`python -m pipelines.profile {profile} --run` on GPUs.")
 
 
-def noise_note(gens: pd.DataFrame) -> str:
+def noise_note(gens: pd.DataFrame, noises: dict[str, SeedNoise] | None = None) -> str:
+    """What the differences in Fig. 6's table are judged against: the run-to-run noise when a
+    `repeat:` entry measured it (else a plain "not measured"), and KID's subset spread."""
     ev = _evaluated(gens)
     if ev.empty:
         return ""
     r = ev.iloc[0]
-    return (f"**Noise.** KID's ± is its standard deviation over {fmt(r['kid_subsets'], 0)} random subsets of "
-            f"{fmt(r['kid_subset_size'], 0)} of the {fmt(r['num_images'], 0)} test images: the spread from which "
-            "images are scored, not from training. **No seed-to-seed noise has been measured** (no run in "
-            "metrics/ trains one config with two seeds), so no difference here is known to exceed training noise. "
-            f"FID has no spread of its own here: a difference to the reference is marked *not significant* when "
-            f"KID's difference is within {NOISE_SIGMAS:g} x sqrt(std_a² + std_b²) or FID and KID disagree in sign.")
+    kid = (f"KID's ± is its standard deviation over {fmt(r['kid_subsets'], 0)} random subsets of "
+           f"{fmt(r['kid_subset_size'], 0)} of the {fmt(r['num_images'], 0)} test images: the spread from which "
+           "images are scored, not from training; a KID difference within "
+           f"{NOISE_SIGMAS:g} x sqrt(std_a² + std_b²) is noted too.")
+    if not noises:
+        why = not_measured(gens)
+        return (f"**Noise.** {why[0].upper() + why[1:]}: no generator config has two evaluated seeds, so no "
+                f"difference here is known to exceed training noise. {kid}")
+    parts = []
+    for n in noises.values():
+        spread = ", ".join(f"{METRICS[m]} {fmt(v, DIGITS_OF[m] + 1)}" for m, v in n.spread.items() if _present(v))
+        parts.append(f"{n.generator} trained {len(n.runs)} times with one config and budget, seeds "
+                     f"{', '.join(fmt(x, 0) for x in n.seeds)} ({', '.join(n.runs)}; {n.budget()}): "
+                     f"|difference| {spread}")
+    return (f"**Run-to-run noise.** {'; '.join(parts)} (noise/seed-noise.json). A difference between generators "
+            f"no larger than it is marked *{WITHIN}*: not shown to be more than training luck. Two seeds are one "
+            "sample of that noise, and it was measured on one generator at this budget: read differences a little "
+            f"above it as unproven too. {kid}")
+
+
+def noise_table(gens: pd.DataFrame, noises: dict[str, SeedNoise]) -> str:
+    """Each repeated generator's runs side by side, with the spread of each metric (the noise)."""
+    rows = []
+    for n in noises.values():
+        runs = gens.set_index("name").loc[n.runs]
+        for m, label in METRICS.items():
+            rows.append([n.generator, label, *(f"{fmt(runs.loc[name, m], DIGITS_OF[m] + 1)} (seed "
+                                                f"{fmt(runs.loc[name, 'seed'], 0)})" for name in n.runs),
+                         fmt(n.spread[m], DIGITS_OF[m] + 1)])
+    width = max(len(n.runs) for n in noises.values())
+    return md_table(["generator", "metric", *(f"run {i + 1}" for i in range(width)), "noise (max − min)"],
+                    [r[:-1] + [""] * (width + 3 - len(r)) + r[-1:] for r in rows])
 
 
 def floor_note(gens: pd.DataFrame) -> str:
@@ -320,24 +406,26 @@ def ceiling_note(gens: pd.DataFrame) -> str:
 
 def provenance_table(gens: pd.DataFrame) -> str:
     """Which files, runs and commits each generator's numbers come from."""
-    rows = [[r["name"], f"`{r['train_file']}`" if r["train_file"] else "n/a",
+    rows = [[r["name"], fmt(r["seed"], 0), f"`{r['train_file']}`" if r["train_file"] else "n/a",
              f"`{r['eval_file']}`" if r["eval_file"] else "n/a", r["run_name"] or NOT_RECORDED,
              r["mlflow_run_id"] or NOT_RECORDED, commit(r["train_commit"]), commit(r["eval_commit"]),
              r["train_device"] or NOT_RECORDED, runtime_device(r) if r["has_eval"] else "n/a"]
             for _, r in gens.iterrows()]
-    return md_table(["generator", "train file", "eval file", "training run", "MLflow run", "training commit",
-                     "eval commit", "trained on", "runtime measured on"], rows)
+    return md_table(["generator", "train seed", "train file", "eval file", "training run", "MLflow run",
+                     "training commit", "eval commit", "trained on", "runtime measured on"], rows)
 
 
-SERIES_COLUMNS = ["name", "label", "arch", "runtime_ms", "fid", "fid_floor", "kid_mean", "kid_std", "kid_floor",
-                  "pixel_acc", "miou", "steps", "train_seconds", "time_budget_s", "runtime_device"]
+SERIES_COLUMNS = ["name", "label", "arch", "repeat_of", "seed", "runtime_ms", "fid", "fid_floor", "kid_mean",
+                  "kid_std", "kid_floor", "pixel_acc", "miou", "steps", "train_seconds", "time_budget_s",
+                  "runtime_device"]
 
 
 def quality_series(gens: pd.DataFrame) -> pd.DataFrame:
     """reports/plots/quality_vs_runtime.csv: a row per evaluated generator (dvc.yaml's Fig. 6 plots)."""
     ev = _evaluated(gens)
     out = pd.DataFrame({"name": ev["name"], "label": [point_label(r).replace("\n", ", ") for _, r in ev.iterrows()],
-                        "arch": ev["arch"], "runtime_ms": ev["runtime_ms"], "fid": ev["fid"],
+                        "arch": ev["arch"], "repeat_of": ev["repeat_of"], "seed": ev["seed"],
+                        "runtime_ms": ev["runtime_ms"], "fid": ev["fid"],
                         "fid_floor": ev["floor_fid"], "kid_mean": ev["kid_mean"], "kid_std": ev["kid_std"],
                         "kid_floor": ev["floor_kid_mean"], "pixel_acc": ev["pixel_acc"], "miou": ev["miou"],
                         "steps": ev["steps"], "train_seconds": ev["train_seconds"],
@@ -357,14 +445,53 @@ DIGITS = {"runtime_ms": 2, "lr_ms": 2, "hr_ms": 2, "fid": 2, "kid_mean": 4, "pix
           "train_seconds": 0}
 
 
-def sweep_table(sweep: pd.DataFrame) -> str:
+def sweep_table(sweep: pd.DataFrame, reference: str | None = None, noise: dict[str, float] | None = None,
+                unmeasured: str = NOT_MEASURED) -> str:
+    """metrics/sweep.csv's trials; with ``reference`` (a trial name) a column of each trial's
+    differences to it, marked against the run-to-run noise (``noise``) as in Fig. 6's table, or saying
+    ``unmeasured`` (asap.report.noise.not_measured) without one."""
     cols = [c for c in SWEEP_COLUMNS if c in sweep]
-    rows = [[fmt(r[c], DIGITS[c]) if c in DIGITS else r[c] for c in cols] for r in sweep.to_dict("records")]
-    return md_table([HEADERS.get(c, c) for c in cols], rows)
+    records = sweep.to_dict("records")
+    ref = next((r for r in records if str(r.get("trial")) == reference), None)
+    rows = []
+    for r in records:
+        row = [fmt(r[c], DIGITS[c]) if c in DIGITS else r[c] for c in cols]
+        if ref is not None:
+            if r is ref:
+                row.append("reference")
+            else:
+                diff = differences({m: r.get(m, math.nan) for m in METRICS}, {m: ref.get(m, math.nan) for m in METRICS},
+                                   noise or {})
+                row.append((diff or "n/a") + ("" if noise else f"; {unmeasured}"))
+        rows.append(row)
+    return md_table([HEADERS.get(c, c) for c in cols] + ([f"vs {reference}"] if ref is not None else []), rows)
 
 
-def sweep_budget(sweep: pd.DataFrame, meta: dict) -> str:
-    """One line: the budget every trial got, the images it was scored on, where it was timed."""
+def sweep_noise_note(sweep: pd.DataFrame, meta: dict, noises: dict[str, SeedNoise], gens: pd.DataFrame) -> str:
+    """How the sweep's differences are judged: against the run-to-run noise measured on the generators
+    (at their budget, which the trials may not share: said plainly), or "not measured"."""
+    if not noises:
+        return (f"One seed per trial and {not_measured(gens)}: FID differences between trials are not known to "
+                "exceed training noise.")
+    runs = gens[gens["name"].isin([r for n in noises.values() for r in n.runs])]
+    noise_budget = sorted(set(budget(r) for _, r in runs.iterrows()))
+    noise_images = sorted(set(fmt(v, 0) for v in runs["num_images"].dropna()))
+    trial_budget = f"{meta['time_budget_s']:g} s" if meta.get("time_budget_s") else "steps only"
+    trial_images = sorted(set(fmt(v, 0) for v in sweep["num_images"].dropna())) if "num_images" in sweep else []
+    text = (f"One seed per trial; differences to the reference trial are marked *{WITHIN}* against the run-to-run "
+            f"noise of {', '.join(noises)} (Fig. 6).")
+    if [trial_budget] != noise_budget or (trial_images and trial_images != noise_images):
+        text += (f" **The trials had another budget than the one that noise was measured at**: {trial_budget} of "
+                 f"training and {', '.join(trial_images) or '?'} test images per trial, against "
+                 f"{' / '.join(noise_budget)} and {', '.join(noise_images) or '?'} test images for the two seeds. "
+                 "Shorter training and fewer test images make the noise larger, so the trials' own noise is likely "
+                 "above the one used here: a difference marked as exceeding it may still be noise.")
+    return text
+
+
+def sweep_budget(sweep: pd.DataFrame, meta: dict, train_devices: list[str] | None = None) -> str:
+    """One line: the budget every trial got (and where it trained, ``train_devices``, from the trials'
+    checkpoints), the images it was scored on, where it was timed."""
     budget_s = meta.get("time_budget_s")
     steps = sweep["steps"] if "steps" in sweep else pd.Series(dtype=float)
     seconds = sweep["train_seconds"] if "train_seconds" in sweep else pd.Series(dtype=float)
@@ -376,7 +503,8 @@ def sweep_budget(sweep: pd.DataFrame, meta: dict) -> str:
     device = sorted(set(sweep.get("runtime_device", pd.Series(dtype=str)).dropna().astype(str))) or [NOT_RECORDED]
     threads = sweep["runtime_threads"].dropna() if "runtime_threads" in sweep else pd.Series(dtype=float)
     timed = ", ".join(device) + (f", {fmt(threads.max(), 0)} threads" if not threads.empty else "")
-    return f"{cap}, {reached}; FID on {fmt(images, 0)} test images; runtime on {timed}"
+    trained = f" on {', '.join(train_devices)}" if train_devices else ""
+    return f"{cap}{trained}, {reached}; FID on {fmt(images, 0)} test images; runtime on {timed}"
 
 
 def paper_s_table() -> str:

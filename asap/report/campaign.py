@@ -1,0 +1,303 @@
+"""The GPU campaign's scored files (benchmarks/gpu_campaign.py, docs/gpu.md) as report tables.
+
+`python -m benchmarks.gpu_campaign score DIR` writes, per device (``<slug>``, e.g. nvidia-h200):
+
+    metrics/gpu-<slug>-correctness.json   phase 1: pytest -m gpu and each kernel case's error
+    metrics/gpu-<slug>-inference.json     phase 2: batch-1 latency, reference vs fast path, fp32/bf16, baselines
+    metrics/gpu-<slug>-training.json      phase 3: training step, ours vs the authors' way
+    metrics/gpu-<slug>-quality.json       phase 4 scored on the CPU: equal-time FID/KID/acc/mIoU per generator
+
+Phase 2's rows are returned in the layouts of asap.report.inputs (read_benchmarks for Fig. 1, 4 and
+8, read_inference for the reference-vs-fast-path figure), so the figures draw them beside the CPU
+benchmark; every device label carries "[GPU campaign]" ("[GPU campaign, smoke]" for the CPU smoke
+mode, whose numbers measure nothing), before the precision. Plain pandas; nothing here computes a
+number the files do not hold except the ratios of two numbers of the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+KINDS = ("correctness", "inference", "training", "quality")
+FILE_PATTERN = re.compile(r"gpu-(?P<slug>.+)-(?P<kind>correctness|inference|training|quality)\.json")
+
+QUALITY_COLUMNS = ["file", "device", "slug", "smoke", "name", "arch", "fid", "kid_mean", "kid_std", "pixel_acc",
+                   "miou", "num_images", "steps", "train_seconds", "stopped_by", "budget_s", "runtime_ms",
+                   "reference_fp32_ms", "floor_fid", "floor_kid_mean", "floor_kid_std", "floor_num_images",
+                   "real_pixel_acc", "real_miou", "commit", "error"]
+TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal", "met", "ratio_to_target"]
+TRAINING_COLUMNS = ["file", "device", "size", "batch", "precision", "ours_images_per_s", "authors_images_per_s",
+                    "speedup", "speedup_vs_authors_fp32", "error"]
+PHASES = {"correctness": "1 correctness", "inference": "2 inference", "training": "3 training step",
+          "quality": "4 equal-time quality"}
+# The targets of issue 13, as the campaign's files name them (phase kind, start of the name, the issue's
+# words): each gets a row, "not measured" when no file of that device holds it.
+ISSUE_TARGETS = [
+    ("inference", "1024x1024 fast bf16 batch-1 ms <= 1.0", "1024x1024 fast path bf16, batch 1: <= 1.0 ms"),
+    ("inference", "1024x1024 fast bf16 >= 8x", "1024x1024 fast path bf16: >= 8x the fp32 reference"),
+    ("inference", "512x1024 fast bf16 batch-1 ms <= 0.8", "512x1024 fast path bf16, batch 1: <= 0.8 ms"),
+    ("inference", "pixelwise kernel time / memory-traffic bound", "pixelwise kernel within 2x of its memory bound"),
+    ("training", "ours >= 2x the authors' way", "training step >= 2x the authors' way"),
+    ("quality", "ASAP-Net FID <= pix2pixHD", "equal-time FID: ASAP-Net <= pix2pixHD"),
+    ("quality", "ASAP-Net FID within 10% of SPADE", "equal-time FID: ASAP-Net within 10% of SPADE"),
+    ("quality", "ASAP-Net inference >= 5x faster than SPADE", "ASAP-Net inference >= 5x faster than SPADE"),
+]
+
+
+@dataclass
+class GpuCampaign:
+    files: list[Path] = field(default_factory=list)           # every gpu-*.json read
+    benchmark: pd.DataFrame = field(default_factory=pd.DataFrame)   # phase 2 in read_benchmarks' columns
+    inference: pd.DataFrame = field(default_factory=pd.DataFrame)   # phase 2 ASAP-Net in read_inference's
+    quality: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUALITY_COLUMNS))
+    training: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAINING_COLUMNS))
+    targets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TARGET_COLUMNS))
+
+
+def _num(value) -> float:
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def campaign_label(info: dict, precision: str | None, smoke: bool) -> str:
+    """"NVIDIA H200 [GPU campaign], bf16": the device as inputs.device_label names it, marked as the
+    campaign's (and as a smoke run, whose CPU numbers measure nothing), then the precision if any."""
+    from asap.report.inputs import device_label
+
+    base = device_label(info, "x").rsplit(",", 1)[0] + f" [GPU campaign{', smoke' if smoke else ''}]"
+    return f"{base}, {precision}" if precision else base
+
+
+def _commit(record: dict) -> str:
+    return str(((record.get("env") or record.get("campaign") or {}).get("commit") or {}).get("commit") or "")
+
+
+def _load(path: Path, problems: list[str]) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        problems.append(f"{path.name}: not readable JSON ({err}); run `python -m benchmarks.gpu_campaign score` again")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path.name}: not a GPU campaign file (a JSON object expected)")
+        return None
+    return data
+
+
+def _benchmark_rows(path: Path, record: dict) -> tuple[list[dict], list[dict]]:
+    """Phase 2 rows -> (read_benchmarks rows, read_inference rows of ASAP-Net's paths)."""
+    from asap.report.inputs import megapixels
+
+    info = (record.get("env") or {}).get("device") or {}
+    smoke, commit = bool(record.get("smoke")), _commit(record)
+    settings = record.get("settings") or {}
+    bench, inference = [], []
+    for r in (record.get("result") or {}).get("rows", []):
+        if "error" in r or not isinstance(r.get("batch1_ms"), dict):
+            continue
+        path_kind, precision = r.get("path", "reference"), r.get("precision", "fp32")
+        b1 = r["batch1_ms"]
+        fast = path_kind != "reference"
+        label = campaign_label(info, precision, smoke)
+        bench.append({"file": path.name, "device": label, "device_kind": info.get("device", "?"),
+                      "model": r["model"] + (f"-{path_kind}" if fast else ""), "arch": r.get("arch", r["model"]),
+                      "fast": fast, "width_mult": _num(r.get("width_mult", 1.0)), "size": r["size"],
+                      "megapixels": megapixels(r["size"]), "params": _num(r.get("params")),
+                      "median_ms": _num(b1.get("median_ms")), "p10_ms": _num(b1.get("p10_ms")),
+                      "p90_ms": _num(b1.get("p90_ms")), "lr_ms": _num(r.get("lr_ms")), "hr_ms": _num(r.get("hr_ms")),
+                      "n": _num(b1.get("n")), "commit": commit,
+                      "warmup": _num(settings.get("baseline_warmup" if r["model"] != "asapnet" else "warmup")),
+                      "iters": _num(settings.get("baseline_iters" if r["model"] != "asapnet" else "iters"))})
+        if r["model"] == "asapnet":
+            inference.append({"file": path.name, "device": label, "device_kind": info.get("device", "?"),
+                              "size": r["size"], "megapixels": megapixels(r["size"]), "path": path_kind,
+                              "precision": precision, "S": _num(r.get("S")), "P": _num(r.get("P")),
+                              "median_ms": _num(b1.get("median_ms")), "p10_ms": _num(b1.get("p10_ms")),
+                              "p90_ms": _num(b1.get("p90_ms")), "mlp_ms": _num(r.get("hr_ms")),
+                              "max_abs_diff": _num(r.get("max_abs_diff_vs_reference_fp32")),
+                              "note": "fused Triton kernel" if r.get("fused_kernel") else "",
+                              "created": f"commit {commit[:10]}" if commit else ""})
+    return bench, inference
+
+
+def _targets(path: Path, record: dict, kind: str, label: str) -> list[dict]:
+    result = record if kind == "quality" else (record.get("result") or {})
+    rows = []
+    for name, t in (result.get("targets") or {}).items():
+        t = t or {}
+        rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
+                     "phase": PHASES[kind], "target": name,
+                     "measured": _num(t.get("measured")), "goal": _num(t.get("target")),
+                     "met": t.get("met") if isinstance(t.get("met"), bool) else None,
+                     "ratio_to_target": _num(t.get("ratio_to_target"))})
+    if kind == "correctness" and isinstance(result.get("pytest"), dict):
+        junit = result["pytest"].get("junit") or {}
+        rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
+                     "phase": PHASES[kind],
+                     "target": "fused kernel and fast path match the reference (pytest -m gpu: tests passed)",
+                     "measured": _num(junit.get("passed")), "goal": _num(junit.get("total")),
+                     "met": (result.get("ok") if isinstance(result.get("ok"), bool) else None)
+                     if junit.get("skipped") != junit.get("total") else None,
+                     "ratio_to_target": math.nan})
+    return rows
+
+
+def _quality_rows(path: Path, record: dict, label: str) -> list[dict]:
+    floor = record.get("real_vs_real_floor") or {}
+    real = record.get("real_photos_segmentation") or {}
+    rows = []
+    for name, g in (record.get("generators") or {}).items():
+        latency = g.get("latency_train_size") or {}
+        rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
+                     "smoke": bool(record.get("smoke")), "name": name, "arch": g.get("arch") or name,
+                     **{k: _num(g.get(k)) for k in ("fid", "kid_mean", "kid_std", "pixel_acc", "miou", "num_images",
+                                                      "steps", "train_seconds")},
+                     "stopped_by": str(g.get("stopped_by") or ""), "budget_s": _num(record.get("budget_s")),
+                     "runtime_ms": _num(latency.get("best_ms")),
+                     "reference_fp32_ms": _num(latency.get("reference_fp32_ms")),
+                     "floor_fid": _num(floor.get("fid")), "floor_kid_mean": _num(floor.get("kid_mean")),
+                     "floor_kid_std": _num(floor.get("kid_std")), "floor_num_images": _num(floor.get("num_images")),
+                     "real_pixel_acc": _num(real.get("pixel_acc")), "real_miou": _num(real.get("miou")),
+                     "commit": _commit(record), "error": str(g.get("error") or "")})
+    return rows
+
+
+def _training_rows(path: Path, record: dict, label: str) -> list[dict]:
+    rows = []
+    for r in (record.get("result") or {}).get("rows", []):
+        rows.append({"file": path.name, "device": label, "size": r.get("size"), "batch": _num(r.get("batch")),
+                     "precision": r.get("precision"),
+                     "ours_images_per_s": _num((r.get("ours") or {}).get("images_per_s")),
+                     "authors_images_per_s": _num((r.get("authors_way") or {}).get("images_per_s")),
+                     "speedup": _num(r.get("speedup")),
+                     "speedup_vs_authors_fp32": _num(r.get("speedup_vs_authors_fp32")),
+                     "error": str(r.get("error") or "")})
+    return rows
+
+
+def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
+    """Every metrics/gpu-<slug>-<kind>.json; a file that is not the campaign's is listed in ``problems``."""
+    from asap.report.inputs import read_benchmarks, read_inference
+
+    out = GpuCampaign()
+    bench, inference, quality, training, targets = [], [], [], [], []
+    order = {k: i for i, k in enumerate(KINDS)}
+    paths = sorted((p for p in metrics.glob("gpu-*.json") if FILE_PATTERN.match(p.name)),
+                   key=lambda p: (FILE_PATTERN.match(p.name)["slug"], order[FILE_PATTERN.match(p.name)["kind"]]))
+    for path in paths:
+        kind = FILE_PATTERN.match(path.name)["kind"]
+        record = _load(path, problems)
+        if record is None:
+            continue
+        schema = str(record.get("schema", ""))
+        if not schema.startswith("asap-gpu-"):
+            problems.append(f"{path.name}: schema {schema!r}, not a GPU campaign file (asap-gpu-campaign/1, "
+                            "asap-gpu-quality/1)")
+            continue
+        out.files.append(path)
+        smoke = bool(record.get("smoke"))
+        info = ((record.get("env") or record.get("campaign") or {}).get("device")) or {}
+        label = campaign_label(info, None, smoke)
+        if kind == "inference":
+            b, i = _benchmark_rows(path, record)
+            bench += b
+            inference += i
+        elif kind == "quality":
+            quality += _quality_rows(path, record, label)
+        elif kind == "training":
+            training += _training_rows(path, record, label)
+        targets += _targets(path, record, kind, label)
+    devices = {t["slug"]: t["device"] for t in targets}
+    devices |= {q["slug"]: q["device"] for q in quality}
+    for slug, label in devices.items():  # the issue's targets no file of this device holds: "not measured"
+        for kind, start, words in ISSUE_TARGETS:
+            if not any(t["slug"] == slug and t["target"].startswith(start) for t in targets):
+                targets.append({"file": f"gpu-{slug}-{kind}.json", "device": label, "slug": slug,
+                                "phase": PHASES[kind], "target": f"{words} (not in the file)",
+                                "measured": math.nan, "goal": math.nan, "met": None, "ratio_to_target": math.nan})
+    columns = read_benchmarks([], []).columns
+    out.benchmark = pd.DataFrame(bench, columns=columns)
+    out.inference = pd.DataFrame(inference, columns=read_inference([], []).columns)
+    out.quality = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
+    out.training = pd.DataFrame(training, columns=TRAINING_COLUMNS)
+    out.targets = pd.DataFrame(targets, columns=TARGET_COLUMNS)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# README tables
+# ----------------------------------------------------------------------------------------------
+
+def _value(x: float) -> str:
+    """A target's measured value or goal: 3 significant digits; missing -> "not measured"."""
+    return "not measured" if x != x else f"{x:.3g}"
+
+
+def targets_table(targets: pd.DataFrame) -> str:
+    """The issue's targets and any other the files state: measured, target, met / missed / not measured."""
+    from asap.report.tables import md_table
+
+    rows = []
+    for _, t in targets.iterrows():
+        verdict = {True: "**met**", False: "**missed**"}.get(t["met"], "not measured")
+        if t["met"] is False and t["ratio_to_target"] == t["ratio_to_target"]:
+            verdict += f" ({t['ratio_to_target']:.2f} x the target)"
+        rows.append([t["device"], t["phase"], t["target"], _value(t["measured"]), _value(t["goal"]), verdict,
+                     f"`metrics/{t['file']}`"])
+    return md_table(["device", "phase", "target", "measured", "target value", "verdict", "file"], rows)
+
+
+def quality_table(quality: pd.DataFrame, noise: dict[str, float]) -> str:
+    """Phase 4 scored: a row per (device, generator) with its equal-time budget and its differences
+    to ASAP-Net on that device (marked against the run-to-run noise, which was measured at another budget)."""
+    from asap.report.tables import differences, fmt, md_table, pm
+
+    rows = []
+    for _, q in quality.iterrows():
+        same = quality[(quality["file"] == q["file"]) & (quality["name"] == "asapnet")]
+        if q["error"]:
+            verdict = f"failed: {q['error'][:120]}"
+        elif q["name"] == "asapnet" or same.empty:
+            verdict = "reference"
+        else:
+            verdict = differences(q, same.iloc[0], noise) or "n/a"
+        rows.append([q["device"], q["name"], fmt(q["fid"], 1), fmt(q["floor_fid"], 1), pm(q["kid_mean"], q["kid_std"]),
+                     fmt(q["pixel_acc"], 3), fmt(q["miou"], 3), fmt(q["runtime_ms"], 3), fmt(q["steps"], 0),
+                     fmt(q["train_seconds"], 1), f"{q['budget_s']:g} s" if q["budget_s"] == q["budget_s"] else "n/a",
+                     fmt(q["num_images"], 0), verdict])
+    return md_table(["device", "generator", "FID", "floor FID", "KID ± std", "pixel acc", "mIoU",
+                     "runtime ms (best path, training size)", "steps", "train s", "budget", "test images",
+                     "vs asapnet"], rows)
+
+
+def training_table(training: pd.DataFrame) -> str:
+    """Phase 3: ours against the authors' way of writing the training step, same run."""
+    from asap.report.tables import fmt, md_table
+
+    return md_table(["device", "size", "batch", "precision", "ours images/s", "authors' way images/s", "speed-up",
+                     "bf16 ours vs authors' fp32"],
+                    [[t["device"], t["size"], fmt(t["batch"], 0), t["precision"], fmt(t["ours_images_per_s"], 2),
+                      fmt(t["authors_images_per_s"], 2), fmt(t["speedup"], 2) if not t["error"] else t["error"][:80],
+                      fmt(t["speedup_vs_authors_fp32"], 2)] for _, t in training.iterrows()])
+
+
+def budget_line(quality: pd.DataFrame) -> str:
+    """"NVIDIA H200 [GPU campaign]: 100 s of training per generator (steps asapnet 9000, ...), 60 test
+    images": what the GPU quality points were made with."""
+    parts = []
+    for file, q in quality.groupby("file", sort=False):
+        steps = ", ".join(f"{r['name']} {r['steps']:.0f}" for _, r in q.iterrows() if r["steps"] == r["steps"])
+        secs = q["budget_s"].dropna()
+        parts.append(f"{q['device'].iloc[0]}: {f'{secs.iloc[0]:g} s' if not secs.empty else '?'} of training per "
+                     f"generator (steps {steps or 'not recorded'}), {q['num_images'].max():.0f} test images")
+    return "; ".join(parts)
