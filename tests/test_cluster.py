@@ -198,7 +198,8 @@ def test_stage_spec_is_dvc_yaml_with_params_interpolated(tmp_path):
 
     spec = stage_spec(project, "train")
     assert spec.cmd == stage["cmd"]
-    assert spec.outs == ["models/mine/generator.pt", "metrics/train-mine.json"]  # ${train.name} by hand
+    assert spec.outs == ["models/mine/generator.pt", "metrics/provenance/train-mine.json",  # ${train.name} by hand
+                         "metrics/train-mine.json"]
     assert f"data/prepared/{params['dataset']}" in spec.deps and "pipelines/train.py" in spec.deps
     with pytest.raises(SubmitError, match=r"no stage 'trian'.*train"):
         stage_spec(project, "trian")
