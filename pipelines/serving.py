@@ -20,6 +20,9 @@ and POST ``{"inputs": [<H x W nested list of class indices>]}`` to /invocations;
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -95,7 +98,48 @@ def log_generator_model(generator_path: str | Path, name: str = "generator", reg
                    f"in {' + '.join(f.doc for f in service.inputs)}; out {service.output.doc}")
     # MLflow validates the input example too, by loading the logged model (its own code and artifact)
     # and predicting on it: a check that the model works without this checkout
-    info = mlflow.pyfunc.log_model(
+    with quiet_mlflow():
+        info = _log(mlflow, name, generator_path, service, example, description, registered_model_name,
+                    await_registration_s)
+    version = info.registered_model_version if registered_model_name else None
+    if version:
+        mlflow.MlflowClient().update_model_version(registered_model_name, str(version), description=description)
+    return LoggedModel(info, registered_model_name, version)
+
+
+# What MLflow prints while it logs and registers a model: progress, not news (the stage says what it did)
+MLFLOW_CHATTER = ("Successfully registered model", "Created version", "Downloading artifacts",
+                  "Registered model", "Waiting up to")
+
+
+@contextlib.contextmanager
+def quiet_mlflow():
+    """MLflow's INFO lines, its artifact progress bar and its registration prints off the console while
+    a model is logged; anything else it writes to stderr (a real warning) is passed on."""
+    import logging
+    import os
+
+    logger = logging.getLogger("mlflow")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+        for line in captured.getvalue().splitlines():
+            if line.strip() and not line.lstrip().startswith(MLFLOW_CHATTER):
+                print(line, file=sys.stderr)
+
+
+def _log(mlflow, name, generator_path, service, example, description, registered_model_name, await_registration_s):
+    return mlflow.pyfunc.log_model(
         name=name, python_model=str(MODEL_CODE), artifacts={"generator": str(generator_path)},
         code_paths=[str(ASAP_PACKAGE)], signature=signature(service), input_example=example,
         pip_requirements=requirements(), model_config={"device": "auto", "precision": "fp32"},
@@ -103,7 +147,3 @@ def log_generator_model(generator_path: str | Path, name: str = "generator", reg
                   "dataset": service.meta.get("dataset", ""), "height": service.height, "width": service.width,
                   "steps": service.meta.get("steps", ""), "description": description},
         registered_model_name=registered_model_name, await_registration_for=await_registration_s)
-    version = info.registered_model_version if registered_model_name else None
-    if version:
-        mlflow.MlflowClient().update_model_version(registered_model_name, str(version), description=description)
-    return LoggedModel(info, registered_model_name, version)

@@ -60,7 +60,8 @@ class GpuCampaign:
     targets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TARGET_COLUMNS))
 
 
-def _num(value) -> float:
+def num(value) -> float:
+    """A number from a JSON/CSV value; None, strings and bools -> NaN (shared with asap.report.inputs)."""
     if isinstance(value, bool) or value is None:
         return math.nan
     try:
@@ -111,20 +112,20 @@ def _benchmark_rows(path: Path, record: dict) -> tuple[list[dict], list[dict]]:
         label = campaign_label(info, precision, smoke)
         bench.append({"file": path.name, "device": label, "device_kind": info.get("device", "?"),
                       "model": r["model"] + (f"-{path_kind}" if fast else ""), "arch": r.get("arch", r["model"]),
-                      "fast": fast, "width_mult": _num(r.get("width_mult", 1.0)), "size": r["size"],
-                      "megapixels": megapixels(r["size"]), "params": _num(r.get("params")),
-                      "median_ms": _num(b1.get("median_ms")), "p10_ms": _num(b1.get("p10_ms")),
-                      "p90_ms": _num(b1.get("p90_ms")), "lr_ms": _num(r.get("lr_ms")), "hr_ms": _num(r.get("hr_ms")),
-                      "n": _num(b1.get("n")), "commit": commit,
-                      "warmup": _num(settings.get("baseline_warmup" if r["model"] != "asapnet" else "warmup")),
-                      "iters": _num(settings.get("baseline_iters" if r["model"] != "asapnet" else "iters"))})
+                      "fast": fast, "width_mult": num(r.get("width_mult", 1.0)), "size": r["size"],
+                      "megapixels": megapixels(r["size"]), "params": num(r.get("params")),
+                      "median_ms": num(b1.get("median_ms")), "p10_ms": num(b1.get("p10_ms")),
+                      "p90_ms": num(b1.get("p90_ms")), "lr_ms": num(r.get("lr_ms")), "hr_ms": num(r.get("hr_ms")),
+                      "n": num(b1.get("n")), "commit": commit,
+                      "warmup": num(settings.get("baseline_warmup" if r["model"] != "asapnet" else "warmup")),
+                      "iters": num(settings.get("baseline_iters" if r["model"] != "asapnet" else "iters"))})
         if r["model"] == "asapnet":
             inference.append({"file": path.name, "device": label, "device_kind": info.get("device", "?"),
                               "size": r["size"], "megapixels": megapixels(r["size"]), "path": path_kind,
-                              "precision": precision, "S": _num(r.get("S")), "P": _num(r.get("P")),
-                              "median_ms": _num(b1.get("median_ms")), "p10_ms": _num(b1.get("p10_ms")),
-                              "p90_ms": _num(b1.get("p90_ms")), "mlp_ms": _num(r.get("hr_ms")),
-                              "max_abs_diff": _num(r.get("max_abs_diff_vs_reference_fp32")),
+                              "precision": precision, "S": num(r.get("S")), "P": num(r.get("P")),
+                              "median_ms": num(b1.get("median_ms")), "p10_ms": num(b1.get("p10_ms")),
+                              "p90_ms": num(b1.get("p90_ms")), "mlp_ms": num(r.get("hr_ms")),
+                              "max_abs_diff": num(r.get("max_abs_diff_vs_reference_fp32")),
                               "note": "fused Triton kernel" if r.get("fused_kernel") else "",
                               "created": f"commit {commit[:10]}" if commit else ""})
     return bench, inference
@@ -137,15 +138,15 @@ def _targets(path: Path, record: dict, kind: str, label: str) -> list[dict]:
         t = t or {}
         rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
                      "phase": PHASES[kind], "target": name,
-                     "measured": _num(t.get("measured")), "goal": _num(t.get("target")),
+                     "measured": num(t.get("measured")), "goal": num(t.get("target")),
                      "met": t.get("met") if isinstance(t.get("met"), bool) else None,
-                     "ratio_to_target": _num(t.get("ratio_to_target"))})
+                     "ratio_to_target": num(t.get("ratio_to_target"))})
     if kind == "correctness" and isinstance(result.get("pytest"), dict):
         junit = result["pytest"].get("junit") or {}
         rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
                      "phase": PHASES[kind],
                      "target": "fused kernel and fast path match the reference (pytest -m gpu: tests passed)",
-                     "measured": _num(junit.get("passed")), "goal": _num(junit.get("total")),
+                     "measured": num(junit.get("passed")), "goal": num(junit.get("total")),
                      "met": (result.get("ok") if isinstance(result.get("ok"), bool) else None)
                      if junit.get("skipped") != junit.get("total") else None,
                      "ratio_to_target": math.nan})
@@ -160,14 +161,14 @@ def _quality_rows(path: Path, record: dict, label: str) -> list[dict]:
         latency = g.get("latency_train_size") or {}
         rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
                      "smoke": bool(record.get("smoke")), "name": name, "arch": g.get("arch") or name,
-                     **{k: _num(g.get(k)) for k in ("fid", "kid_mean", "kid_std", "pixel_acc", "miou", "num_images",
+                     **{k: num(g.get(k)) for k in ("fid", "kid_mean", "kid_std", "pixel_acc", "miou", "num_images",
                                                       "steps", "train_seconds")},
-                     "stopped_by": str(g.get("stopped_by") or ""), "budget_s": _num(record.get("budget_s")),
-                     "runtime_ms": _num(latency.get("best_ms")),
-                     "reference_fp32_ms": _num(latency.get("reference_fp32_ms")),
-                     "floor_fid": _num(floor.get("fid")), "floor_kid_mean": _num(floor.get("kid_mean")),
-                     "floor_kid_std": _num(floor.get("kid_std")), "floor_num_images": _num(floor.get("num_images")),
-                     "real_pixel_acc": _num(real.get("pixel_acc")), "real_miou": _num(real.get("miou")),
+                     "stopped_by": str(g.get("stopped_by") or ""), "budget_s": num(record.get("budget_s")),
+                     "runtime_ms": num(latency.get("best_ms")),
+                     "reference_fp32_ms": num(latency.get("reference_fp32_ms")),
+                     "floor_fid": num(floor.get("fid")), "floor_kid_mean": num(floor.get("kid_mean")),
+                     "floor_kid_std": num(floor.get("kid_std")), "floor_num_images": num(floor.get("num_images")),
+                     "real_pixel_acc": num(real.get("pixel_acc")), "real_miou": num(real.get("miou")),
                      "commit": _commit(record), "error": str(g.get("error") or "")})
     return rows
 
@@ -175,12 +176,12 @@ def _quality_rows(path: Path, record: dict, label: str) -> list[dict]:
 def _training_rows(path: Path, record: dict, label: str) -> list[dict]:
     rows = []
     for r in (record.get("result") or {}).get("rows", []):
-        rows.append({"file": path.name, "device": label, "size": r.get("size"), "batch": _num(r.get("batch")),
+        rows.append({"file": path.name, "device": label, "size": r.get("size"), "batch": num(r.get("batch")),
                      "precision": r.get("precision"),
-                     "ours_images_per_s": _num((r.get("ours") or {}).get("images_per_s")),
-                     "authors_images_per_s": _num((r.get("authors_way") or {}).get("images_per_s")),
-                     "speedup": _num(r.get("speedup")),
-                     "speedup_vs_authors_fp32": _num(r.get("speedup_vs_authors_fp32")),
+                     "ours_images_per_s": num((r.get("ours") or {}).get("images_per_s")),
+                     "authors_images_per_s": num((r.get("authors_way") or {}).get("images_per_s")),
+                     "speedup": num(r.get("speedup")),
+                     "speedup_vs_authors_fp32": num(r.get("speedup_vs_authors_fp32")),
                      "error": str(r.get("error") or "")})
     return rows
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from asap.config import UserError
-from asap.report.campaign import GpuCampaign, read_campaign
+from asap.report.campaign import GpuCampaign, num as _num, read_campaign
 
 BENCHMARK_SCHEMA = "asap-benchmark/1"
 
@@ -112,15 +112,6 @@ def _load_json(path: Path, problems: list[str]):
         problems.append(f"{path.name}: not readable JSON ({err}); re-run the stage that writes it")
         return None
 
-
-def _num(value) -> float:
-    """A number from a JSON/CSV value; None, strings and bools -> NaN."""
-    if isinstance(value, bool) or value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 # ----------------------------------------------------------------------------------------------
