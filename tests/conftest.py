@@ -32,3 +32,40 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+TRAINED_STEPS = 40  # per generator, at 5x the default learning rates: images that follow the labels, ~1 min
+
+
+@pytest.fixture(scope="session")
+def trained256(tmp_path_factory) -> Path:
+    """A project-shaped folder made once per session, independent of what `make run` left in this
+    checkout (a fresh clone has no trained models): the real facades prepared at 256x256 (as the
+    default pipeline does), ASAP-Net and SPADE with the default params' configs trained in-process for
+    TRAINED_STEPS steps on it (asap.training.train, the `asap train` path), and a segmenter checkpoint
+    (a file that is not a generator). Layout: data/prepared/facades-256x256/,
+    models/{asapnet,spade}/generator.pt, models/segmenter-facades-256x256.pt."""
+    import shutil
+
+    import yaml
+
+    from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
+    from asap.training import TrainingRun, train
+    from project_helpers import REPO, prepare_facades
+
+    root = tmp_path_factory.mktemp("trained256")
+    data = prepare_facades(root / "data" / "prepared", "256x256")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["train"].update(steps=TRAINED_STEPS, time_budget_s=None, num_workers=1, log_every=TRAINED_STEPS,
+                      checkpoint_every=TRAINED_STEPS, sample_every=10 ** 6, decay_from=1.0,
+                      lr_g=5 * p["train"]["lr_g"], lr_d=5 * p["train"]["lr_d"])
+    p["loss"]["perceptual"] = "off"  # the VGG's cost buys nothing in a dozen steps
+    for name in ("asapnet", "spade"):
+        run = TrainingRun.from_params(p, data, name)
+        out = root / "models" / name / "generator.pt"
+        out.parent.mkdir(parents=True)
+        train(run, root / "runs" / name, out=out, keep_checkpoints=0, printer=lambda *a, **k: None)
+    save_segmenter(root / "models" / "segmenter-facades-256x256.pt",
+                   Segmenter(SegmenterConfig(num_classes=13, width_mult=0.1)), meta={"dataset": data.name})
+    shutil.rmtree(root / "runs", ignore_errors=True)
+    return root

