@@ -17,10 +17,8 @@ from pathlib import Path
 
 from asap.config import UserError, from_dict, require
 
+from asap.data.prepared import MODEL_KEYS as DATASET_KEYS
 from pipelines.common import SECTIONS
-
-# what a prepared dataset decides for every generator, never params (DatasetInfo.model_kwargs)
-DATASET_KEYS = {"num_classes", "input_kind", "dontcare", "instance_edge", "out_channels"}
 
 
 def check_generator_options(arch: str, options: dict, where: str) -> None:
@@ -28,13 +26,11 @@ def check_generator_options(arch: str, options: dict, where: str) -> None:
     checked against the dataset when the stage resolves it)."""
     import dataclasses
 
-    from asap.models.checkpoint import arch_classes
-
-    from asap.models.checkpoint import ARCHS
+    from asap.models.checkpoint import ARCHS, arch_classes
 
     require(arch in ARCHS, f"{where}.arch: unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
-    allowed = {f.name for f in dataclasses.fields(arch_classes(arch)[0])} - DATASET_KEYS
-    clash = sorted(set(options) & DATASET_KEYS)
+    allowed = {f.name for f in dataclasses.fields(arch_classes(arch)[0])}.difference(DATASET_KEYS)
+    clash = sorted(set(options).intersection(DATASET_KEYS))
     require(not clash, f"{where}: {clash} come from the prepared dataset, not from params; remove them")
     unknown = sorted(set(options) - allowed)
     require(not unknown, f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")

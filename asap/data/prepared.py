@@ -26,6 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "test")
+# the generator config fields a prepared dataset decides, never params (DatasetInfo.model_kwargs)
+MODEL_KEYS = ("num_classes", "input_kind", "dontcare", "instance_edge", "out_channels")
 DEFAULT_ROOT = Path("data/prepared")
 
 
@@ -72,9 +74,8 @@ class DatasetInfo:
         return cls(**kept)
 
     def model_kwargs(self) -> dict:
-        """The ASAPNetConfig fields this dataset decides."""
-        return {"num_classes": self.num_classes, "input_kind": self.input_kind, "dontcare": self.dontcare,
-                "instance_edge": self.instance_edge, "out_channels": self.out_channels}
+        """The generator config fields this dataset decides (MODEL_KEYS)."""
+        return {key: getattr(self, key) for key in MODEL_KEYS}
 
 
 def prepare_hint(name: str) -> str:

@@ -81,6 +81,17 @@ def load_as_data(path: Path):
     return files.load_as_data(path, CheckpointError)
 
 
+def _layout_diff(state: dict, expected: dict, said: str, show: int = 6) -> list[str]:
+    """What keeps ``state`` from being exactly the layout ``expected`` (key -> shape): one clause each for
+    the missing, unexpected and differently shaped tensors (the first ``show`` named), empty when none."""
+    missing = sorted(set(expected) - set(state), key=_natural)
+    unexpected = [f"{k} {_shape(state[k])}" for k in sorted(set(state) - set(expected), key=_natural)]
+    wrong = [f"{k} {_shape(state[k])} ({said} {expected[k]})" for k in sorted(set(expected) & set(state), key=_natural)
+             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k]]
+    return [f"{len(v)} {name}: {', '.join(v[:show])}{' ...' if len(v) > show else ''}"
+            for name, v in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if v]
+
+
 def _build_ours(path: Path, data: dict) -> torch.nn.Module:
     """Our format: the model its arch and config build, with exactly the checkpoint's tensors."""
     try:
@@ -90,14 +101,8 @@ def _build_ours(path: Path, data: dict) -> torch.nn.Module:
     except (TypeError, ValueError) as err:  # unknown or invalid config fields (ConfigError is a ValueError)
         raise CheckpointError(f"{path}: its {data['arch']} config {data['config']} is invalid: {err}") from None
     state = data.get("state_dict") or {}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state), key=_natural)
-    unexpected = sorted(set(state) - set(expected), key=_natural)
-    wrong = [f"{k} {_shape(state[k])} (its config builds {expected[k]})" for k in sorted(set(expected) & set(state), key=_natural)
-             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"{len(v)} {name}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}"
-                 for name, v in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if v]
+    parts = _layout_diff(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, "its config builds")
+    if parts:
         classes = data["config"].get("num_classes")
         raise CheckpointError(f"{path}: the weights do not match the {data['arch']} config stored with them"
                               f"{f' (num_classes={classes})' if classes is not None else ''}: " + "; ".join(parts)
@@ -261,15 +266,8 @@ def _check_same_layout(state: dict, config) -> None:
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in ASAPNetGenerator(config).state_dict().items()}
-    missing = sorted(set(expected) - set(state), key=_natural)
-    unexpected = sorted(set(state) - set(expected), key=_natural)
-    wrong = [f"{k} {_shape(state[k])} (expected {expected[k]})"
-             for k in sorted(set(expected) & set(state), key=_natural)
-             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"{len(v)} {name}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-                 for name, v in (("missing", missing), ("unexpected", [f"{k} {_shape(state[k])}" for k in unexpected]),
-                                 ("with another shape", wrong)) if v]
+    parts = _layout_diff(state, expected, "expected")
+    if parts:
         raise CheckpointError(f"state dict does not match the authors' ASAPNetsGenerator layout recovered from it "
                               f"({config.padding} padding, S={config.downsampling}, {config.lr_depth} conv blocks): "
                               + "; ".join(parts))
