@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from project_helpers import REPO, prepare_facades
+from project_helpers import REPO, SMOKE_BUDGET_S, TRAINED, prepare_facades
 
 # Tiny tensors on 2 shared cores: more threads than cores only adds contention.
 torch.set_num_threads(1)
@@ -51,7 +53,6 @@ def trained256(tmp_path_factory) -> Path:
 
     from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
     from asap.training import TrainingRun, train
-    from project_helpers import REPO, prepare_facades
 
     root = tmp_path_factory.mktemp("trained256")
     data = prepare_facades(root / "data" / "prepared", "256x256")
@@ -68,4 +69,38 @@ def trained256(tmp_path_factory) -> Path:
     save_segmenter(root / "models" / "segmenter-facades-256x256.pt",
                    Segmenter(SegmenterConfig(num_classes=13, width_mult=0.1)), meta={"dataset": data.name})
     shutil.rmtree(root / "runs", ignore_errors=True)
+    TRAINED.root = root  # project_helpers.TRAINED names its files
     return root
+
+
+@pytest.fixture(scope="session")
+def carry(facades64, tmp_path_factory) -> Path:
+    """What `python -m benchmarks.gpu_campaign pack` writes for the real facades at 64x64."""
+    from benchmarks.campaign.pack import pack
+
+    out = tmp_path_factory.mktemp("carry") / ".carry"
+    pack(facades64, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke(carry, tmp_path_factory):
+    """One smoke run of every phase, as the device would run it: a subprocess, no git (the device's
+    copy of the tree has no .git, so the commit must come from the file `pack` wrote). Shared by
+    tests/test_gpu_campaign.py and tests/test_report_gpu.py."""
+    from benchmarks.campaign import common
+    from benchmarks.campaign.common import phase_file
+
+    out = tmp_path_factory.mktemp("smoke-out")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
+               GIT_DIR=str(out / "no-git-here"), GIT_CEILING_DIRECTORIES="/")
+    env.pop(common.COMMIT_ENV, None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_campaign", "run", "--smoke", "--out", str(out),
+                           "--budget-s", str(SMOKE_BUDGET_S), "--data", str(carry / "facades-64x64"),
+                           "--trunk", str(carry / "hed-vgg16-trunk.pt"), "--commit-file", str(carry / "commit.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    phases = {n: json.loads((out / phase_file(n)).read_text()) for n in (1, 2, 3, 4)}
+    return {"out": out, "phases": phases, "wall_s": wall, "log": proc.stdout}

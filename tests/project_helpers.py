@@ -14,6 +14,7 @@ from data_helpers import facades_archive
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+SMOKE_BUDGET_S = 2.0  # seconds of training per generator in the GPU campaign's smoke run (tests/conftest.py smoke)
 
 # Small enough for 2 CPU cores: a few seconds per training step with two Ray workers.
 TINY = {
@@ -66,3 +67,43 @@ def run_stage(project: Path, module: str, *args, timeout: int = 600, env: dict |
     """Run `python -m <module>` in ``project`` like DVC does; returns CompletedProcess (check=False)."""
     return subprocess.run([PYTHON, "-m", module, *args], cwd=project, env=env or stage_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Trained256:
+    """The files of the session folder conftest's ``trained256`` fixture makes (the real facades at
+    256x256 and briefly trained generators; a fresh clone has no models/). The fixture binds ``root``;
+    a module that reads these declares ``pytestmark = pytest.mark.usefixtures("trained256")``."""
+
+    root: Path | None = None
+
+    def _at(self, relative: str) -> Path:
+        if self.root is None:
+            raise RuntimeError("the trained256 fixture has not run: add "
+                               "pytestmark = pytest.mark.usefixtures('trained256') to the test module")
+        return self.root / relative
+
+    def generator(self, name: str) -> Path:
+        return self._at(f"models/{name}/generator.pt")
+
+    @property
+    def data(self) -> Path:
+        return self._at("data/prepared/facades-256x256")
+
+    @property
+    def labels(self) -> Path:
+        return self.data / "test" / "labels"
+
+    @property
+    def asapnet(self) -> Path:
+        return self.generator("asapnet")
+
+    @property
+    def spade(self) -> Path:
+        return self.generator("spade")
+
+    @property
+    def segmenter(self) -> Path:
+        return self._at("models/segmenter-facades-256x256.pt")
+
+
+TRAINED = Trained256()

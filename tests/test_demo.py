@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,31 +34,15 @@ from asap.cli import main as cli_main
 from asap.models.asapnet import asapnet
 from asap.models.checkpoint import load_generator, save_generator
 
-REPO = Path(__file__).resolve().parents[1]
-ROOT = REPO  # set by use_trained256 below: the session's trained folder (tests/conftest.py trained256)
-CHECKPOINT = ROOT / "models/asapnet/generator.pt"
-DATA = ROOT / "data/prepared/facades-256x256"
+from project_helpers import REPO, TRAINED
 
-
-@pytest.fixture(scope="module", autouse=True)
-def use_trained256(trained256):
-    """Every test here reads the session's trained folder, not this checkout's models/ (a fresh clone
-    has none)."""
-    global ROOT, CHECKPOINT, DATA
-    ROOT = trained256
-    CHECKPOINT, DATA = ROOT / "models/asapnet/generator.pt", ROOT / "data/prepared/facades-256x256"
+pytestmark = pytest.mark.usefixtures("trained256")  # TRAINED's files (tests/conftest.py)
 CHROMIUM = Path("/usr/bin/chromium")
 H = W = 256
 
 
-def need(path: Path, how: str) -> Path:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: {how}")
-    return path
-
-
 def label_png(name: str) -> Path:
-    return need(DATA / "test/labels" / f"{name}.png", "run `dvc repro prepare-facades@256x256` (or `make run`)")
+    return TRAINED.labels / f"{name}.png"
 
 
 def read_labels(name: str) -> np.ndarray:
@@ -82,10 +65,8 @@ def decode_png(data: bytes) -> np.ndarray:
 
 @contextlib.contextmanager
 def demo_server(checkpoint: Path):
-    """`asap demo CHECKPOINT --port 0` as a subprocess; yields (base URL, process, its output lines)."""
-    need(checkpoint, "run `dvc repro` (or `make run`) to train it")
-    need(DATA / "dataset.json", "run `dvc repro prepare-facades@256x256` (or `make run`)")
-    proc = subprocess.Popen([sys.executable, "-m", "asap.cli", "demo", str(checkpoint), "--data", str(DATA),
+    """`asap demo TRAINED.asapnet --port 0` as a subprocess; yields (base URL, process, its output lines)."""
+    proc = subprocess.Popen([sys.executable, "-m", "asap.cli", "demo", str(checkpoint), "--data", str(TRAINED.data),
                              "--port", "0", "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
@@ -117,14 +98,14 @@ def demo_server(checkpoint: Path):
 
 @pytest.fixture(scope="module")
 def server():
-    with demo_server(CHECKPOINT) as running:
+    with demo_server(TRAINED.asapnet) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def reference():
     """labels (H, W) -> the image the generator makes of them: its plain forward here, to uint8 by hand."""
-    model, _ = load_generator(CHECKPOINT)
+    model, _ = load_generator(TRAINED.asapnet)
 
     def image(labels: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -151,7 +132,7 @@ def post(url: str, path: str, body: bytes, content_type: str) -> requests.Respon
 def test_info_and_examples(server):
     url, _, _ = server
     info = requests.get(url + "api/info", timeout=10).json()
-    dataset = json.loads((DATA / "dataset.json").read_text())
+    dataset = json.loads((TRAINED.data / "dataset.json").read_text())
     assert (info["height"], info["width"], info["num_classes"]) == (H, W, 13)
     assert [c["name"] for c in info["classes"]] == dataset["label_names"]
     assert [c["index"] for c in info["classes"]] == list(range(13))
@@ -160,7 +141,7 @@ def test_info_and_examples(server):
     assert len({c["colour"] for c in info["classes"]}) == 13
 
     names = requests.get(url + "api/examples", timeout=10).json()["examples"]
-    assert names == sorted(p.stem for p in (DATA / "test/labels").glob("*.png")) and len(names) == 60
+    assert names == sorted(p.stem for p in (TRAINED.data / "test/labels").glob("*.png")) and len(names) == 60
     got = requests.get(url + "api/examples/cmp_b0007", timeout=10).json()
     assert (got["name"], got["height"], got["width"]) == ("cmp_b0007", H, W)
     labels = np.frombuffer(base64.b64decode(got["labels"]), np.uint8).reshape(H, W)
@@ -222,7 +203,7 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, ref
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    not_generator = need(ROOT / "models/segmenter-facades-256x256.pt", "run `dvc repro segmenter`")
+    not_generator = TRAINED.segmenter
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
     torch.manual_seed(0)
@@ -231,15 +212,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
-    data = ["--data", str(DATA)]
+    data = ["--data", str(TRAINED.data)]
     cases = [
         ([str(not_generator), *data], ["is not a generator checkpoint"]),
         ([str(text), *data], ["notes.pt", "checkpoint"]),
         ([str(tmp_path / "missing.pt"), *data], ["missing.pt does not exist"]),
         ([str(four_classes), *data], ["4 classes", "has 13", "--data"]),
-        ([str(CHECKPOINT), "--data", str(tmp_path)], ["no prepared dataset", "dataset.json"]),
-        ([str(CHECKPOINT), *data, "--port", str(busy.getsockname()[1])], ["cannot listen on 127.0.0.1", "--port"]),
-        ([str(CHECKPOINT), *data, "--port", "70000"], ["70000", "0..65535"]),
+        ([str(TRAINED.asapnet), "--data", str(tmp_path)], ["no prepared dataset", "dataset.json"]),
+        ([str(TRAINED.asapnet), *data, "--port", str(busy.getsockname()[1])], ["cannot listen on 127.0.0.1", "--port"]),
+        ([str(TRAINED.asapnet), *data, "--port", "70000"], ["70000", "0..65535"]),
     ]
     try:
         for args, words in cases:
@@ -419,7 +400,7 @@ def test_a_stroke_changes_the_image_where_painted(tmp_path):
     it is depends on training (SPADE after the default 180 s: ~16/255 inside, ~0.4/255 64 px away; the
     short-trained one here: ~2/255 both), so this checks only that the painted region's pixels changed;
     the test above checks that every image shown is exactly the generator's image of the painted map."""
-    with demo_server(ROOT / "models/spade/generator.pt") as (url, _, _), browser_page(url) as (page, errors, _):
+    with demo_server(TRAINED.spade) as (url, _, _), browser_page(url) as (page, errors, _):
         before = load_example(page, "cmp_b0007")
         image_before = page_image(page)
         after = paint_stroke(page, 4, "door", 24, 64, 192, 128)

@@ -31,30 +31,13 @@ from asap.models.baselines import Pix2PixHDConfig, Pix2PixHDGenerator
 from asap.models.checkpoint import load_generator, save_generator
 from asap.models.inputs import instance_edges
 
-REPO = Path(__file__).resolve().parents[1]
-ROOT = REPO  # set by use_trained256 below: the session's trained folder (tests/conftest.py trained256)
-LABELS = ROOT / "data/prepared/facades-256x256/test/labels"
-SEGMENTER = ROOT / "models/segmenter-facades-256x256.pt"
+from project_helpers import TRAINED
 
-
-@pytest.fixture(scope="module", autouse=True)
-def use_trained256(trained256):
-    """Every test here reads the session's trained folder, not this checkout's models/ (a fresh clone
-    has none)."""
-    global ROOT, LABELS, SEGMENTER
-    ROOT = trained256
-    LABELS = ROOT / "data/prepared/facades-256x256/test/labels"
-    SEGMENTER = ROOT / "models/segmenter-facades-256x256.pt"
-
-
-def need(path: Path, how: str) -> Path:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: {how}")
-    return path
+pytestmark = pytest.mark.usefixtures("trained256")  # TRAINED's files (tests/conftest.py)
 
 
 def checkpoint(name: str) -> Path:
-    return need(ROOT / f"models/{name}/generator.pt", "run `dvc repro` (or `make run`) to train it")
+    return TRAINED.generator(name)
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
@@ -76,7 +59,7 @@ def session(path: Path) -> ort.InferenceSession:
 @pytest.fixture(scope="module")
 def real_labels() -> np.ndarray:
     """(60, 256, 256) int64: the facades test maps through the project's reader."""
-    files = sorted(need(LABELS, "run `dvc repro prepare-facades@256x256` (or `make run`)").glob("*.png"))
+    files = sorted(TRAINED.labels.glob("*.png"))
     assert len(files) == 60
     return np.stack([read_label_map(f) for f in files])
 
@@ -162,7 +145,7 @@ def run_outside(script: str, model: Path, count: int, tmp: Path) -> tuple[dict, 
     """Run ``script`` on the first ``count`` test maps with `python -I` in ``tmp`` (outside the
     repository); returns (arrays, report)."""
     out = tmp / "outputs.npz"
-    proc = subprocess.run([sys.executable, "-I", "-c", script, str(model), str(LABELS), str(count), str(out)], cwd=tmp,
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(model), str(TRAINED.labels), str(count), str(out)], cwd=tmp,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(Path(str(out) + ".json").read_text())
@@ -337,8 +320,8 @@ def one_line_error(rc: int, err: str, *needles: str) -> None:
 
 def test_cli_refuses_non_generators_existing_outputs_and_unknown_formats(tmp_path):
     out = tmp_path / "g.onnx"
-    rc, _, err = cli(need(SEGMENTER, "run `dvc repro segmenter`"), "--out", out)
-    one_line_error(rc, err, str(SEGMENTER), "is not a generator checkpoint")
+    rc, _, err = cli(TRAINED.segmenter, "--out", out)
+    one_line_error(rc, err, str(TRAINED.segmenter), "is not a generator checkpoint")
     (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     rc, _, err = cli(tmp_path / "random.pt", "--out", out)
     one_line_error(rc, err, str(tmp_path / "random.pt"))

@@ -4,13 +4,11 @@ run-folder lock, checked against the file system itself, including a writer kill
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from asap.config import ConfigError
 from asap.files import atomic_path, exclusive, file_sha1, write_text_atomic
 from project_helpers import PYTHON, REPO
 

@@ -1,5 +1,5 @@
 """The report draws the GPU campaign's results (issue 13) from real files: the campaign's smoke mode
-(every phase on this CPU, the Triton kernels in the interpreter; tests/test_gpu_campaign.py's fixtures)
+(every phase on this CPU, the Triton kernels in the interpreter; the session fixture in tests/conftest.py)
 scored by `python -m benchmarks.gpu_campaign score` into the metrics/ of the report tests' project
 (tests/test_report.py). The README's GPU rows, targets and Fig. 6/1b points are checked against the
 JSON files read here; without campaign files the README says so in one line pointing to docs/gpu.md."""
@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-from test_gpu_campaign import carry, smoke  # noqa: F401  (module fixtures: one smoke run here)
 from test_report import close, project, tables_after  # noqa: F401  (the report tests' project, module scope)
 
 from pipelines import report

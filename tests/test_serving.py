@@ -22,40 +22,21 @@ import requests
 import torch
 from PIL import Image
 
+from asap.files import file_sha1
 from asap.infer import TranslateError
 from asap.models.asapnet import asapnet
 from asap.models.checkpoint import CheckpointError, load_generator, save_generator
 from asap.serving import GeneratorService
 from pipelines import serving, train
-from project_helpers import REPO
+from project_helpers import REPO, TRAINED
 
-ROOT = REPO  # set by use_trained256 below: the session's trained folder (tests/conftest.py trained256)
-GENERATOR = ROOT / "models" / "asapnet" / "generator.pt"
-LABELS = ROOT / "data" / "prepared" / "facades-256x256" / "test" / "labels"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def use_trained256(trained256):
-    """Every test here reads the session's trained folder, not this checkout's models/ (a fresh clone
-    has none)."""
-    global ROOT, GENERATOR, LABELS
-    ROOT = trained256
-    GENERATOR = ROOT / "models" / "asapnet" / "generator.pt"
-    LABELS = ROOT / "data" / "prepared" / "facades-256x256" / "test" / "labels"
+pytestmark = pytest.mark.usefixtures("trained256")  # TRAINED's files (tests/conftest.py)
 NAME = "asapnet-facades-256x256"  # <generator>-<dataset> of that checkpoint
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
 
-
-def need(path: Path) -> Path:
-    """The trained generator and the prepared data are the pipeline's outputs: a clear failure without them."""
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make run` (or `dvc repro train prepare-facades@256x256`)")
-    return path
-
-
 def label_map(stem: str) -> np.ndarray:
-    with Image.open(need(LABELS / f"{stem}.png")) as img:  # uint8 class indices (asap/data/prepared.py)
+    with Image.open(TRAINED.labels / f"{stem}.png") as img:  # uint8 class indices (asap/data/prepared.py)
         return np.asarray(img).astype(np.int64)
 
 
@@ -76,7 +57,6 @@ def assert_same_image(got: np.ndarray, want: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A temporary sqlite MLflow store with a real run in which the train stage logged its final model."""
-    need(GENERATOR)
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     before_uri, before_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
@@ -87,8 +67,8 @@ def store(tmp_path_factory):
         exp = client.create_experiment(NAME, artifact_location=(root / "artifacts").as_uri())
         run_id = client.create_run(exp, run_name="train-asapnet-test").info.run_id
         t0 = time.perf_counter()
-        train.log_final_model(run_id, GENERATOR, {"steps": 68, "train_seconds": 182.2, "stopped_by": "time_budget",
-                                                  "arch": "asapnet"})
+        train.log_final_model(run_id, TRAINED.asapnet, {"steps": 68, "train_seconds": 182.2,
+                                                         "stopped_by": "time_budget", "arch": "asapnet"})
         log_s = time.perf_counter() - t0
         yield {"root": root, "uri": uri, "client": client, "run_id": run_id, "experiment": exp, "log_s": log_s}
     finally:
@@ -120,6 +100,29 @@ def test_train_stage_registers_the_served_model(store):
     print(f"\nlog_final_model (served model logged + registered): {store['log_s']:.1f} s")
 
 
+def test_a_rerun_registers_a_checkpoint_once(store, tmp_path, capsys):
+    """`dvc repro` reruns a train stage that resumes its finished run (same MLflow run, same checkpoint
+    bytes): no second model version. A checkpoint with other bytes in the same run is a new version."""
+    client = store["client"]
+    model, meta = load_generator(TRAINED.asapnet)
+    first = save_generator(tmp_path / "a.pt", model, {**meta, "name": "rerun"})  # registered as rerun-<dataset>
+    run_id = client.create_run(store["experiment"], run_name="train-rerun").info.run_id
+    metrics = {"steps": 68, "train_seconds": 182.2, "stopped_by": "time_budget"}
+    name = f"rerun-{meta['dataset']}"
+    train.log_final_model(run_id, first, metrics)
+    train.log_final_model(run_id, first, metrics)
+    out = capsys.readouterr().out
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert f"models:/{name}/1 already holds this checkpoint" in out and "not logged or registered again" in out
+    logged = mlflow.search_logged_models(experiment_ids=[store["experiment"]], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")
+    assert len(logged) == 1  # one served model logged
+    other = save_generator(tmp_path / "b.pt", model, {**meta, "name": "rerun", "steps": 69})
+    train.log_final_model(run_id, other, metrics)
+    versions = {str(v.version): v.tags["checkpoint_sha1"] for v in client.search_model_versions(f"name='{name}'")}
+    assert versions == {"1": file_sha1(first), "2": file_sha1(other)}
+
+
 def test_served_model_needs_neither_the_project_nor_its_install(store, tmp_path):
     """Load the registered model in a Python that cannot see this project (its editable install and
     its folder hidden): asap comes from the model's own code/ folder, and it translates."""
@@ -147,13 +150,15 @@ print(asap.__file__)
     asap_file = Path(done.stdout.strip().splitlines()[-1])
     assert asap_file.parent.name == "asap" and asap_file.parent.parent.name == "code"
     assert str(store["root"]) in str(asap_file) and str(REPO) not in str(asap_file)
-    model, _ = load_generator(GENERATOR)
+    model, _ = load_generator(TRAINED.asapnet)
     assert_same_image(np.load(tmp_path / "out.npy"), generator_images(model, label_map("cmp_b0002")[None]))
 
 
 def test_non_generator_file_is_refused_before_logging(store):
     client = store["client"]
-    for path in (ROOT / "models" / "segmenter-facades-256x256.pt", REPO / "params.yaml"):
+    registered = sorted(m.name for m in client.search_registered_models())
+    assert NAME in registered
+    for path in (TRAINED.segmenter, REPO / "params.yaml"):
         if not path.is_file():
             continue
         with mlflow.start_run(experiment_id=store["experiment"]) as run:
@@ -164,7 +169,7 @@ def test_non_generator_file_is_refused_before_logging(store):
         assert not mlflow.search_logged_models(experiment_ids=[store["experiment"]],
                                                filter_string=f"source_run_id = '{run.info.run_id}'",
                                                output_format="list")
-    assert [m.name for m in client.search_registered_models()] == [NAME]
+    assert sorted(m.name for m in client.search_registered_models()) == registered  # nothing new
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def assert_clear_error(response: requests.Response, *needles: str) -> None:
 
 def test_mlflow_models_serve_translates_a_real_label_map(server):
     maps = np.stack([label_map("cmp_b0001"), label_map("cmp_b0007")])   # (2, 256, 256)
-    model, _ = load_generator(GENERATOR)
+    model, _ = load_generator(TRAINED.asapnet)
     want = generator_images(model, maps)
     assert want.std() > 3  # not a flat picture (which a broken server might also return); 12 steps give ~7
 

@@ -112,7 +112,7 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, facades64):
     again = run_stage(project, "pipelines.train")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
-    assert f"resuming" in out and f"from step {saved}" in out
+    assert "resuming" in out and f"from step {saved}" in out
     assert f"removed {partial}" in out and not partial.exists()
     snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     assert {d.name for d in run_dir.glob("checkpoint_*") if d.is_dir()} <= {
