@@ -11,9 +11,9 @@ from git, file sizes from the file system.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -24,45 +24,14 @@ import pytest
 import torch
 from PIL import Image
 
-from project_helpers import REPO
+from project_helpers import REPO, SMOKE_BUDGET_S  # the session fixtures `carry` and `smoke`: tests/conftest.py
 
 from benchmarks.campaign import common
-from benchmarks.campaign.common import (FORBIDDEN_MODULES, RESULT_FILE_LIMIT, TRAVEL_LIMIT, Clock, commit_info,
-                                        phase_file)
-
-SMOKE_BUDGET_S = 2.0
+from benchmarks.campaign.common import FORBIDDEN_MODULES, RESULT_FILE_LIMIT, TRAVEL_LIMIT, Clock, commit_info
 
 
 def sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def carry(facades64, tmp_path_factory) -> Path:
-    from benchmarks.campaign.pack import pack
-
-    out = tmp_path_factory.mktemp("carry") / ".carry"
-    pack(facades64, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def smoke(carry, tmp_path_factory):
-    """One smoke run of every phase, as the device would run it: a subprocess, no git (the device's
-    copy of the tree has no .git, so the commit must come from the file `pack` wrote)."""
-    out = tmp_path_factory.mktemp("smoke-out")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
-               GIT_DIR=str(out / "no-git-here"), GIT_CEILING_DIRECTORIES="/")
-    env.pop(common.COMMIT_ENV, None)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_campaign", "run", "--smoke", "--out", str(out),
-                           "--budget-s", str(SMOKE_BUDGET_S), "--data", str(carry / "facades-64x64"),
-                           "--trunk", str(carry / "hed-vgg16-trunk.pt"), "--commit-file", str(carry / "commit.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - t0
-    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    phases = {n: json.loads((out / phase_file(n)).read_text()) for n in (1, 2, 3, 4)}
-    return {"out": out, "phases": phases, "wall_s": wall, "log": proc.stdout}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,6 +101,11 @@ def test_phase1_runs_the_gpu_tests_and_the_interpreter_cases(smoke):
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
     assert junit["total"] == len(ids) >= len(cases.CASES) + len(cases.GPU_ONLY_CASES) + 1
     assert junit["skipped"] == junit["total"] and result["pytest"]["returncode"] == 0  # no CUDA here
+    # with pytest-xdist installed (the test extra; the GPU machine has it) the tests ran in 2 workers
+    workers = 2 if importlib.util.find_spec("xdist") else 0
+    assert result["pytest"]["workers"] == workers and ("-n 2" in result["pytest"]["command"]) == bool(workers)
+    if workers:
+        assert "[gw1]" in result["pytest"]["output_tail"]
     table = result["error_table"]["cases"]
     assert table and set(table) <= set(cases.CASES)
     for name, case in table.items():
@@ -308,6 +282,13 @@ def test_a_killed_pytest_run_is_summarised_from_its_console_lines():
     s = verbose_summary(out)
     assert (s["total"], s["passed"], s["failed"]) == (2, 1, 1)
     assert s["tests"][1]["name"] == "test_kernel_matches_reference_on_gpu[index_S8_bf16]"
+    # pytest-xdist's -v lines (worker, progress, outcome, test); the short summary's FAILED line is not a test
+    out = ("[gw1] [  3%] SKIPPED tests/test_pixelwise_fused.py::test_fast[a] \n"
+           "[gw0] [ 50%] FAILED tests/test_pixelwise_fused.py::test_kernel_matches_reference_on_gpu[x] \n"
+           "FAILED tests/test_pixelwise_fused.py::test_kernel_matches_reference_on_gpu[x] - assert 2 < 1\n")
+    s = verbose_summary(out)
+    assert (s["total"], s["skipped"], s["failed"]) == (2, 1, 1)
+    assert [t["name"] for t in s["tests"]] == ["test_fast[a]", "test_kernel_matches_reference_on_gpu[x]"]
 
 
 def test_an_images_file_over_the_limit_is_refused(tmp_path, monkeypatch):

@@ -3,6 +3,11 @@ fused kernel and the fast path against the reference, per precision) run in a py
 whose JUnit XML is summarised; then every case of that file runs once more in this process to record
 its error against its tolerance (pytest says pass/fail, the table says by how much).
 
+Triton compiles each kernel variant the first time a test runs it (~1-30 s each, ~80 s for the ~30
+variants on 2 shared cores); where pytest-xdist is installed (the GPU machine has it) the tests run
+in ``pytest_workers`` processes, so the compiles run side by side, and the error table that follows
+finds them in Triton's cache.
+
 On a CPU the gpu tests skip (the summary then counts skips), and with TRITON_INTERPRET=1 the error
 table runs a few small cases through Triton's interpreter, so the smoke mode still exercises the
 kernels.
@@ -46,26 +51,36 @@ def junit_summary(path: Path) -> dict:
     return {"total": len(tests), **counts, "seconds": float(suite.get("time", 0.0)), "tests": tests}
 
 
-VERBOSE_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)")
+# pytest -v: "path::test[id] PASSED  [ 3%]"; with xdist: "[gw0] [  3%] PASSED path::test[id]"
+VERBOSE_LINE = re.compile(r"^(?:(?P<name>\S+::\S+) (?P<outcome>PASSED|FAILED|SKIPPED|ERROR)"
+                          r"|\[gw\d+\] \[\s*\d+%\] (?P<outcome_x>PASSED|FAILED|SKIPPED|ERROR) (?P<name_x>\S+::\S+))")
 
 
 def verbose_summary(output: str) -> dict:
     """Outcomes from pytest -v's console lines: what a killed run (no JUnit file) still tells."""
-    tests = [{"name": m.group(1).split("::")[-1], "outcome": m.group(2).lower()}
+    tests = [{"name": (m["name"] or m["name_x"]).split("::")[-1], "outcome": (m["outcome"] or m["outcome_x"]).lower()}
              for m in map(VERBOSE_LINE.match, output.splitlines()) if m]
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
     return {"total": len(tests), **counts, "tests": tests, "from": "console (the run was cut short)"}
 
 
-def run_pytest(timeout_s: float, device: torch.device) -> dict:
-    """``pytest -m gpu tests/test_pixelwise_fused.py`` in a subprocess, summarised."""
+def xdist_workers(wanted: int) -> int:
+    """How many pytest-xdist workers phase 1 uses: ``wanted``, at most the CPU count; 0 (one pytest
+    process) when xdist is not installed."""
+    if wanted < 2 or importlib.util.find_spec("xdist") is None:
+        return 0
+    return max(0, min(wanted, os.cpu_count() or 1))
+
+
+def run_pytest(timeout_s: float, device: torch.device, workers: int = 0) -> dict:
+    """``pytest -m gpu tests/test_pixelwise_fused.py`` in a subprocess (``-n workers`` when > 1), summarised."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     if device.type == "cuda":
         env.pop("TRITON_INTERPRET", None)  # the real kernels, not the interpreter
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", TEST_FILE, "-v", "-p", "no:cacheprovider",
-               f"--junitxml={xml}"]
+               f"--junitxml={xml}"] + (["-n", str(workers)] if workers > 1 else [])
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -73,7 +88,7 @@ def run_pytest(timeout_s: float, device: torch.device) -> dict:
         except subprocess.TimeoutExpired as err:
             rc, timed_out = None, True
             out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-        result = {"command": " ".join(cmd[2:]), "returncode": rc, "timed_out": timed_out,
+        result = {"command": " ".join(cmd[2:]), "workers": workers, "returncode": rc, "timed_out": timed_out,
                   "wall_s": round(time.perf_counter() - t0, 2), "output_tail": out[-3000:]}
         result["junit"] = junit_summary(xml) if xml.is_file() else verbose_summary(out)
     # pytest exit codes: 0 all passed, 1 some failed, 5 none collected; only 0 is a pass here
@@ -132,8 +147,10 @@ def error_table(settings: CorrectnessSettings, device: torch.device, until: floa
 
 def run_phase(settings: CorrectnessSettings, device: torch.device, until: float, on_progress=None) -> dict:
     pytest_s = max(10.0, min(settings.pytest_timeout_s, until - time.perf_counter() - 5.0))
-    log(f"[phase 1] pytest -m gpu {TEST_FILE} (timeout {pytest_s:.0f} s)")
-    tests = run_pytest(pytest_s, device)
+    workers = xdist_workers(settings.pytest_workers)
+    log(f"[phase 1] pytest -m gpu {TEST_FILE} (timeout {pytest_s:.0f} s, "
+        f"{f'{workers} xdist workers' if workers else 'one process'})")
+    tests = run_pytest(pytest_s, device, workers)
     junit = tests.get("junit", {})
     log(f"[phase 1] pytest: {junit.get('passed', '?')} passed, {junit.get('failed', '?')} failed, "
         f"{junit.get('skipped', '?')} skipped, rc {tests['returncode']} in {tests['wall_s']} s")

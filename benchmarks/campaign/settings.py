@@ -24,6 +24,7 @@ from asap.config import ConfigError, require
 class CorrectnessSettings:
     """Phase 1: the gpu-marked tests of tests/test_pixelwise_fused.py, then each case's error."""
     pytest_timeout_s: float = 80.0                  # the pytest subprocess is killed after this
+    pytest_workers: int = 8                         # pytest-xdist processes (Triton compiles side by side)
     cases: tuple[str, ...] | None = None            # error-table cases; None: every case (GPU)
     interpreter_cases: tuple[str, ...] = ("index_S8_fp32", "index_S8_bf16", "tent_onehot_f2",
                                           "fast_generator_fp32")  # CPU with TRITON_INTERPRET=1
@@ -126,8 +127,8 @@ def smoke_settings(budget_s: float = 2.0, deadline_s: float = 240.0) -> Campaign
     tiny_baselines = {"pix2pixhd": {"arch": "pix2pixhd", "width_mult": 0.0625},
                       "spade": {"arch": "spade", "width_mult": 0.0625}}
     return CampaignSettings(
-        smoke=True, deadline_s=deadline_s, caps={1: 60.0, 2: 40.0, 3: 30.0},
-        correctness=CorrectnessSettings(pytest_timeout_s=60.0, cases=()),
+        smoke=True, deadline_s=deadline_s, caps={1: 60.0, 2: 40.0, 3: 60.0},
+        correctness=CorrectnessSettings(pytest_timeout_s=60.0, pytest_workers=2, cases=()),
         inference=InferenceSettings(sizes=("32x64",), num_classes={"32x64": 5}, lr_max_width=16, downsampling=16, batch=2,
                                     warmup=0, iters=1, batch_warmup=0, batch_iters=1, split_iters=1,
                                     baseline_warmup=0, baseline_iters=1,
