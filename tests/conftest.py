@@ -46,7 +46,9 @@ def trained256(tmp_path_factory) -> Path:
     default pipeline does), ASAP-Net and SPADE with the default params' configs trained in-process for
     TRAINED_STEPS steps on it (asap.training.train, the `asap train` path), and a segmenter checkpoint
     (a file that is not a generator). Layout: data/prepared/facades-256x256/,
-    models/{asapnet,spade}/generator.pt, models/segmenter-facades-256x256.pt."""
+    models/{asapnet,spade}/generator.pt, models/segmenter-facades-256x256.pt. With
+    ASAP_UPDATE_DOCS_SCREENSHOT=1 (tests/test_demo.py retakes docs/demo*.png) it is this checkout
+    instead, with the models `make run` trained."""
     import shutil
 
     import yaml
@@ -54,6 +56,15 @@ def trained256(tmp_path_factory) -> Path:
     from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
     from asap.training import TrainingRun, train
 
+    if os.environ.get("ASAP_UPDATE_DOCS_SCREENSHOT") == "1":
+        # the README's pictures show the default pipeline's models (`make run`), not these brief ones
+        TRAINED.root = REPO
+        missing = [str(p) for p in (TRAINED.asapnet, TRAINED.spade, TRAINED.segmenter, TRAINED.data / "dataset.json")
+                   if not p.exists()]
+        if missing:
+            pytest.fail(f"ASAP_UPDATE_DOCS_SCREENSHOT=1 uses this checkout's trained files; missing {missing}: "
+                        "run `make run` first")
+        return REPO
     root = tmp_path_factory.mktemp("trained256")
     data = prepare_facades(root / "data" / "prepared", "256x256")
     p = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -1,12 +1,13 @@
-"""`asap demo`: the real server (a subprocess of the CLI) with the trained models/asapnet/generator.pt on
-the real prepared facades data, driven over HTTP and by Debian's chromium through Playwright.
+"""`asap demo`: the real server (a subprocess of the CLI) with a trained ASAP-Net (and SPADE) on the real
+prepared facades data, driven over HTTP and by Debian's chromium through Playwright. The generators are
+the session's briefly trained ones (tests/conftest.py trained256; a fresh clone has no models/).
 
 Images are checked against the generator's own forward, run here and mapped to uint8 by hand; label
 maps against the PNG files read with PIL; the page's flood fill against scipy's connected components.
 Set ASAP_UPDATE_DOCS_SCREENSHOT=1 to write the browser tests' screenshots to docs/demo.png (the README's
-picture) and docs/demo-spade.png; otherwise they go to the tests' tmp folders only, so a test run leaves
-the checkout clean.
-"""
+picture) and docs/demo-spade.png, taken with this checkout's `make run` models (the README's
+pictures show those); otherwise they go to the tests' tmp folders only, so a test run leaves the
+checkout clean."""
 
 from __future__ import annotations
 
