@@ -1,0 +1,173 @@
+"""Compile the fused Triton kernels for a GPU architecture on a machine without a GPU.
+
+    python -m benchmarks.kernel_compile                      # sm_90 (H100/H200), the campaign's variants
+    python -m benchmarks.kernel_compile --arch 80 --out kernel-compile-sm80.json
+
+Triton compiles a kernel the first time it is launched, on the GPU machine, where a kernel that does
+not compile for that architecture (or that spills registers, or asks for more shared memory than the
+chip has) is found only with the device's minutes running. This compiles the same variants ahead of
+time with the installed triton and its bundled ptxas (``triton.compile`` with a ``GPUTarget``; no
+driver, no GPU), so a kernel change is known to build for Hopper before a device is lent, on our
+pinned triton and, run with the GPU machine's triton (3.6), on that one too.
+
+The variants are those the GPU campaign launches: the pixelwise MLP (class indices or dense input;
+fp32 / bf16 / fp16 parameters; tf32; S = 2..64; 3-36 classes; with and without the positional
+encoding; several pixel blocks per program) and the tent one-hot downsampling (factors 1-8). For each
+it records the compile time, registers per thread, spilled registers and shared memory; ``--out``
+writes them as JSON. The launch constants are those of ``asap.models.pixelwise_fused`` (its
+``fused_pixelwise_mlp`` / ``tent_onehot``); a kernel whose constexpr parameters change makes this
+fail with the names that differ, not compile something else.
+
+Imports torch, triton and asap only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from asap.files import write_text_atomic
+
+POINTER = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kernel: str                # "mlp" or "tent"
+    signature: dict            # argument -> triton type ("*fp32", "i32", "constexpr")
+    constants: dict            # constexpr argument -> value
+    num_warps: int = 4
+
+
+def _kernels():
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("error: TRITON_INTERPRET=1 turns the kernels into interpreted functions, which do not "
+                         "compile; unset it for this script")
+    from asap.models import pixelwise_fused as pf
+
+    if pf.triton is None:
+        raise SystemExit("error: triton is not installed; the fused kernels need it")
+    return pf
+
+
+def _signature(fn, pointers: dict, constants: dict) -> dict:
+    """Every argument of ``fn``: the given pointer types, constexpr for the constants, i32 for the rest.
+    The constants must be exactly the kernel's constexpr parameters."""
+    declared = {p.name for p in fn.params if p.is_constexpr}
+    if declared != set(constants):
+        raise SystemExit(f"error: {fn.__name__}'s constexpr parameters changed: the kernel declares "
+                         f"{sorted(declared - set(constants))} that this script does not set, and this script "
+                         f"sets {sorted(set(constants) - declared)} that the kernel lacks; update "
+                         "benchmarks/kernel_compile.py from the launch in asap/models/pixelwise_fused.py")
+    return {name: pointers.get(name, "constexpr" if name in constants else "i32") for name in fn.arg_names}
+
+
+def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positional: bool = True,
+        input_precision: str = "ieee", hidden: int = 64, depth: int = 5, block_p: int | None = None,
+        sub_blocks: int = 1) -> Variant:
+    """The constants ``fused_pixelwise_mlp`` launches ``_pixelwise_mlp_fwd`` with, on a GPU."""
+    pf = _kernels()
+    n_enc = 4 * int(math.log2(tile)) if positional else 0
+    constants = dict(IS_INDEX=not dense, C_IN=classes, C_PAD=pf._next_pow2(classes), TILE=tile, N_ENC=n_enc,
+                     E_PAD=pf._next_pow2(n_enc), HID=hidden, N_HIDDEN=depth - 3, C_OUT=3, OUT_PAD=pf._next_pow2(3),
+                     BLOCK_P=block_p or max(16, min(tile * tile, 64)), SUB_BLOCKS=sub_blocks,
+                     INPUT_PRECISION=input_precision, UPCAST=False, ROUND_OUT=False)
+    pointers = {"x_ptr": POINTER[precision] if dense else "*i64", "params_ptr": POINTER[precision],
+                "out_ptr": POINTER[precision]}
+    name = (f"mlp {'dense' if dense else 'index'} {precision}{' tf32' if input_precision == 'tf32' else ''} "
+            f"C{classes} S{tile}{'' if positional else ' no-encoding'}"
+            f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks > 1 else ''}")
+    return Variant(name, "mlp", _signature(pf._pixelwise_mlp_fwd, pointers, constants), constants)
+
+
+def tent(classes: int, factor: int, precision: str, block: int = 64) -> Variant:
+    """The constants ``tent_onehot`` launches ``_tent_onehot_fwd`` with, on a GPU."""
+    pf = _kernels()
+    constants = dict(N_CLS=classes, N_PAD=pf._next_pow2(classes, 2), FACTOR=factor, BLOCK=block, ROUND_BF16=False)
+    pointers = {"lab_ptr": "*i64", "taps_ptr": "*fp32", "out_ptr": POINTER[precision]}
+    return Variant(f"tent {precision} C{classes} f{factor}", "tent",
+                   _signature(pf._tent_onehot_fwd, pointers, constants), constants)
+
+
+def campaign_variants() -> list[Variant]:
+    """What the campaign's phases launch: Cityscapes (35 classes) and facades (13) at the paper's S,
+    the test file's cases, the smoke sizes, every precision."""
+    variants = []
+    for precision in ("fp32", "bf16", "fp16"):
+        for classes, tile in ((35, 16), (35, 32), (13, 32), (13, 64), (5, 8), (36, 16)):
+            variants.append(mlp(classes, tile, precision))
+        variants.append(mlp(36, 32, precision, dense=True))
+        for factor in (1, 2, 4, 8):
+            variants.append(tent(35, factor, precision))
+    variants += [mlp(12, 16, "fp32", input_precision="tf32"), mlp(5, 8, "fp32", positional=False),
+                 mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3), mlp(5, 16, "bf16", hidden=16),
+                 mlp(3, 2, "bf16"), tent(13, 1, "fp32"), tent(3, 4, "bf16")]
+    return variants
+
+
+def compile_variant(variant: Variant, arch: int) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pf = _kernels()
+    fn = pf._pixelwise_mlp_fwd if variant.kernel == "mlp" else pf._tent_onehot_fwd
+    t0 = time.perf_counter()
+    try:
+        kernel = triton.compile(ASTSource(fn, variant.signature, variant.constants),
+                                target=GPUTarget("cuda", arch, 32), options={"num_warps": variant.num_warps})
+    except Exception as err:  # the compiler's message is the result
+        return {"name": variant.name, "ok": False, "seconds": round(time.perf_counter() - t0, 2),
+                "error": f"{type(err).__name__}: {str(err)[:2000]}"}
+    ptx = kernel.asm.get("ptx", "")
+    target = next((line.split()[1] for line in ptx.splitlines() if line.startswith(".target")), None)
+    row = {"name": variant.name, "ok": True, "seconds": round(time.perf_counter() - t0, 2), "ptx_target": target,
+           "shared_bytes": kernel.metadata.shared, "cubin_bytes": len(kernel.asm.get("cubin", b""))}
+    for key in ("n_regs", "n_spills"):  # known once the binary is loaded on some versions: read if present
+        value = getattr(kernel, key, None)
+        if isinstance(value, int):
+            row[key] = value
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10: 90 H100/H200 (default), 80 A100")
+    ap.add_argument("--only", default=None, help="compile only the variants whose name contains this text")
+    ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    import triton
+
+    variants = [v for v in campaign_variants() if args.only is None or args.only in v.name]
+    if not variants:
+        print(f"error: no variant's name contains {args.only!r}", file=sys.stderr)
+        return 2
+    print(f"compiling {len(variants)} kernel variants for sm_{args.arch} with triton {triton.__version__}", flush=True)
+    rows, t0 = [], time.perf_counter()
+    for variant in variants:
+        row = compile_variant(variant, args.arch)
+        rows.append(row)
+        detail = (f"{row['ptx_target']}, shared {row['shared_bytes']} B, cubin {row['cubin_bytes']} B" if row["ok"]
+                  else row["error"].splitlines()[0][:200])
+        print(f"{'ok  ' if row['ok'] else 'FAIL'} {variant.name:45s} {row['seconds']:6.1f} s  {detail}", flush=True)
+    failed = [r["name"] for r in rows if not r["ok"]]
+    print(f"{len(rows) - len(failed)} compiled, {len(failed)} failed, in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.out:
+        import torch
+
+        record = {"arch": f"sm_{args.arch}", "triton": triton.__version__, "torch": torch.__version__,
+                  "rows": rows}
+        write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
