@@ -35,7 +35,8 @@ import torch
 
 from asap.config import ConfigError
 from asap.data.prepared import DEFAULT_ROOT, prepare_hint
-from asap.files import exclusive, file_sha1
+from asap.files import exclusive
+from asap.models.checkpoint import weights_sha1
 from asap.training import (STATE_FILE, RunnerConfig, TrainingRun, load_newest_good, split_train_section,
                            write_checkpoint)
 from pipelines import common, serving, tracking
@@ -328,11 +329,12 @@ def mlflow_run(job: Job, storage: Path, parent_run_id: str | None = None, extra_
 def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
     """The run's final records: the measured metrics, the served model (pipelines/serving.py: label map
     in, image out; registered in the Model Registry as ``<generator>-<dataset>``) and the checkpoint.
-    A rerun of the stage that resumes a finished run (same MLflow run, same checkpoint bytes) finds the
-    version it registered then (tag ``checkpoint_sha1``) and registers nothing new."""
+    A rerun of the stage that resumes a finished run (same MLflow run, same weights; its checkpoint may
+    record a later commit) finds the version it registered then (tag ``weights_sha1``,
+    asap.models.checkpoint.weights_sha1) and registers nothing new."""
     import mlflow
 
-    sha1 = file_sha1(generator_path)
+    sha1 = weights_sha1(generator_path)
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_id=run_id):
         # measurements only: the settings (budget, workers, batch) are the run's params already
@@ -340,16 +342,16 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
                             if k in MEASURED and isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
         earlier = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
-                   if v.tags.get("checkpoint_sha1") == sha1]
+                   if v.tags.get("weights_sha1") == sha1]
         if earlier:
             uri = f"models:/{earlier[0].name}/{earlier[0].version}"
-            print(f"[train] {uri} already holds this checkpoint (run {run_id}, SHA-1 {sha1[:12]}): "
+            print(f"[train] {uri} already holds these weights (run {run_id}, weights SHA-1 {sha1[:12]}): "
                   "not logged or registered again", flush=True)
             return
         served = serving.log_generator_model(generator_path, name="generator", register=True)
         mlflow.log_artifact(str(generator_path), artifact_path="checkpoint")
     if served.registry_uri:
-        client.set_model_version_tag(served.registered_name, str(served.version), "checkpoint_sha1", sha1)
+        client.set_model_version_tag(served.registered_name, str(served.version), "weights_sha1", sha1)
         uri = served.registry_uri
         print(f"[train] registered {uri}; serve it with `mlflow models serve -m {uri} --env-manager local "
               f"--host 127.0.0.1 --port 5001`", flush=True)

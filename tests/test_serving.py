@@ -25,7 +25,7 @@ from PIL import Image
 from asap.files import file_sha1
 from asap.infer import TranslateError
 from asap.models.asapnet import asapnet
-from asap.models.checkpoint import CheckpointError, load_generator, save_generator
+from asap.models.checkpoint import CheckpointError, load_generator, save_generator, weights_sha1
 from asap.serving import GeneratorService
 from pipelines import serving, train
 from project_helpers import REPO, TRAINED
@@ -100,27 +100,50 @@ def test_train_stage_registers_the_served_model(store):
     print(f"\nlog_final_model (served model logged + registered): {store['log_s']:.1f} s")
 
 
-def test_a_rerun_registers_a_checkpoint_once(store, tmp_path, capsys):
-    """`dvc repro` reruns a train stage that resumes its finished run (same MLflow run, same checkpoint
-    bytes): no second model version. A checkpoint with other bytes in the same run is a new version."""
+def test_a_rerun_registers_the_same_weights_once(store, tmp_path, capsys):
+    """`dvc repro` reruns a train stage after a code change; the stage resumes its finished run (same
+    MLflow run, same weights) and re-exports the checkpoint, whose meta now records another commit: no
+    second model version. Other weights in the same run are a new version."""
     client = store["client"]
     model, meta = load_generator(TRAINED.asapnet)
     first = save_generator(tmp_path / "a.pt", model, {**meta, "name": "rerun"})  # registered as rerun-<dataset>
+    again = save_generator(tmp_path / "b.pt", model, {**meta, "name": "rerun", "git_commit": "0" * 40})
+    assert file_sha1(first) != file_sha1(again)  # other bytes, same weights
     run_id = client.create_run(store["experiment"], run_name="train-rerun").info.run_id
     metrics = {"steps": 68, "train_seconds": 182.2, "stopped_by": "time_budget"}
     name = f"rerun-{meta['dataset']}"
     train.log_final_model(run_id, first, metrics)
-    train.log_final_model(run_id, first, metrics)
+    train.log_final_model(run_id, again, metrics)
     out = capsys.readouterr().out
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
-    assert f"models:/{name}/1 already holds this checkpoint" in out and "not logged or registered again" in out
+    assert f"models:/{name}/1 already holds these weights" in out and "not logged or registered again" in out
     logged = mlflow.search_logged_models(experiment_ids=[store["experiment"]], output_format="list",
                                          filter_string=f"source_run_id = '{run_id}'")
     assert len(logged) == 1  # one served model logged
-    other = save_generator(tmp_path / "b.pt", model, {**meta, "name": "rerun", "steps": 69})
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    other = save_generator(tmp_path / "c.pt", model, {**meta, "name": "rerun"})
     train.log_final_model(run_id, other, metrics)
-    versions = {str(v.version): v.tags["checkpoint_sha1"] for v in client.search_model_versions(f"name='{name}'")}
-    assert versions == {"1": file_sha1(first), "2": file_sha1(other)}
+    versions = {str(v.version): v.tags["weights_sha1"] for v in client.search_model_versions(f"name='{name}'")}
+    assert len(set(versions.values())) == 2 and set(versions) == {"1", "2"}
+
+
+def test_weights_digest_covers_tensors_and_config_not_metadata(tmp_path):
+    """weights_sha1 against hashlib over the same bytes in the order it documents."""
+    import hashlib
+
+    torch.manual_seed(0)
+    g = asapnet(4, 32, 32, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1)
+    a = save_generator(tmp_path / "a.pt", g, {"steps": 1})
+    b = save_generator(tmp_path / "b.pt", g, {"steps": 2, "git_commit": "x"})
+    expected = hashlib.sha1(json.dumps({"arch": "asapnet", "config": g.config.to_dict()}, sort_keys=True).encode())
+    for key, t in sorted(g.state_dict().items()):
+        expected.update(f"{key} {t.dtype} {tuple(t.shape)}".encode() + t.detach().numpy().tobytes())
+    assert weights_sha1(a) == weights_sha1(b) == expected.hexdigest()
+    g.config = g.config.__class__(**{**g.config.to_dict(), "spatially_uniform": not g.config.spatially_uniform})
+    assert weights_sha1(save_generator(tmp_path / "c.pt", g)) != weights_sha1(a)  # same tensors, other function
+    with pytest.raises(CheckpointError, match="params.yaml|not a generator checkpoint"):
+        weights_sha1(REPO / "params.yaml")
 
 
 def test_served_model_needs_neither_the_project_nor_its_install(store, tmp_path):

@@ -13,7 +13,9 @@ A state dict of another layout is a ``CheckpointError`` that lists the keys and 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import math
 import re
 from pathlib import Path
@@ -79,6 +81,22 @@ def save_generator(path: str | Path, model: torch.nn.Module, meta: dict | None =
 def load_as_data(path: Path):
     """A generator file read as data (``asap.files.load_as_data``), errors as CheckpointError."""
     return files.load_as_data(path, CheckpointError)
+
+
+def weights_sha1(path: str | Path) -> str:
+    """SHA-1 of what a generator file computes: its arch, config and tensors (names, dtypes, shapes,
+    bytes), not its metadata. Two exports of the same weights (e.g. a finished run re-exported at a
+    later commit, whose ``meta.git_commit`` differs) have the same digest."""
+    path = Path(path)
+    data = load_as_data(path)
+    if not (isinstance(data, dict) and data.get("format") == FORMAT):
+        raise CheckpointError(f"{path} is not a generator checkpoint of this project (format {FORMAT})")
+    digest = hashlib.sha1(json.dumps({"arch": data["arch"], "config": data["config"]}, sort_keys=True).encode())
+    for name in sorted(data["state_dict"]):
+        tensor = data["state_dict"][name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _layout_diff(state: dict, expected: dict, said: str, show: int = 6) -> list[str]:
