@@ -1,5 +1,6 @@
 """The `train` stage for real: Ray Train with 2 CPU workers (DDP over gloo) on the real facades data,
-its checkpoints, its MLflow run, and a kill -9 of the whole stage followed by a resume."""
+its checkpoints, its MLflow run, a kill -9 of the whole stage followed by a resume, and a killed worker
+replaced inside the run."""
 
 import json
 import os
@@ -123,6 +124,62 @@ def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, facades64):
     assert len(runs) == 1  # the resumed run continues the same MLflow run
     steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "G_total"))
     assert steps[-1] == 8 and set(range(saved + 1, 9)) <= set(steps)
+
+
+def ray_train_workers(pid: int) -> list:
+    """The Ray Train worker processes under the stage process ``pid`` (its local Ray cluster)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(tmp_path, facades64):
+    """train.max_failures: one DDP worker SIGKILLed mid-run (an OOM kill, a lost node) costs a restart
+    of the worker group from the last registered checkpoint, inside the same stage run: it finishes,
+    exit 0, every step logged once more after the restart, one MLflow run."""
+    project = make_project(tmp_path / "proj", facades64, {"train": {"steps": 10, "max_failures": 1}})
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.train"], cwd=project, env=stage_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and not any(s >= 2 for s in registered_steps(project)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+        workers = ray_train_workers(proc.pid)
+        assert len(workers) == 2, [w.cmdline() for w in workers]
+        saved = max(registered_steps(project))
+        workers[1].kill()
+        out, _ = proc.communicate(timeout=max(60, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = out.decode()
+    assert proc.returncode == 0, out[-4000:]
+    resumed = [int(line.split("from step ")[1].split()[0]) for line in out.splitlines() if "resuming" in line]
+    assert resumed and saved <= resumed[0] < 10, out[-4000:]  # from a registered checkpoint, not from 0
+    # the steps run both before the kill and after the restart give the same losses: the restored state
+    # (weights, optimisers, data order, random streams) is the one the first run had at that step
+    losses: dict = {}
+    for line in out.splitlines():
+        if "[train] step " in line and "G_total=" in line:
+            step = int(line.split("[train] step ")[1].split("/")[0])
+            losses.setdefault(step, []).append(line.split("G_total=")[1].split()[0])
+    repeated = {k: v for k, v in losses.items() if len(v) > 1}
+    assert all(len(set(v)) == 1 for v in repeated.values()), repeated
+    _, meta = load_generator(project / "models" / "asapnet" / "generator.pt")
+    assert meta["steps"] == 10
+    client, runs = mlflow_run(project, "facades-64x64")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "G_total")})
+    assert steps == list(range(1, 11))
 
 
 def test_baseline_trained_by_the_stage_for_a_time_budget_on_two_workers(tmp_path, facades64):
