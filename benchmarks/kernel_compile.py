@@ -16,9 +16,9 @@ encoding; several pixel blocks per program) and the tent one-hot downsampling (f
 with 35 classes is a 2048-pixel Cityscapes side, beyond the campaign's sizes: with every tap unrolled
 it was a 5 MB PTX that ptxas had not finished after 10 minutes, now ~6 s). For each
 it records the compile time, registers per thread, spilled registers and shared memory; ``--out``
-writes them as JSON. The launch constants are those of ``asap.models.pixelwise_fused`` (its
-``fused_pixelwise_mlp`` / ``tent_onehot``); a kernel whose constexpr parameters change makes this
-fail with the names that differ, not compile something else.
+writes them as JSON. The constexpr values come from the launchers' own ``mlp_constants`` /
+``tent_constants`` (asap/models/pixelwise_fused.py); a kernel whose constexpr parameters no longer
+match them makes this fail with the names that differ, not compile something else.
 
 Imports torch, triton and asap only.
 """
@@ -65,22 +65,23 @@ def _signature(fn, pointers: dict, constants: dict) -> dict:
     declared = {p.name for p in fn.params if p.is_constexpr}
     if declared != set(constants):
         raise SystemExit(f"error: {fn.__name__}'s constexpr parameters changed: the kernel declares "
-                         f"{sorted(declared - set(constants))} that this script does not set, and this script "
-                         f"sets {sorted(set(constants) - declared)} that the kernel lacks; update "
-                         "benchmarks/kernel_compile.py from the launch in asap/models/pixelwise_fused.py")
+                         f"{sorted(declared - set(constants))} that its launch constants do not set, which set "
+                         f"{sorted(set(constants) - declared)} that the kernel lacks; update mlp_constants / "
+                         "tent_constants in asap/models/pixelwise_fused.py")
     return {name: pointers.get(name, "constexpr" if name in constants else "i32") for name in fn.arg_names}
 
 
 def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positional: bool = True,
         input_precision: str = "ieee", hidden: int = 64, depth: int = 5, block_p: int | None = None,
         sub_blocks: int = 1) -> Variant:
-    """The constants ``fused_pixelwise_mlp`` launches ``_pixelwise_mlp_fwd`` with, on a GPU."""
+    """``_pixelwise_mlp_fwd`` as ``fused_pixelwise_mlp`` launches it on a GPU."""
+    from asap.models.pixelwise import mlp_channels
+
     pf = _kernels()
     n_enc = 4 * int(math.log2(tile)) if positional else 0
-    constants = dict(IS_INDEX=not dense, C_IN=classes, C_PAD=pf._next_pow2(classes), TILE=tile, N_ENC=n_enc,
-                     E_PAD=pf._next_pow2(n_enc), HID=hidden, N_HIDDEN=depth - 3, C_OUT=3, OUT_PAD=pf._next_pow2(3),
-                     BLOCK_P=block_p or max(16, min(tile * tile, 64)), SUB_BLOCKS=sub_blocks,
-                     INPUT_PRECISION=input_precision, UPCAST=False, ROUND_OUT=False)
+    channels = mlp_channels(classes + n_enc, hidden, depth, 3)
+    constants = pf.mlp_constants(channels, tile, classes, is_index=not dense, positional=positional,
+                                 input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks)
     pointers = {"x_ptr": POINTER[precision] if dense else "*i64", "params_ptr": POINTER[precision],
                 "out_ptr": POINTER[precision]}
     name = (f"mlp {'dense' if dense else 'index'} {precision}{' tf32' if input_precision == 'tf32' else ''} "
@@ -90,9 +91,9 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
 
 
 def tent(classes: int, factor: int, precision: str, block: int = 64) -> Variant:
-    """The constants ``tent_onehot`` launches ``_tent_onehot_fwd`` with, on a GPU."""
+    """``_tent_onehot_fwd`` as ``tent_onehot`` launches it on a GPU."""
     pf = _kernels()
-    constants = dict(N_CLS=classes, N_PAD=pf._next_pow2(classes, 2), FACTOR=factor, BLOCK=block, ROUND_BF16=False)
+    constants = pf.tent_constants(classes, factor, block)
     pointers = {"lab_ptr": "*i64", "taps_ptr": "*fp32", "out_ptr": POINTER[precision]}
     return Variant(f"tent {precision} C{classes} f{factor}", "tent",
                    _signature(pf._tent_onehot_fwd, pointers, constants), constants)

@@ -260,6 +260,29 @@ def _check_device(t: torch.Tensor) -> None:
                        "triton to run the kernel in Triton's interpreter (tests only: it is slow)")
 
 
+def mlp_constants(channels: list[int], tile: int, c_in: int, *, is_index: bool, positional: bool = True,
+                  input_precision: str = "ieee", block_p: int | None = None, sub_blocks: int | None = None,
+                  interpreted_bf16: bool = False, round_out: bool = False) -> dict:
+    """The constexpr arguments ``_pixelwise_mlp_fwd`` is launched with (also what
+    benchmarks/kernel_compile.py builds ahead of time). ``interpreted_bf16`` / ``round_out``: bf16
+    parameters / output in Triton's CPU interpreter (see ``_mm`` and ``_round_bf16``)."""
+    n_enc = 4 * int(math.log2(tile)) if positional else 0
+    block_p = block_p or max(16, min(tile * tile, 64))
+    if block_p < 16 or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
+    return dict(IS_INDEX=is_index, C_IN=c_in, C_PAD=_next_pow2(c_in), TILE=tile,
+                N_ENC=n_enc, E_PAD=_next_pow2(n_enc), HID=channels[1], N_HIDDEN=len(channels) - 3,
+                C_OUT=channels[-1], OUT_PAD=_next_pow2(channels[-1]),
+                BLOCK_P=block_p, SUB_BLOCKS=sub_blocks or 1, INPUT_PRECISION=input_precision,
+                UPCAST=interpreted_bf16, ROUND_OUT=round_out)
+
+
+def tent_constants(num_classes: int, factor: int, block: int = 64, round_bf16: bool = False) -> dict:
+    """The constexpr arguments ``_tent_onehot_fwd`` is launched with."""
+    return dict(N_CLS=num_classes, N_PAD=_next_pow2(num_classes, 2), FACTOR=factor, BLOCK=block,
+                ROUND_BF16=round_bf16)
+
+
 def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channels: list[int], tile: int,
                         positional: bool = True, num_classes: int | None = None, *,
                         check_labels: bool = True, out_dtype: torch.dtype | None = None,
@@ -328,27 +351,21 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     params = params.contiguous(memory_format=torch.channels_last)
     out = torch.empty(B, channels[-1], H, W, device=params.device, dtype=out_dtype or params.dtype)
 
-    pixels = tile * tile
-    block_p = block_p or max(16, min(pixels, 64))
-    if block_p < 16 or block_p & (block_p - 1):
-        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
-    blocks = triton.cdiv(pixels, block_p)
-    sub_blocks = sub_blocks or 1
+    const = mlp_constants(channels, tile, c_in, is_index=is_index, positional=positional,
+                          input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks,
+                          interpreted_bf16=params.device.type == "cpu" and params.dtype == torch.bfloat16,
+                          round_out=params.device.type == "cpu" and out.dtype == torch.bfloat16)
+    blocks = triton.cdiv(tile * tile, const["BLOCK_P"])
     sb = params.stride()
     xs = x.stride()
-    grid = (B * h * w, triton.cdiv(blocks, sub_blocks))
+    grid = (B * h * w, triton.cdiv(blocks, const["SUB_BLOCKS"]))
     _pixelwise_mlp_fwd[grid](
         x, params, out,
         w, h * w,
         xs[0], xs[1], xs[2], xs[3],
         sb[0], sb[1], 0 if uniform else sb[2], 0 if uniform else sb[3],
         *out.stride(),
-        IS_INDEX=is_index, C_IN=c_in, C_PAD=_next_pow2(c_in), TILE=tile,
-        N_ENC=n_enc, E_PAD=_next_pow2(n_enc), HID=channels[1], N_HIDDEN=len(channels) - 3,
-        C_OUT=channels[-1], OUT_PAD=_next_pow2(channels[-1]),
-        BLOCK_P=block_p, SUB_BLOCKS=sub_blocks, INPUT_PRECISION=input_precision,
-        UPCAST=params.device.type == "cpu" and params.dtype == torch.bfloat16,
-        ROUND_OUT=params.device.type == "cpu" and out.dtype == torch.bfloat16,
+        **const,
         **({"num_warps": num_warps} if num_warps else {}),
     )
     return out
@@ -379,7 +396,6 @@ def tent_onehot(labels: torch.Tensor, num_classes: int, factor: int, dtype: torc
     grid = (triton.cdiv(h * w, block), B)
     _tent_onehot_fwd[grid](
         labels, taps, out, H, W, h, w, *labels.stride(), *out.stride(),
-        N_CLS=num_classes, N_PAD=_next_pow2(num_classes, 2), FACTOR=factor, BLOCK=block,
-        ROUND_BF16=labels.device.type == "cpu" and dtype == torch.bfloat16,
+        **tent_constants(num_classes, factor, block, round_bf16=labels.device.type == "cpu" and dtype == torch.bfloat16),
     )
     return out
