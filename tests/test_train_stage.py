@@ -44,6 +44,23 @@ def registered_steps(project):
     return sorted(steps)
 
 
+def start_stage_until_checkpoint(project, step: int = 2, timeout_s: float = 400):
+    """`python -m pipelines.train` in its own process group, returned once Ray Train has registered a
+    checkpoint of at least ``step``; also returns the deadline for the rest of the test."""
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.train"], cwd=project, env=stage_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout_s
+    try:
+        while time.time() < deadline and not any(s >= step for s in registered_steps(project)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc, deadline
+
+
 def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_path, facades64):
     project = make_project(tmp_path / "proj", facades64)
     proc = run_stage(project, "pipelines.train")
@@ -83,16 +100,9 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
 
 def test_killed_stage_resumes_from_its_last_checkpoint(tmp_path, facades64):
     project = make_project(tmp_path / "proj", facades64, {"train": {"steps": 8}})
-    proc = subprocess.Popen([PYTHON, "-m", "pipelines.train"], cwd=project, env=stage_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline and not any(s >= 2 for s in registered_steps(project)):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and what shares its process group
-        proc.wait()
+    proc, deadline = start_stage_until_checkpoint(project)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and what shares its process group
+    proc.wait()
     # Ray's own processes notice their driver is gone a moment later and may register one more
     # checkpoint first: wait until the registry stops changing, then resume must start from its last.
     seen, stable_since = registered_steps(project), time.time()
@@ -143,15 +153,10 @@ def ray_train_workers(pid: int) -> list:
 def test_a_killed_worker_is_replaced_and_the_run_continues_from_its_checkpoint(tmp_path, facades64):
     """train.max_failures: one DDP worker SIGKILLed mid-run (an OOM kill, a lost node) costs a restart
     of the worker group from the last registered checkpoint, inside the same stage run: it finishes,
-    exit 0, every step logged once more after the restart, one MLflow run."""
+    exit 0, the steps after that checkpoint run again, one MLflow run."""
     project = make_project(tmp_path / "proj", facades64, {"train": {"steps": 10, "max_failures": 1}})
-    proc = subprocess.Popen([PYTHON, "-m", "pipelines.train"], cwd=project, env=stage_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 400
+    proc, deadline = start_stage_until_checkpoint(project)
     try:
-        while time.time() < deadline and not any(s >= 2 for s in registered_steps(project)):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.5)
         workers = ray_train_workers(proc.pid)
         assert len(workers) == 2, [w.cmdline() for w in workers]
         saved = max(registered_steps(project))
