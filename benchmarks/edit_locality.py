@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         maps = [read_label_map(f) for f in files]
         height, width = maps[0].shape
         band = parse_band(args.band, height, width)
-        torch.set_grad_enabled(False)
         rows = []
         print(f"{len(maps)} maps from {args.labels}, class {args.cls} painted in rows {band[0]}:{band[1]}, "
               f"columns {band[2]}:{band[3]}; mean |change| in 0..255 levels", flush=True)

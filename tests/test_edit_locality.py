@@ -66,6 +66,7 @@ def test_means_match_a_naive_computation_and_the_mlp_is_per_pixel(setup, capsys)
     rc = edit_locality.main([str(setup["asap"]), str(setup["spade"]), "--labels", str(setup["labels"]),
                              "--class", "3", "--band", "16:24,8:56", "--far", "16", "--out", str(out)])
     assert rc == 0
+    assert torch.is_grad_enabled()  # the CLI leaves the process as it found it (other tests train after it)
     result = json.loads(out.read_text())
     assert result["band"] == [16, 24, 8, 56] and result["maps"] == 3
     asap_row, spade_row = result["rows"]
