@@ -86,22 +86,25 @@ def measure(model: torch.nn.Module, maps: list[np.ndarray], cls: int, band, far:
         sums[key] = sums.get(key, 0.0) + float(value)
 
     split = isinstance(model, ASAPNetGenerator)
+    if split:  # its forward, written out: the streams' outputs are reused for the split below
+        c = model.config
+
+        def mlp(x, p):
+            return pixelwise_mlp(x[:, :c.hr_in_channels], p, c.mlp_channels, c.downsampling, c.positional_encoding)
     for labels in maps:
         before = torch.from_numpy(labels)[None]
         after = before.clone()
         after[:, top:bottom, left:right] = cls
-        out0, out1 = model(before), model(after)
+        if split:
+            x0, x1 = model.encode(before), model.encode(after)
+            p0, p1 = model.tile_params(x0), model.tile_params(x1)
+            out0, out1 = mlp(x0, p0), mlp(x1, p1)
+        else:
+            out0, out1 = model(before), model(after)
         total = change(out0, out1)
         add("inside", total[inside].mean())
         add("far", total[far_mask].mean())
         if split:
-            c = model.config
-            x0, x1 = model.encode(before), model.encode(after)
-            p0, p1 = model.tile_params(x0), model.tile_params(x1)
-
-            def mlp(x, p):
-                return pixelwise_mlp(x[:, :c.hr_in_channels], p, c.mlp_channels, c.downsampling, c.positional_encoding)
-
             labels_only, params_only = change(out0, mlp(x1, p0)), change(out0, mlp(x0, p1))
             add("labels_only_inside", labels_only[inside].mean())
             add("labels_only_far", labels_only[far_mask].mean())

@@ -59,24 +59,21 @@ def store(tmp_path_factory):
     """A temporary sqlite MLflow store with a real run in which the train stage logged its final model."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    before_uri, before_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        client = mlflow.MlflowClient(uri)
-        exp = client.create_experiment(NAME, artifact_location=(root / "artifacts").as_uri())
-        run_id = client.create_run(exp, run_name="train-asapnet-test").info.run_id
-        t0 = time.perf_counter()
-        train.log_final_model(run_id, TRAINED.asapnet, {"steps": 68, "train_seconds": 182.2,
-                                                         "stopped_by": "time_budget", "arch": "asapnet"})
-        log_s = time.perf_counter() - t0
-        yield {"root": root, "uri": uri, "client": client, "run_id": run_id, "experiment": exp, "log_s": log_s}
-    finally:
-        mlflow.set_tracking_uri(before_uri)
-        if before_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before_env
+    before_uri = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            client = mlflow.MlflowClient(uri)
+            exp = client.create_experiment(NAME, artifact_location=(root / "artifacts").as_uri())
+            run_id = client.create_run(exp, run_name="train-asapnet-test").info.run_id
+            t0 = time.perf_counter()
+            train.log_final_model(run_id, TRAINED.asapnet, {"steps": 68, "train_seconds": 182.2,
+                                                             "stopped_by": "time_budget", "arch": "asapnet"})
+            log_s = time.perf_counter() - t0
+            yield {"root": root, "uri": uri, "client": client, "run_id": run_id, "experiment": exp, "log_s": log_s}
+        finally:
+            mlflow.set_tracking_uri(before_uri)
 
 
 # ----------------------------------------------------------------------------------------------

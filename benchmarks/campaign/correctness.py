@@ -66,21 +66,20 @@ def verbose_summary(output: str) -> dict:
 
 def xdist_workers(wanted: int) -> int:
     """How many pytest-xdist workers phase 1 uses: ``wanted``, at most the CPU count; 0 (one pytest
-    process) when xdist is not installed."""
-    if wanted < 2 or importlib.util.find_spec("xdist") is None:
-        return 0
-    return max(0, min(wanted, os.cpu_count() or 1))
+    process) when that is under 2 or xdist is not installed."""
+    workers = min(wanted, os.cpu_count() or 1)
+    return workers if workers >= 2 and importlib.util.find_spec("xdist") is not None else 0
 
 
 def run_pytest(timeout_s: float, device: torch.device, workers: int = 0) -> dict:
-    """``pytest -m gpu tests/test_pixelwise_fused.py`` in a subprocess (``-n workers`` when > 1), summarised."""
+    """``pytest -m gpu tests/test_pixelwise_fused.py`` in a subprocess (``-n workers`` unless 0), summarised."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     if device.type == "cuda":
         env.pop("TRITON_INTERPRET", None)  # the real kernels, not the interpreter
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", TEST_FILE, "-v", "-p", "no:cacheprovider",
-               f"--junitxml={xml}"] + (["-n", str(workers)] if workers > 1 else [])
+               f"--junitxml={xml}"] + (["-n", str(workers)] if workers else [])
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
