@@ -57,6 +57,21 @@ CASES = {
     "tent_onehot_f2":      dict(kind="tent", factor=2, H=8, W=16, C=5, precision="fp32"),
     "tent_onehot_f4_35":   dict(kind="tent", factor=4, H=16, W=8, C=35, precision="fp32"),
     "tent_onehot_f8_bf16": dict(kind="tent", factor=8, H=32, W=16, C=3, precision="bf16"),
+    # the backward kernel: dL/d(params) against autograd through the reference
+    "grad_index_S8_fp32":  dict(kind="grad", B=2, S=8, H=16, W=16, C=5, input="index", precision="fp32"),
+    "grad_dense_S8_fp32":  dict(kind="grad", B=2, S=8, H=16, W=8, C=6, input="dense", precision="fp32"),
+    "grad_uniform_S8":     dict(kind="grad", B=2, S=8, H=16, W=16, C=5, input="index", precision="fp32",
+                                uniform=True),
+    "grad_no_positional":  dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="index", precision="fp32",
+                                positional=False),
+    "grad_tiny_tile_S2":   dict(kind="grad", B=1, S=2, H=8, W=4, C=3, input="index", precision="fp32"),
+    "grad_split_tile_S16": dict(kind="grad", B=1, S=16, H=16, W=32, C=4, input="onehot", precision="fp32",
+                                block_p=16, bwd_sub_blocks=3),  # 16 blocks in 6 programs per tile
+    "grad_index_S8_bf16":  dict(kind="grad", B=2, S=8, H=16, W=16, C=5, input="index", precision="bf16"),
+    "grad_index_S8_fp16":  dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="index", precision="fp16"),
+    "train_generator_fp32": dict(kind="train_generator", precision="fp32"),
+    "train_generator_uniform_dontcare_edge": dict(kind="train_generator", precision="fp32", spatially_uniform=True,
+                                                  dontcare=True, instance_edge=True),
 }
 GPU_ONLY_CASES = {
     "index_S32_256x512_bf16": dict(B=2, S=32, H=256, W=512, C=35, input="index", precision="bf16"),
@@ -67,6 +82,12 @@ GPU_ONLY_CASES = {
     "fast_generator_s1_2_bf16": dict(kind="generator", precision="bf16", learned_downsampling=8),
     "fast_generator_reflect_edge_bf16": dict(kind="generator", precision="bf16", padding="reflect",
                                              dontcare=True, instance_edge=True),
+    "grad_index_S32_256x512_bf16": dict(kind="grad", B=2, S=32, H=256, W=512, C=35, input="index",
+                                        precision="bf16"),
+    "grad_index_S64_1024_fp32":    dict(kind="grad", B=1, S=64, H=1024, W=1024, C=35, input="index",
+                                        precision="fp32"),
+    "grad_dense_S16_bf16":         dict(kind="grad", B=4, S=16, H=256, W=256, C=13, input="onehot",
+                                        precision="bf16"),
 }
 
 
@@ -193,9 +214,91 @@ def run_tent_case(case: dict, device: str) -> dict:
             "min_std": 0.01}
 
 
+def run_grad_case(case: dict, device: str) -> dict:
+    """dL/d(params) of the fused kernel against autograd through the fp32 reference, for a random
+    dL/d(output). Errors are relative (to the largest / the mean gradient). fp32 must match to
+    rounding; bf16 / fp16 may be off by at most 3x what autograd through the reference itself gives
+    in that precision (same rounded parameters and input), measured in the same case: the kernel
+    rounds the same dot operands, but keeps activations and the chained gradient in fp32 between
+    them (a float64 emulation of exactly that scheme gave the kernel's fp16 error to within its final
+    rounding, 1.4x the reference's; in bf16 it came out 0.6x). A wrong term or index is off by O(1)."""
+    from asap.models.pixelwise import mlp_channels, pixelwise_mlp
+    from asap.models.pixelwise_fused import fused_pixelwise_mlp
+
+    B, S, H, W, C = case["B"], case["S"], case["H"], case["W"], case["C"]
+    positional = case.get("positional", True)
+    dtype = DTYPES[case["precision"]]
+    gen = torch.Generator().manual_seed(sum(map(ord, str(sorted(case.items())))))
+    channels = mlp_channels(C + (4 * int(math.log2(S)) if positional else 0), 64, 5, 3)
+    h, w = (1, 1) if case.get("uniform") else (H // S, W // S)
+    params = make_params(B, channels, h, w, gen).to(dtype)
+    labels = torch.randint(0, C, (B, H, W), generator=gen)
+    x_ref = torch.nn.functional.one_hot(labels, C).permute(0, 3, 1, 2).float()
+    if case["input"] == "dense":
+        x_ref = torch.rand(B, C, H, W, generator=gen) * 2 - 1
+    grad_out = torch.randn(B, 3, H, W, generator=gen)
+
+    def grad_of(fn, x, p):
+        p = p.detach().clone().requires_grad_()
+        (fn(x, p).float() * grad_out.to(p.device)).sum().backward()
+        return p.grad.float().cpu()
+
+    with no_tf32():
+        ref = grad_of(lambda x, p: pixelwise_mlp(x, p, channels, S, positional), x_ref.to(device), params.float().to(device))
+        x_kernel = labels if case["input"] == "index" else x_ref.to(dtype)
+        opts = {k: case[k] for k in ("block_p", "bwd_sub_blocks") if k in case}
+        got = grad_of(lambda x, p: fused_pixelwise_mlp(x, p, channels, S, positional, **opts),
+                      x_kernel.to(device), params.to(device))
+        assert got.shape == ref.shape, (got.shape, ref.shape)
+        if case["precision"] == "fp32":
+            tol = (1e-5, 5e-6)
+        else:  # the same precision through autograd: what the reference itself loses
+            low = grad_of(lambda x, p: pixelwise_mlp(x, p, channels, S, positional), x_ref.to(dtype).to(device),
+                          params.to(device))
+            tol = (3 * (low - ref).abs().max().item() / ref.abs().max().item(),
+                   3 * (low - ref).abs().mean().item() / ref.abs().mean().item())
+    err = (got - ref).abs()
+    return {"err": err.max().item() / ref.abs().max().item(), "mean_err": err.mean().item() / ref.abs().mean().item(),
+            "tol": tol, "ref_std": ref.std().item()}
+
+
+def run_train_generator_case(case: dict, device: str) -> dict:
+    """A generator trained through the fused kernel (fused_mlp=True) gets the same gradients, on every
+    weight of the low-res stream, as through the reference (fused_mlp=False)."""
+    from asap.models.asapnet import asapnet
+
+    torch.manual_seed(0)
+    C, H, W = 5, 32, 32
+    model = asapnet(C, H, W, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1,
+                    dontcare=case.get("dontcare", False), instance_edge=case.get("instance_edge", False),
+                    spatially_uniform=case.get("spatially_uniform", False))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
+    model = model.to(device)
+    labels = torch.randint(0, C, (2, H, W))
+    if case.get("dontcare"):
+        labels[0, :5, :7] = 255
+    edges = (torch.rand(2, 1, H, W) > 0.8).float().to(device) if case.get("instance_edge") else None
+    grad_out = torch.randn(2, 3, H, W).to(device)
+
+    def grads(fused):
+        model.fused_mlp = fused
+        model.zero_grad(set_to_none=True)
+        (model(labels.to(device), edges) * grad_out).sum().backward()
+        return torch.cat([p.grad.flatten().cpu() for p in model.parameters()])
+
+    with no_tf32():
+        ref, got = grads(False), grads(True)
+    err = (got - ref).abs()
+    return {"err": err.max().item() / ref.abs().max().item(), "mean_err": err.mean().item() / ref.abs().mean().item(),
+            "tol": (1e-4, 1e-5), "ref_std": ref.std().item() / ref.abs().mean().item()}
+
+
 def run_case(name: str, device: str) -> dict:
     case = {**CASES, **GPU_ONLY_CASES}[name]
-    runner = {"generator": run_generator_case, "tent": run_tent_case}.get(case.get("kind"), run_kernel_case)
+    runner = {"generator": run_generator_case, "tent": run_tent_case, "grad": run_grad_case,
+              "train_generator": run_train_generator_case}.get(case.get("kind"), run_kernel_case)
     return runner(case, device)
 
 
@@ -265,6 +368,44 @@ def test_fast_generator_cpu_fallback_equals_model(padding):
     torch.testing.assert_close(fast(labels), ref, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"\[4, 7\]"):
         fast(torch.tensor([[[4, 7] * 32] * 32]))
+
+
+def test_generator_fused_mlp_switch(monkeypatch):
+    """"auto" keeps the reference on the CPU; True there is a clear error (no CUDA, no interpreter);
+    ASAP_FUSED_MLP sets the default of a new generator and a bad value is named."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    pytest.importorskip("triton")
+    from asap.models.asapnet import asapnet
+    torch.manual_seed(0)
+    model = asapnet(4, 32, 32, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1)
+    labels = torch.randint(0, 4, (1, 32, 32))
+    assert model.fused_mlp == "auto"
+    out = model(labels)
+    out.sum().backward()  # the reference path, differentiable as ever
+    model.fused_mlp = True
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        model(labels)
+    model.fused_mlp = "yes"
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        model(labels)
+    for value, expected in (("0", False), ("1", True), ("AUTO", "auto")):
+        monkeypatch.setenv("ASAP_FUSED_MLP", value)
+        assert asapnet(4, 32, 32, lr_max_width=16, lr_depth=1).fused_mlp == expected
+    monkeypatch.setenv("ASAP_FUSED_MLP", "sometimes")
+    with pytest.raises(ValueError, match="ASAP_FUSED_MLP='sometimes': expected 0, 1 or auto"):
+        asapnet(4, 32, 32, lr_max_width=16, lr_depth=1)
+
+
+def test_fused_mlp_refuses_an_input_that_needs_a_gradient():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    pytest.importorskip("triton")
+    from asap.models.pixelwise_fused import fused_pixelwise_mlp
+    channels = [5 + 12, 64, 64, 3]
+    params = torch.zeros(1, sum(i * o + o for i, o in zip(channels[:-1], channels[1:])), 1, 1)
+    with pytest.raises(ValueError, match="no gradient to its input"):
+        fused_pixelwise_mlp(torch.zeros(1, 5, 8, 8, requires_grad=True), params, channels, 8)
 
 
 # ----------------------------------------------------------------------------------------------

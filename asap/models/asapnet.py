@@ -14,6 +14,7 @@ Module names and the parameter layout follow the authors' released code (github.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -200,6 +201,19 @@ class LowResStream(nn.Module):
 # Generator
 # ----------------------------------------------------------------------------------------------
 
+FUSED_MLP_ENV = "ASAP_FUSED_MLP"
+
+
+def fused_mlp_default() -> bool | str:
+    """``ASAPNetGenerator.fused_mlp`` of a new generator: $ASAP_FUSED_MLP as 0 / 1 / auto (default auto)."""
+    value = os.environ.get(FUSED_MLP_ENV, "auto").strip().lower()
+    choices = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
+    if value not in choices:
+        raise ValueError(f"{FUSED_MLP_ENV}={value!r}: expected 0, 1 or auto (the fused Triton kernel for the "
+                         "pixelwise MLP: never, always, on CUDA when it supports the MLP)")
+    return choices[value]
+
+
 class ASAPNetGenerator(nn.Module):
     """Label map (or image) -> image in [-1, 1]."""
 
@@ -207,6 +221,12 @@ class ASAPNetGenerator(nn.Module):
         super().__init__()
         self.config = config
         self.lowres_stream = LowResStream(config)
+        # How the pixelwise MLP runs (not part of the config or the checkpoint: same function either
+        # way): "auto" = the fused Triton kernel (asap.models.pixelwise_fused, forward and backward) on
+        # CUDA tensors when it supports the MLP, the reference pixelwise_mlp otherwise; True = the
+        # kernel or an error (also on the CPU under TRITON_INTERPRET=1, as the tests run it); False =
+        # always the reference. The environment variable ASAP_FUSED_MLP=0 / 1 / auto sets the default.
+        self.fused_mlp: bool | str = fused_mlp_default()
         self.reset_parameters()
 
     def reset_parameters(self, gain: float = 0.02):
@@ -238,7 +258,32 @@ class ASAPNetGenerator(nn.Module):
         c.check_size(x.shape[2], x.shape[3])
         params = self.tile_params(x)
         hr = x[:, :c.hr_in_channels]
+        if self._use_fused(hr):
+            from asap.models.pixelwise_fused import fused_pixelwise_mlp
+
+            # TF32 for fp32 parameters exactly when torch's own matmuls may use it
+            precision = "tf32" if hr.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+            return fused_pixelwise_mlp(hr, params, c.mlp_channels, c.downsampling, c.positional_encoding,
+                                       input_precision=precision)
         return pixelwise_mlp(hr, params, c.mlp_channels, c.downsampling, c.positional_encoding)
+
+    def _use_fused(self, hr: torch.Tensor) -> bool:
+        """Whether this forward runs the pixelwise MLP in the fused kernel (see ``fused_mlp``)."""
+        if self.fused_mlp is False:
+            return False
+        if self.fused_mlp not in (True, "auto"):
+            raise ValueError(f"fused_mlp must be True, False or 'auto', got {self.fused_mlp!r}")
+        if self.fused_mlp == "auto" and (not hr.is_cuda or torch.compiler.is_compiling()
+                                         or torch.jit.is_tracing()):
+            return False
+        from asap.models import pixelwise_fused
+
+        reason = pixelwise_fused.unsupported_reason(self.config.mlp_channels, self.config.downsampling)
+        if reason is None and hr.requires_grad and torch.is_grad_enabled():
+            reason = "the input requires a gradient (the kernel differentiates the parameters only)"
+        if reason and self.fused_mlp is True:
+            raise ValueError(f"fused_mlp=True, but the fused kernel cannot run this generator: {reason}")
+        return reason is None
 
 
 def asapnet(num_classes: int, height: int, width: int, **overrides) -> ASAPNetGenerator:

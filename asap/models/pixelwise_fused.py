@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -97,6 +98,78 @@ if triton is not None:
         return tl.dot(a.to(b.dtype), b, input_precision=INPUT_PRECISION)
 
     @triton.jit
+    def _mm_grad(a, b, DT: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        # a @ b for the backward: both operands rounded to the parameters' dtype DT (autograd's bf16
+        # matmul under autocast does the same), products accumulated in fp32.
+        if UPCAST:
+            return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
+        return tl.dot(a.to(DT), b.to(DT), input_precision=INPUT_PRECISION)
+
+    @triton.jit
+    def _leaky(a):
+        return tl.where(a > 0, a, _SLOPE * a)
+
+    @triton.jit
+    def _encoding(px, py, TILE: tl.constexpr, N_ENC: tl.constexpr, E_PAD: tl.constexpr):
+        # Sec. 3.3 encoding, (BLOCK_P, E_PAD): channel e has period f = S >> (e // 4) and kind e % 4 in
+        # [cos x, sin x, cos y, sin y]; p mod f keeps the angle exact for any tile position.
+        e = tl.arange(0, E_PAD)
+        f = tl.maximum(tl.full((E_PAD,), TILE, tl.int32) >> (e // 4), 1)
+        kind = e % 4
+        coord = tl.where((kind < 2)[None, :], px[:, None], py[:, None])
+        ang = (coord % f[None, :]).to(tl.float32) * _TWO_PI / f[None, :].to(tl.float32)
+        enc = tl.where((kind % 2 == 0)[None, :], tl.cos(ang), tl.sin(ang))
+        return tl.where((e < N_ENC)[None, :], enc, 0.0)
+
+    @triton.jit
+    def _load_labels(x_base, gy, gx, pmask, stride_xh, stride_xw, C_IN: tl.constexpr):
+        # (label, valid): out-of-range labels read nothing (the launcher rejects them)
+        lab = tl.load(x_base + gy * stride_xh + gx * stride_xw, mask=pmask, other=0).to(tl.int32)
+        return lab, pmask & (lab >= 0) & (lab < C_IN)
+
+    @triton.jit
+    def _load_dense(x_base, gy, gx, pmask, stride_xc, stride_xh, stride_xw, C_IN: tl.constexpr, C_PAD: tl.constexpr):
+        ch = tl.arange(0, C_PAD)
+        return tl.load(x_base + ch[None, :] * stride_xc + gy[:, None] * stride_xh + gx[:, None] * stride_xw,
+                       mask=pmask[:, None] & (ch[None, :] < C_IN), other=0.0)
+
+    @triton.jit
+    def _layer1(x_base, p_base, px, py, gy, gx, pmask,
+                stride_xc, stride_xh, stride_xw, stride_pc,
+                IS_INDEX: tl.constexpr, C_IN: tl.constexpr, C_PAD: tl.constexpr, TILE: tl.constexpr,
+                N_ENC: tl.constexpr, E_PAD: tl.constexpr, HID: tl.constexpr, BLOCK_P: tl.constexpr,
+                UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        # layer 1's pre-activation, (BLOCK_P, HID) fp32: bias + input part + positional-encoding part
+        cols = tl.arange(0, HID)
+        acc = tl.load(p_base + cols * stride_pc).to(tl.float32)[None, :] + tl.zeros((BLOCK_P, HID), tl.float32)
+        if IS_INDEX:  # one-hot(x) @ W1 == W1[x]: a gather of weight rows
+            lab, ok = _load_labels(x_base, gy, gx, pmask, stride_xh, stride_xw, C_IN)
+            w_rows = tl.load(p_base + (HID + lab[:, None] * HID + cols[None, :]) * stride_pc,
+                             mask=ok[:, None], other=0.0)
+            acc += w_rows.to(tl.float32)
+        else:
+            ch = tl.arange(0, C_PAD)
+            xv = _load_dense(x_base, gy, gx, pmask, stride_xc, stride_xh, stride_xw, C_IN, C_PAD)
+            w1 = tl.load(p_base + (HID + ch[:, None] * HID + cols[None, :]) * stride_pc,
+                         mask=ch[:, None] < C_IN, other=0.0)
+            acc += _mm(xv, w1, UPCAST, INPUT_PRECISION)
+        if N_ENC > 0:
+            e = tl.arange(0, E_PAD)
+            we = tl.load(p_base + (HID + (C_IN + e[:, None]) * HID + cols[None, :]) * stride_pc,
+                         mask=(e < N_ENC)[:, None], other=0.0)
+            acc += _mm(_encoding(px, py, TILE, N_ENC, E_PAD), we, UPCAST, INPUT_PRECISION)
+        return acc
+
+    @triton.jit
+    def _hidden_pre(h, p_base, start, stride_pc, HID: tl.constexpr, UPCAST: tl.constexpr,
+                    INPUT_PRECISION: tl.constexpr):
+        # pre-activation of the HID -> HID layer whose parameters start at ``start``
+        cols = tl.arange(0, HID)
+        bias = tl.load(p_base + (start + cols) * stride_pc).to(tl.float32)
+        w = tl.load(p_base + (start + HID + cols[:, None] * HID + cols[None, :]) * stride_pc)
+        return _mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :]
+
+    @triton.jit
     def _pixelwise_mlp_fwd(
         x_ptr, params_ptr, out_ptr,
         n_tiles_w, n_tiles,                          # tiles per grid row, tiles per image
@@ -130,7 +203,6 @@ if triton is not None:
         x_base = x_ptr + b.to(tl.int64) * stride_xb
         o_base = out_ptr + b.to(tl.int64) * stride_ob
 
-        cols = tl.arange(0, HID)
         rows = tl.arange(0, HID)
         ocols = tl.arange(0, OUT_PAD)
         N_IN: tl.constexpr = C_IN + N_ENC
@@ -146,55 +218,133 @@ if triton is not None:
             gy = ty * TILE + py
             gx = tx * TILE + px
 
-            # ---- layer 1: bias + input part + positional-encoding part -----------------------
-            acc = tl.load(p_base + cols * stride_pc).to(tl.float32)[None, :] + tl.zeros((BLOCK_P, HID), tl.float32)
-            if IS_INDEX:
-                lab = tl.load(x_base + gy * stride_xh + gx * stride_xw, mask=pmask, other=0).to(tl.int32)
-                ok = pmask & (lab >= 0) & (lab < C_IN)  # out-of-range labels read nothing (the launcher rejects them)
-                w_rows = tl.load(p_base + (HID + lab[:, None] * HID + cols[None, :]) * stride_pc,
-                                 mask=ok[:, None], other=0.0)
-                acc += w_rows.to(tl.float32)
-            else:
-                ch = tl.arange(0, C_PAD)
-                xv = tl.load(x_base + ch[None, :] * stride_xc + gy[:, None] * stride_xh + gx[:, None] * stride_xw,
-                             mask=pmask[:, None] & (ch[None, :] < C_IN), other=0.0)
-                w1 = tl.load(p_base + (HID + ch[:, None] * HID + cols[None, :]) * stride_pc,
-                             mask=ch[:, None] < C_IN, other=0.0)
-                acc += _mm(xv, w1, UPCAST, INPUT_PRECISION)
-            if N_ENC > 0:
-                # Sec. 3.3 encoding: channel e has period f = S >> (e // 4) and kind e % 4 in
-                # [cos x, sin x, cos y, sin y]; p mod f keeps the angle exact for any tile position.
-                e = tl.arange(0, E_PAD)
-                f = tl.maximum(tl.full((E_PAD,), TILE, tl.int32) >> (e // 4), 1)
-                kind = e % 4
-                coord = tl.where((kind < 2)[None, :], px[:, None], py[:, None])
-                ang = (coord % f[None, :]).to(tl.float32) * _TWO_PI / f[None, :].to(tl.float32)
-                enc = tl.where((kind % 2 == 0)[None, :], tl.cos(ang), tl.sin(ang))
-                enc = tl.where((e < N_ENC)[None, :], enc, 0.0)
-                we = tl.load(p_base + (HID + (C_IN + e[:, None]) * HID + cols[None, :]) * stride_pc,
-                             mask=(e < N_ENC)[:, None], other=0.0)
-                acc += _mm(enc, we, UPCAST, INPUT_PRECISION)
-            h = tl.where(acc > 0, acc, _SLOPE * acc)
-
-            # ---- hidden layers: HID -> HID on tensor cores -----------------------------------
-            for j in tl.static_range(N_HIDDEN):
-                start = HIDDEN_START + j * LAYER_SIZE
-                bias = tl.load(p_base + (start + cols) * stride_pc).to(tl.float32)
-                w = tl.load(p_base + (start + HID + rows[:, None] * HID + cols[None, :]) * stride_pc)
-                acc = _mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :]
-                h = tl.where(acc > 0, acc, _SLOPE * acc)
+            h = _leaky(_layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
+                               IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION))
+            for j in tl.static_range(N_HIDDEN):  # HID -> HID on tensor cores
+                h = _leaky(_hidden_pre(h, p_base, HIDDEN_START + j * LAYER_SIZE, stride_pc, HID, UPCAST,
+                                       INPUT_PRECISION))
 
             # ---- last layer: HID -> C_OUT (padded to 16 columns for tl.dot), tanh ------------
             omask = ocols < C_OUT
             bias = tl.load(p_base + (LAST_START + ocols) * stride_pc, mask=omask, other=0.0).to(tl.float32)
             w = tl.load(p_base + (LAST_START + C_OUT + rows[:, None] * C_OUT + ocols[None, :]) * stride_pc,
                         mask=omask[None, :], other=0.0)
-            acc = _mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :]
-            y = _tanh(acc)
+            y = _tanh(_mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :])
             if ROUND_OUT:
                 y = _round_bf16(y)  # the interpreter's own cast would truncate
             tl.store(o_base + ocols[None, :] * stride_oc + gy[:, None] * stride_oh + gx[:, None] * stride_ow,
                      y.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & omask[None, :])
+
+    @triton.jit
+    def _add_to(ptrs, value, mask):
+        # grad slots belong to one program: a plain read-add-write accumulates without atomics
+        tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+
+    @triton.jit
+    def _pixelwise_mlp_bwd(
+        x_ptr, params_ptr, dy_ptr, grad_ptr,
+        n_tiles_w, n_tiles, n_all_tiles,             # n_all_tiles = B * n_tiles (one grad slot per tile)
+        stride_xb, stride_xc, stride_xh, stride_xw,
+        stride_pb, stride_pc, stride_ph, stride_pw,
+        stride_db, stride_dc, stride_dh, stride_dw,  # dL/d(output) (B, C_OUT, H, W)
+        P: tl.constexpr,           # parameters per tile; grad is fp32 (programs per tile, B * n_tiles, P)
+        IS_INDEX: tl.constexpr, C_IN: tl.constexpr, C_PAD: tl.constexpr, TILE: tl.constexpr,
+        N_ENC: tl.constexpr, E_PAD: tl.constexpr, HID: tl.constexpr, N_HIDDEN: tl.constexpr,
+        C_OUT: tl.constexpr, OUT_PAD: tl.constexpr, BLOCK_P: tl.constexpr, SUB_BLOCKS: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        # dL/d(params) of _pixelwise_mlp_fwd for one tile's pixel blocks. Nothing of the forward is
+        # stored: each layer's input is recomputed from the labels and the tile's parameters (the
+        # layers are 64-wide tl.dots, cheap next to writing and reading B*H*W*64 activations per
+        # layer as autograd does), and the tile's gradient is summed on-chip over its pixels.
+        pid_tile = tl.program_id(0)
+        pid_blk = tl.program_id(1)
+        b = pid_tile // n_tiles
+        t = pid_tile % n_tiles
+        ty = t // n_tiles_w
+        tx = t % n_tiles_w
+        DT: tl.constexpr = params_ptr.dtype.element_ty
+
+        p_base = params_ptr + b.to(tl.int64) * stride_pb + ty * stride_ph + tx * stride_pw
+        x_base = x_ptr + b.to(tl.int64) * stride_xb
+        d_base = dy_ptr + b.to(tl.int64) * stride_db
+        g_base = grad_ptr + (pid_blk.to(tl.int64) * n_all_tiles + pid_tile) * P
+
+        cols = tl.arange(0, HID)
+        ocols = tl.arange(0, OUT_PAD)
+        omask = ocols < C_OUT
+        N_IN: tl.constexpr = C_IN + N_ENC
+        HIDDEN_START: tl.constexpr = HID + N_IN * HID
+        LAYER_SIZE: tl.constexpr = HID + HID * HID
+        LAST_START: tl.constexpr = HIDDEN_START + N_HIDDEN * LAYER_SIZE
+        all_cols = cols < HID
+
+        for s in range(SUB_BLOCKS):
+            p = (pid_blk * SUB_BLOCKS + s) * BLOCK_P + tl.arange(0, BLOCK_P)
+            pmask = p < TILE * TILE
+            py = p // TILE
+            px = p % TILE
+            gy = ty * TILE + py
+            gx = tx * TILE + px
+
+            # ---- forward to the last layer's input -------------------------------------------
+            h = _leaky(_layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
+                               IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION))
+            for j in tl.static_range(N_HIDDEN):
+                h = _leaky(_hidden_pre(h, p_base, HIDDEN_START + j * LAYER_SIZE, stride_pc, HID, UPCAST,
+                                       INPUT_PRECISION))
+
+            # ---- last layer: y = tanh(h W + b); rows outside the tile get dy = 0, so every
+            # gradient below is zero there ----------------------------------------------------
+            bias = tl.load(p_base + (LAST_START + ocols) * stride_pc, mask=omask, other=0.0).to(tl.float32)
+            w = tl.load(p_base + (LAST_START + C_OUT + cols[:, None] * C_OUT + ocols[None, :]) * stride_pc,
+                        mask=omask[None, :], other=0.0)
+            y = _tanh(_mm(h, w, UPCAST, INPUT_PRECISION) + bias[None, :])
+            dy = tl.load(d_base + ocols[None, :] * stride_dc + gy[:, None] * stride_dh + gx[:, None] * stride_dw,
+                         mask=pmask[:, None] & omask[None, :], other=0.0).to(tl.float32)
+            da = dy * (1.0 - y * y)
+            _add_to(g_base + LAST_START + ocols, tl.sum(da, axis=0), omask)
+            _add_to(g_base + LAST_START + C_OUT + cols[:, None] * C_OUT + ocols[None, :],
+                    _mm_grad(tl.trans(h), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & omask[None, :])
+            dh = _mm_grad(da, tl.trans(w), DT, UPCAST, INPUT_PRECISION)
+
+            # ---- hidden layers, last to first: recompute the layer's input, then its grads ----
+            for j in tl.static_range(N_HIDDEN - 1, -1, -1):
+                start = HIDDEN_START + j * LAYER_SIZE
+                hin = _leaky(_layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw,
+                                     stride_pc, IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST,
+                                     INPUT_PRECISION))
+                for k in tl.static_range(j):
+                    hin = _leaky(_hidden_pre(hin, p_base, HIDDEN_START + k * LAYER_SIZE, stride_pc, HID, UPCAST,
+                                             INPUT_PRECISION))
+                a = _hidden_pre(hin, p_base, start, stride_pc, HID, UPCAST, INPUT_PRECISION)
+                da = tl.where(a > 0, dh, _SLOPE * dh)
+                _add_to(g_base + start + cols, tl.sum(da, axis=0), all_cols)
+                _add_to(g_base + start + HID + cols[:, None] * HID + cols[None, :],
+                        _mm_grad(tl.trans(hin), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & all_cols[None, :])
+                w = tl.load(p_base + (start + HID + cols[:, None] * HID + cols[None, :]) * stride_pc)
+                dh = _mm_grad(da, tl.trans(w), DT, UPCAST, INPUT_PRECISION)
+
+            # ---- layer 1: bias, input rows (one-hot^T da: a scatter-add by label), encoding rows
+            a = _layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
+                        IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION)
+            da = tl.where(a > 0, dh, _SLOPE * dh)
+            _add_to(g_base + cols, tl.sum(da, axis=0), all_cols)
+            ch = tl.arange(0, C_PAD)
+            if IS_INDEX:
+                lab, ok = _load_labels(x_base, gy, gx, pmask, stride_xh, stride_xw, C_IN)
+                xin = tl.where(ok[:, None] & (lab[:, None] == ch[None, :]), 1.0, 0.0)
+            else:
+                xin = _load_dense(x_base, gy, gx, pmask, stride_xc, stride_xh, stride_xw, C_IN, C_PAD)
+            _add_to(g_base + HID + ch[:, None] * HID + cols[None, :],
+                    _mm_grad(tl.trans(xin), da, DT, UPCAST, INPUT_PRECISION), (ch < C_IN)[:, None] & all_cols[None, :])
+            if N_ENC > 0:
+                e = tl.arange(0, E_PAD)
+                enc = _encoding(px, py, TILE, N_ENC, E_PAD)
+                _add_to(g_base + HID + (C_IN + e[:, None]) * HID + cols[None, :],
+                        _mm_grad(tl.trans(enc), da, DT, UPCAST, INPUT_PRECISION), (e < N_ENC)[:, None] & all_cols[None, :])
+            # the next block's read-add-write of the same slots must see these stores from every thread
+            tl.debug_barrier()
 
 
     @triton.jit
@@ -277,29 +427,43 @@ def mlp_constants(channels: list[int], tile: int, c_in: int, *, is_index: bool, 
                 UPCAST=interpreted_bf16, ROUND_OUT=round_out)
 
 
+def backward_constants(const: dict, channels: list[int], sub_blocks: int | None = None, *,
+                       fp32_params: bool = False) -> dict:
+    """The constexpr arguments ``_pixelwise_mlp_bwd`` is launched with, from the forward's
+    ``mlp_constants``: by default one program per tile (SUB_BLOCKS = the tile's pixel blocks).
+    fp32 parameters at "ieee" precision run the backward's dots as "tf32x3" (three TF32 tensor-core
+    products, fp32-level error): ~25 unrolled 64-wide fp32 FMA dots took ptxas ~100 s per variant
+    (a 5 MB cubin), too long for the campaign's compile budget."""
+    bwd = {k: v for k, v in const.items() if k != "ROUND_OUT"}
+    if fp32_params and bwd["INPUT_PRECISION"] == "ieee" and not interpret_mode():
+        bwd["INPUT_PRECISION"] = "tf32x3"
+    bwd["SUB_BLOCKS"] = sub_blocks or -(-const["TILE"] ** 2 // const["BLOCK_P"])
+    bwd["P"] = num_mlp_params(channels)
+    return bwd
+
+
 def tent_constants(num_classes: int, factor: int, block: int = 64, round_bf16: bool = False) -> dict:
     """The constexpr arguments ``_tent_onehot_fwd`` is launched with."""
     return dict(N_CLS=num_classes, N_PAD=_next_pow2(num_classes, 2), FACTOR=factor, BLOCK=block,
                 ROUND_BF16=round_bf16)
 
 
-def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channels: list[int], tile: int,
-                        positional: bool = True, num_classes: int | None = None, *,
-                        check_labels: bool = True, out_dtype: torch.dtype | None = None,
-                        input_precision: str = "ieee", block_p: int | None = None,
-                        sub_blocks: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """The pixelwise MLP of ``pixelwise_mlp`` in one kernel.
+@dataclass(frozen=True)
+class _Launch:
+    """A checked call of the pixelwise MLP: what both kernels are launched with."""
+    x: torch.Tensor          # (B, 1, H, W) class indices or (B, C, H, W) dense input
+    params: torch.Tensor     # (B, P, h, w) or (B, P, 1, 1), channels-last memory
+    const: dict              # mlp_constants of this call
+    B: int
+    H: int
+    W: int
+    h: int
+    w: int
+    uniform: bool
 
-    labels_or_x: integer class indices (B, H, W) or (B, 1, H, W), taken as the one-hot input of width
-                 ``num_classes`` (default: channels[0] minus the encoding), or a dense float
-                 (B, C, H, W) input (an image, or a one-hot map with extra channels).
-    params:      (B, P, H/S, W/S) or (B, P, 1, 1); fp32, bf16 or fp16. Layers run in the parameters'
-                 dtype with fp32 accumulation; the output has ``out_dtype`` (default: params' dtype).
-    input_precision: "ieee" (exact fp32, the default) or "tf32" for fp32 parameters.
-    check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
-                 a zero row for out-of-range labels, so skipping the check is memory-safe).
-    Returns (B, channels[-1], H, W).
-    """
+
+def _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
+             block_p, sub_blocks) -> _Launch:
     reason = unsupported_reason(channels, tile)
     if reason:
         raise ValueError(f"fused_pixelwise_mlp: {reason}; use asap.models.pixelwise.pixelwise_mlp")
@@ -349,26 +513,108 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     # Channels-last puts one tile's P parameters next to each other (coalesced weight loads); the
     # fast generator's low-res stream already produces this layout, so this is usually free.
     params = params.contiguous(memory_format=torch.channels_last)
-    out = torch.empty(B, channels[-1], H, W, device=params.device, dtype=out_dtype or params.dtype)
-
     const = mlp_constants(channels, tile, c_in, is_index=is_index, positional=positional,
                           input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks,
-                          interpreted_bf16=params.device.type == "cpu" and params.dtype == torch.bfloat16,
-                          round_out=params.device.type == "cpu" and out.dtype == torch.bfloat16)
+                          interpreted_bf16=params.device.type == "cpu" and params.dtype == torch.bfloat16)
+    return _Launch(x, params, const, B, H, W, h, w, uniform)
+
+
+def _param_strides(call: _Launch) -> tuple[int, int, int, int]:
+    sb = call.params.stride()
+    return sb[0], sb[1], 0 if call.uniform else sb[2], 0 if call.uniform else sb[3]
+
+
+def _forward(call: _Launch, channels: list[int], out_dtype: torch.dtype | None, num_warps: int | None) -> torch.Tensor:
+    params = call.params
+    out = torch.empty(call.B, channels[-1], call.H, call.W, device=params.device, dtype=out_dtype or params.dtype)
+    const = {**call.const, "ROUND_OUT": params.device.type == "cpu" and out.dtype == torch.bfloat16}
+    tile = const["TILE"]
     blocks = triton.cdiv(tile * tile, const["BLOCK_P"])
-    sb = params.stride()
-    xs = x.stride()
-    grid = (B * h * w, triton.cdiv(blocks, const["SUB_BLOCKS"]))
+    grid = (call.B * call.h * call.w, triton.cdiv(blocks, const["SUB_BLOCKS"]))
     _pixelwise_mlp_fwd[grid](
-        x, params, out,
-        w, h * w,
-        xs[0], xs[1], xs[2], xs[3],
-        sb[0], sb[1], 0 if uniform else sb[2], 0 if uniform else sb[3],
-        *out.stride(),
+        call.x, params, out,
+        call.w, call.h * call.w,
+        *call.x.stride(), *_param_strides(call), *out.stride(),
         **const,
         **({"num_warps": num_warps} if num_warps else {}),
     )
     return out
+
+
+def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], sub_blocks: int | None,
+              num_warps: int | None) -> torch.Tensor:
+    """dL/d(params) in params' shape and dtype, from dL/d(output). By default one program per tile
+    sums the tile's whole gradient (no atomics; deterministic); ``sub_blocks`` splits a tile over
+    several programs whose partial sums are added afterwards."""
+    params = call.params
+    const = backward_constants(call.const, channels, sub_blocks, fp32_params=params.dtype == torch.float32)
+    tile, P = const["TILE"], const["P"]
+    groups = triton.cdiv(triton.cdiv(tile * tile, const["BLOCK_P"]), const["SUB_BLOCKS"])
+    n_all = call.B * call.h * call.w
+    grad = torch.zeros(groups, n_all, P, device=params.device, dtype=torch.float32)
+    _pixelwise_mlp_bwd[(n_all, groups)](
+        call.x, params, grad_out, grad,
+        call.w, call.h * call.w, n_all,
+        *call.x.stride(), *_param_strides(call), *grad_out.stride(),
+        **const,
+        **({"num_warps": num_warps} if num_warps else {}),
+    )
+    grad = grad.sum(0) if groups > 1 else grad[0]
+    grad = grad.view(call.B, call.h, call.w, P).permute(0, 3, 1, 2)  # (B, P, h, w), channels-last memory
+    if call.uniform:
+        grad = grad.sum(dim=(2, 3), keepdim=True)
+    return grad.to(params.dtype)
+
+
+class _FusedPixelwiseMLP(torch.autograd.Function):
+    """The fused forward, differentiable in the parameters (the labels or input get no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, params, call, channels, out_dtype, bwd_sub_blocks, num_warps):
+        ctx.call, ctx.channels, ctx.bwd_sub_blocks, ctx.num_warps = call, channels, bwd_sub_blocks, num_warps
+        ctx.params_shape = params.shape
+        return _forward(call, channels, out_dtype, num_warps)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad = None
+        if ctx.needs_input_grad[1]:
+            grad = _backward(ctx.call, grad_out, ctx.channels, ctx.bwd_sub_blocks, ctx.num_warps)
+            if grad.shape != ctx.params_shape:
+                grad = grad.reshape(ctx.params_shape)
+        ctx.call = None  # drop the references to the input and parameters
+        return None, grad, None, None, None, None, None
+
+
+def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channels: list[int], tile: int,
+                        positional: bool = True, num_classes: int | None = None, *,
+                        check_labels: bool = True, out_dtype: torch.dtype | None = None,
+                        input_precision: str = "ieee", block_p: int | None = None,
+                        sub_blocks: int | None = None, num_warps: int | None = None,
+                        bwd_sub_blocks: int | None = None) -> torch.Tensor:
+    """The pixelwise MLP of ``pixelwise_mlp`` in one kernel, differentiable in ``params``.
+
+    labels_or_x: integer class indices (B, H, W) or (B, 1, H, W), taken as the one-hot input of width
+                 ``num_classes`` (default: channels[0] minus the encoding), or a dense float
+                 (B, C, H, W) input (an image, or a one-hot map with extra channels). It gets no
+                 gradient: an input that requires one is refused.
+    params:      (B, P, H/S, W/S) or (B, P, 1, 1); fp32, bf16 or fp16. Layers run in the parameters'
+                 dtype with fp32 accumulation; the output has ``out_dtype`` (default: params' dtype).
+                 When params require grad, backward runs the fused backward kernel (``_backward``):
+                 it recomputes each layer's input instead of storing activations.
+    input_precision: "ieee" (exact fp32, the default) or "tf32" for fp32 parameters.
+    check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
+                 a zero row for out-of-range labels, so skipping the check is memory-safe).
+    Returns (B, channels[-1], H, W).
+    """
+    if labels_or_x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("fused_pixelwise_mlp gives no gradient to its input (label maps and one-hot inputs "
+                         "need none); use asap.models.pixelwise.pixelwise_mlp to differentiate through the input")
+    call = _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
+                    block_p, sub_blocks)
+    if params.requires_grad and torch.is_grad_enabled():
+        return _FusedPixelwiseMLP.apply(call.x, params, call, channels, out_dtype, bwd_sub_blocks, num_warps)
+    return _forward(call, channels, out_dtype, num_warps)
 
 
 def tent_onehot(labels: torch.Tensor, num_classes: int, factor: int, dtype: torch.dtype = torch.float32,
