@@ -12,7 +12,9 @@ pinned triton and, run with the GPU machine's triton (3.6), on that one too.
 
 The variants are those the GPU campaign launches: the pixelwise MLP (class indices or dense input;
 fp32 / bf16 / fp16 parameters; tf32; S = 2..64; 3-36 classes; with and without the positional
-encoding; several pixel blocks per program) and the tent one-hot downsampling (factors 1-8; factor 8
+encoding; several pixel blocks per program), its backward (``mlp-grad``: the training generator's
+fp32 one-hot with bf16 or fp32 parameters, and the test file's gradient cases) and the tent one-hot
+downsampling (factors 1-8; factor 8
 with 35 classes is a 2048-pixel Cityscapes side, beyond the campaign's sizes: with every tap unrolled
 it was a 5 MB PTX that ptxas had not finished after 10 minutes, now ~6 s). For each
 it records the compile time, registers per thread, spilled registers and shared memory; ``--out``
@@ -42,7 +44,7 @@ POINTER = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kernel: str                # "mlp" or "tent"
+    kernel: str                # "mlp", "mlp-grad" (its backward) or "tent"
     signature: dict            # argument -> triton type ("*fp32", "i32", "constexpr")
     constants: dict            # constexpr argument -> value
     num_warps: int = 4
@@ -73,8 +75,10 @@ def _signature(fn, pointers: dict, constants: dict) -> dict:
 
 def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positional: bool = True,
         input_precision: str = "ieee", hidden: int = 64, depth: int = 5, block_p: int | None = None,
-        sub_blocks: int = 1) -> Variant:
-    """``_pixelwise_mlp_fwd`` as ``fused_pixelwise_mlp`` launches it on a GPU."""
+        sub_blocks: int | None = None, grad: bool = False, x_precision: str | None = None) -> Variant:
+    """``_pixelwise_mlp_fwd`` as ``fused_pixelwise_mlp`` launches it on a GPU, or with ``grad`` the
+    backward ``_pixelwise_mlp_bwd``. ``x_precision``: a dense input's dtype when it differs from the
+    parameters' (the trainer's fp32 one-hot with bf16 parameters under autocast)."""
     from asap.models.pixelwise import mlp_channels
 
     pf = _kernels()
@@ -82,12 +86,21 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
     channels = mlp_channels(classes + n_enc, hidden, depth, 3)
     constants = pf.mlp_constants(channels, tile, classes, is_index=not dense, positional=positional,
                                  input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks)
-    pointers = {"x_ptr": POINTER[precision] if dense else "*i64", "params_ptr": POINTER[precision],
-                "out_ptr": POINTER[precision]}
-    name = (f"mlp {'dense' if dense else 'index'} {precision}{' tf32' if input_precision == 'tf32' else ''} "
+    x_type = POINTER[x_precision or precision] if dense else "*i64"
+    if grad:
+        constants = pf.backward_constants(constants, channels, sub_blocks, fp32_params=precision == "fp32")
+        pointers = {"x_ptr": x_type, "params_ptr": POINTER[precision], "dy_ptr": POINTER[precision],
+                    "grad_ptr": "*fp32"}
+        fn = pf._pixelwise_mlp_bwd
+    else:
+        pointers = {"x_ptr": x_type, "params_ptr": POINTER[precision], "out_ptr": POINTER[precision]}
+        fn = pf._pixelwise_mlp_fwd
+    name = (f"mlp{'-grad' if grad else ''} {'dense' if dense else 'index'}"
+            f"{f' x {x_precision}' if dense and x_precision and x_precision != precision else ''} "
+            f"{precision}{' tf32' if input_precision == 'tf32' else ''} "
             f"C{classes} S{tile}{'' if positional else ' no-encoding'}"
-            f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks > 1 else ''}")
-    return Variant(name, "mlp", _signature(pf._pixelwise_mlp_fwd, pointers, constants), constants)
+            f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks else ''}")
+    return Variant(name, "mlp-grad" if grad else "mlp", _signature(fn, pointers, constants), constants)
 
 
 def tent(classes: int, factor: int, precision: str, block: int = 64) -> Variant:
@@ -112,6 +125,18 @@ def campaign_variants() -> list[Variant]:
     variants += [mlp(12, 16, "fp32", input_precision="tf32"), mlp(5, 8, "fp32", positional=False),
                  mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3), mlp(5, 16, "bf16", hidden=16),
                  mlp(3, 2, "bf16"), tent(13, 1, "fp32"), tent(3, 4, "bf16")]
+    # training (the generator through the fused kernel, phases 3 and 4): the trainer's fp32 one-hot
+    # with bf16 (autocast) or fp32 parameters at facades' S = 16 / 32, forward and backward; the test
+    # file's gradient cases
+    for tile in (16, 32):
+        for precision in ("bf16", "fp32"):
+            variants += [mlp(13, tile, precision, dense=True, x_precision="fp32"),
+                         mlp(13, tile, precision, dense=True, x_precision="fp32", grad=True)]
+    variants += [mlp(5, 8, "fp32", grad=True), mlp(5, 8, "bf16", grad=True), mlp(5, 8, "fp16", grad=True),
+                 mlp(6, 8, "fp32", dense=True, grad=True), mlp(5, 8, "fp32", positional=False, grad=True),
+                 mlp(3, 2, "fp32", grad=True), mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3, grad=True),
+                 mlp(35, 32, "bf16", grad=True), mlp(35, 64, "fp32", grad=True),
+                 mlp(13, 16, "bf16", dense=True, grad=True)]
     return variants
 
 
@@ -121,7 +146,7 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     from triton.compiler import ASTSource
 
     pf = _kernels()
-    fn = pf._pixelwise_mlp_fwd if variant.kernel == "mlp" else pf._tent_onehot_fwd
+    fn = {"mlp": pf._pixelwise_mlp_fwd, "mlp-grad": pf._pixelwise_mlp_bwd, "tent": pf._tent_onehot_fwd}[variant.kernel]
     t0 = time.perf_counter()
     try:
         kernel = triton.compile(ASTSource(fn, variant.signature, variant.constants),

@@ -17,7 +17,7 @@ from project_helpers import REPO
 pytest.importorskip("triton")
 
 
-def test_index_and_bf16_variants_compile_for_sm90(tmp_path):
+def test_forward_and_backward_variants_compile_for_sm90(tmp_path):
     out = tmp_path / "compile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # a real compile, not a cache hit
@@ -26,12 +26,13 @@ def test_index_and_bf16_variants_compile_for_sm90(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads(out.read_text())
     rows = {r["name"]: r for r in record["rows"]}
-    # fp32 / bf16 / fp16 of the 5-class S=8 MLP, and the one without the positional encoding
-    assert set(rows) == {"mlp index fp32 C5 S8", "mlp index bf16 C5 S8", "mlp index fp16 C5 S8",
-                         "mlp index fp32 C5 S8 no-encoding"}
+    # fp32 / bf16 / fp16 of the 5-class S=8 MLP, and the one without the positional encoding; each
+    # forward and backward (the backward's fp32 dots as tf32x3)
+    names = {"index fp32 C5 S8", "index bf16 C5 S8", "index fp16 C5 S8", "index fp32 C5 S8 no-encoding"}
+    assert set(rows) == {f"mlp {n}" for n in names} | {f"mlp-grad {n}" for n in names}
     for row in rows.values():
         assert row["ok"] and row["ptx_target"].startswith("sm_90") and row["cubin_bytes"] > 1000, row
-    assert "4 compiled, 0 failed" in done.stdout
+    assert "8 compiled, 0 failed" in done.stdout
 
 
 def test_a_changed_constexpr_set_is_named():
