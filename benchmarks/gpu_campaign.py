@@ -74,9 +74,11 @@ campaign writes at most 7 so the console log fits):
                         "targets": {name: {"measured", "target", "met", "ratio_to_target"}},
                         "median_ms": {"<model>/<path>/<precision>": {size: ms}}, "skipped_for_time", "row_errors"}
     result of phase 3: {"rows": [{"size", "batch", "precision", "max_abs_output_diff", "speedup",
-                                  "speedup_vs_authors_fp32" (bf16 rows),
+                                  "speedup_vs_authors_fp32" (bf16 rows), "generator_speedup",
+                                  "authors_generator_share", "step_speedup_bound",
                                   "ours"/"authors_way": {"step_s_median", "step_s_all", "images_per_s",
-                                                         "autocast_bf16"}, "wall_s"}],
+                                                         "autocast_bf16", "generator_s_median",
+                                                         "generator_s_all"}, "wall_s"}],
                         "targets", "skipped_for_time", "settings_bench"}
     result of phase 4 (the record also has "budget_s_requested", "budget_s", "budget_note"):
                        {"dataset", "budget_s", "test_images", "params" (the resolved params sections),

@@ -139,58 +139,90 @@ def fp32_mode(precision: str, device: torch.device):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def _timed(fn, n: int, warmup: int, device: torch.device, deadline: float | None) -> list[float]:
+    """Seconds of each of ``n`` synchronised calls of ``fn`` after ``warmup`` untimed ones; fewer once
+    ``deadline`` (perf_counter) has passed (at least one is timed)."""
+    times = []
+    for i in range(warmup + n):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        if deadline is not None and time.perf_counter() > deadline and times:
+            break
+    return times
+
+
 def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: torch.device,
                settings: TrainBenchSettings, deadline: float | None = None,
-               check_layouts: bool = False) -> tuple[list[float], bool, float | None]:
+               check_layouts: bool = False) -> dict:
     """Seconds per timed train_step (synchronised) of the trainer build_trainer makes for ``run``;
     ``authors`` swaps in the authors' generator layout. Random labels and images (the step's cost does
     not depend on them). Stops early, returning fewer times, once ``deadline`` (perf_counter) passes.
-    Returns (times, whether bf16 autocast ran, and with ``check_layouts`` the largest difference
-    between the two layouts' outputs on the trainer's own initial generator)."""
+    Returns {"times", "amp": whether bf16 autocast ran, "max_diff": with ``check_layouts`` the largest
+    difference between the two layouts' outputs on the trainer's own initial generator,
+    "generator_times": seconds of the generator's forward + backward alone, the part of the step the
+    layout changes (the trainer's own generator module and autocast; a fixed random dL/d(image))}."""
     with torch.device(device):  # parameters initialised where they train: 80 M of them init slowly on a CPU
         trainer = build_trainer(run, device, wrap=authors_wrap if authors else None)
     (h, w), b = size, run.train.batch_size
     gen = torch.Generator().manual_seed(settings.seed)
     batch = {"label": torch.randint(1, settings.num_classes, (b, h, w), generator=gen),
              "image": torch.rand(b, 3, h, w, generator=gen) * 2 - 1}
+    grad_image = (torch.randn(b, 3, h, w, generator=gen) * 1e-3).to(device)
     max_diff = None
     if check_layouts:  # the two layouts compute the same function on the same weights
         with torch.no_grad(), fp32_mode("fp32", device):
             lbl = batch["label"][:1].to(device)
             max_diff = (trainer.generator(lbl) - AuthorsWay(trainer.generator)(lbl)).abs().max().item()
-    times = []
+
+    def generator_pass():
+        x, _ = trainer.inputs(batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
+            fake = trainer.g_model(x)
+        fake.backward(grad_image.to(fake.dtype))
+        trainer.generator.zero_grad(set_to_none=True)
+
     with fp32_mode("bf16" if run.train.mixed_precision else "fp32", device):
-        for i in range(settings.warmup + settings.iters):
-            _sync(device)
-            t0 = time.perf_counter()
-            trainer.train_step(batch)
-            _sync(device)
-            if i >= settings.warmup:
-                times.append(time.perf_counter() - t0)
-            if deadline is not None and time.perf_counter() > deadline and times:
-                break
+        times = _timed(lambda: trainer.train_step(batch), settings.iters, settings.warmup, device, deadline)
+        # the steps above already ran these shapes: one untimed pass is warm-up enough
+        generator_times = _timed(generator_pass, settings.iters, min(1, settings.warmup), device, deadline)
     amp = trainer.amp
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return times, amp, max_diff
+    return {"times": times, "amp": amp, "max_diff": max_diff, "generator_times": generator_times}
 
 
 def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
             device: torch.device, deadline: float | None = None, log=print) -> dict:
-    """One row: ours and the authors' way at one size, batch and precision, in this run."""
+    """One row: ours and the authors' way at one size, batch and precision, in this run: the whole GAN
+    step, and the generator's forward + backward alone (where the two ways differ). The row also says
+    how much of the authors' step their generator takes, and so the most any generator could gain
+    (Amdahl: 1 / (1 - share), were ours free)."""
     run = make_run(size, batch, precision, settings)
     size_text = f"{size[0]}x{size[1]}"
     row = {"size": size_text, "batch": batch, "precision": precision}
     for name, authors in (("ours", False), ("authors_way", True)):
-        times, amp, diff = step_times(run, size, authors, device, settings, deadline, check_layouts=not authors)
-        if diff is not None:
-            row["max_abs_output_diff"] = diff
-        med = statistics.median(times)
-        row[name] = {"step_s_median": med, "step_s_all": times, "images_per_s": batch / med, "autocast_bf16": amp}
+        got = step_times(run, size, authors, device, settings, deadline, check_layouts=not authors)
+        if got["max_diff"] is not None:
+            row["max_abs_output_diff"] = got["max_diff"]
+        med = statistics.median(got["times"])
+        gen_med = statistics.median(got["generator_times"])
+        row[name] = {"step_s_median": med, "step_s_all": got["times"], "images_per_s": batch / med,
+                     "autocast_bf16": got["amp"], "generator_s_median": gen_med,
+                     "generator_s_all": got["generator_times"]}
         log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
-            f"(median step {med * 1000:.1f} ms over {len(times)})")
-    row["speedup"] = row["ours"]["images_per_s"] / row["authors_way"]["images_per_s"]
+            f"(median step {med * 1000:.1f} ms over {len(got['times'])}; generator forward+backward "
+            f"{gen_med * 1000:.1f} ms)")
+    ours, theirs = row["ours"], row["authors_way"]
+    row["speedup"] = ours["images_per_s"] / theirs["images_per_s"]
+    row["generator_speedup"] = theirs["generator_s_median"] / ours["generator_s_median"]
+    share = theirs["generator_s_median"] / theirs["step_s_median"]
+    row["authors_generator_share"] = share
+    row["step_speedup_bound"] = 1 / (1 - share) if share < 1 else None
     return row
 
 

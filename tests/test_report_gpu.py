@@ -103,6 +103,10 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
         assert row["test images"] == str(SCORED_IMAGES) and "[GPU campaign, smoke]" in row["device"]
     training = gpu_file(gpu_project, "training")["result"]["rows"]
     assert [float(r["speed-up"]) for r in tables[1]] == pytest.approx([t["speedup"] for t in training], abs=0.006)
+    assert [float(r["generator fwd+bwd speed-up"]) for r in tables[1]] == pytest.approx(
+        [t["generator_speedup"] for t in training], abs=0.006)
+    assert [float(r["step speed-up bound"]) for r in tables[1]] == pytest.approx(
+        [1 / (1 - t["authors_generator_share"]) for t in training], abs=0.006)
     # the budget the squares of Fig. 6 were made with, in its title
     title = drawn["fig6"].get_suptitle().replace("\n", " ")
     assert f"{quality['budget_s']:g} s of training per generator" in title and "[GPU campaign, smoke]" in title

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from asap.models.pixelwise import pixelwise_mlp
@@ -25,6 +26,12 @@ def test_training_benchmark_writes_json(tmp_path):
     row = report["rows"][0]
     assert row["size"] == "64x64" and row["max_abs_output_diff"] < 1e-5
     assert row["ours"]["images_per_s"] > 0 and row["authors_way"]["images_per_s"] > 0
+    theirs = row["authors_way"]
+    # the generator alone is part of the step; the row's share and bound follow from its own medians
+    assert 0 < theirs["generator_s_median"] < theirs["step_s_median"]
+    assert row["authors_generator_share"] == pytest.approx(theirs["generator_s_median"] / theirs["step_s_median"])
+    assert row["step_speedup_bound"] == pytest.approx(1 / (1 - row["authors_generator_share"]))
+    assert row["generator_speedup"] == pytest.approx(theirs["generator_s_median"] / row["ours"]["generator_s_median"])
 
 
 def test_authors_way_trains_the_generator_build_trainer_made():
@@ -50,5 +57,6 @@ def test_authors_way_trains_the_generator_build_trainer_made():
     # and the two ways start from the same weights (seeded build)
     fresh = build_trainer(run, "cpu")
     assert all(torch.equal(v, before[k]) for k, v in fresh.generator.state_dict().items())
-    times, amp, diff = step_times(run, (32, 32), False, torch.device("cpu"), settings, check_layouts=True)
-    assert len(times) == 1 and not amp and diff < 1e-5
+    got = step_times(run, (32, 32), False, torch.device("cpu"), settings, check_layouts=True)
+    assert len(got["times"]) == 1 and len(got["generator_times"]) == 1
+    assert not got["amp"] and got["max_diff"] < 1e-5

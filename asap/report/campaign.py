@@ -33,7 +33,8 @@ QUALITY_COLUMNS = ["file", "device", "slug", "smoke", "name", "arch", "fid", "ki
                    "real_pixel_acc", "real_miou", "commit", "error"]
 TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal", "met", "ratio_to_target"]
 TRAINING_COLUMNS = ["file", "device", "size", "batch", "precision", "ours_images_per_s", "authors_images_per_s",
-                    "speedup", "speedup_vs_authors_fp32", "error"]
+                    "speedup", "speedup_vs_authors_fp32", "generator_speedup", "authors_generator_share",
+                    "step_speedup_bound", "error"]
 PHASES = {"correctness": "1 correctness", "inference": "2 inference", "training": "3 training step",
           "quality": "4 equal-time quality"}
 # The targets of issue 13, as the campaign's files name them (phase kind, start of the name, the issue's
@@ -182,6 +183,9 @@ def _training_rows(path: Path, record: dict, label: str) -> list[dict]:
                      "authors_images_per_s": num((r.get("authors_way") or {}).get("images_per_s")),
                      "speedup": num(r.get("speedup")),
                      "speedup_vs_authors_fp32": num(r.get("speedup_vs_authors_fp32")),
+                     "generator_speedup": num(r.get("generator_speedup")),
+                     "authors_generator_share": num(r.get("authors_generator_share")),
+                     "step_speedup_bound": num(r.get("step_speedup_bound")),
                      "error": str(r.get("error") or "")})
     return rows
 
@@ -282,14 +286,19 @@ def quality_table(quality: pd.DataFrame, noise: dict[str, float]) -> str:
 
 
 def training_table(training: pd.DataFrame) -> str:
-    """Phase 3: ours against the authors' way of writing the training step, same run."""
+    """Phase 3: ours against the authors' way of writing the training step, same run; and the generator's
+    forward + backward alone, the only part the two ways differ in. Its share of the authors' step
+    bounds what any generator could gain on the whole step: 1 / (1 - share)."""
     from asap.report.tables import fmt, md_table
 
     return md_table(["device", "size", "batch", "precision", "ours images/s", "authors' way images/s", "speed-up",
-                     "bf16 ours vs authors' fp32"],
+                     "bf16 ours vs authors' fp32", "generator fwd+bwd speed-up", "generator share of authors' step",
+                     "step speed-up bound"],
                     [[t["device"], t["size"], fmt(t["batch"], 0), t["precision"], fmt(t["ours_images_per_s"], 2),
                       fmt(t["authors_images_per_s"], 2), fmt(t["speedup"], 2) if not t["error"] else t["error"][:80],
-                      fmt(t["speedup_vs_authors_fp32"], 2)] for _, t in training.iterrows()])
+                      fmt(t["speedup_vs_authors_fp32"], 2), fmt(t["generator_speedup"], 2),
+                      fmt(t["authors_generator_share"], 2), fmt(t["step_speedup_bound"], 2)]
+                     for _, t in training.iterrows()])
 
 
 def budget_line(quality: pd.DataFrame) -> str:

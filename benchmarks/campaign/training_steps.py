@@ -3,8 +3,11 @@ full-resolution encoding, unfold-based MLP), at each size, batch and precision, 
 
 Both trainers come from asap.training.build_trainer (benchmarks/training.py), with the paper's widths
 (lr_max_width 1024, ndf 64) and the offline perceptual trunk. "bf16" is the trainer's autocast,
-"fp32" switches it (and TF32) off. The issue's target: ours >= 2x the authors' way at equal batch
-and resolution; each row states its speedup, and ``targets`` the worst of them.
+"fp32" switches it (and TF32) off. On CUDA "ours" runs the generator's pixelwise MLP in the fused
+Triton kernel, forward and backward (ASAPNetGenerator.fused_mlp "auto"). The issue's target: ours >= 2x
+the authors' way at equal batch and resolution; each row states its speedup, the generator's forward +
+backward alone (the only part the two ways differ in), the generator's share of the authors' step and
+the bound that share puts on the step's speedup; ``targets`` gives the worst of each.
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
         if r["precision"] == "bf16" and (r["size"], r["batch"]) in fp32_authors:
             r["speedup_vs_authors_fp32"] = r["ours"]["images_per_s"] / fp32_authors[(r["size"], r["batch"])]
     worst = min((r["speedup"] for r in good), default=None)
+    worst_g = min((r["generator_speedup"] for r in good), default=None)
+    bound = min((r["step_speedup_bound"] for r in good if r.get("step_speedup_bound")), default=None)
     return {"settings_bench": asdict(bench), "rows": rows, "skipped_for_time": skipped,
-            "targets": {"ours >= 2x the authors' way at equal batch, size and precision (worst row)": {
-                "measured": worst, "target": 2.0, "met": None if worst is None else worst >= 2.0}}}
+            "targets": {
+                "ours >= 2x the authors' way at equal batch, size and precision (worst row)": {
+                    "measured": worst, "target": 2.0, "met": None if worst is None else worst >= 2.0,
+                    # the layouts differ in the generator only: were ours free, the step could gain at
+                    # most 1 / (1 - the generator's share of the authors' step)
+                    "bound_if_our_generator_were_free": bound},
+                "generator forward+backward: ours >= 2x the authors' way (worst row)": {
+                    "measured": worst_g, "target": 2.0, "met": None if worst_g is None else worst_g >= 2.0}}}
