@@ -88,7 +88,8 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
                                  input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks)
     x_type = POINTER[x_precision or precision] if dense else "*i64"
     if grad:
-        constants = pf.backward_constants(constants, channels, sub_blocks, fp32_params=precision == "fp32")
+        constants = pf.backward_constants(constants, channels, sub_blocks, block_p=block_p,
+                                          fp32_params=precision == "fp32")
         pointers = {"x_ptr": x_type, "params_ptr": POINTER[precision], "dy_ptr": POINTER[precision],
                     "grad_ptr": "*fp32"}
         fn = pf._pixelwise_mlp_bwd
@@ -100,7 +101,8 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
             f"{precision}{' tf32' if input_precision == 'tf32' else ''} "
             f"C{classes} S{tile}{'' if positional else ' no-encoding'}"
             f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks else ''}")
-    return Variant(name, "mlp-grad" if grad else "mlp", _signature(fn, pointers, constants), constants)
+    return Variant(name, "mlp-grad" if grad else "mlp", _signature(fn, pointers, constants), constants,
+                   num_warps=pf.BWD_NUM_WARPS if grad else 4)
 
 
 def tent(classes: int, factor: int, precision: str, block: int = 64) -> Variant:
@@ -158,11 +160,31 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     target = next((line.split()[1] for line in ptx.splitlines() if line.startswith(".target")), None)
     row = {"name": variant.name, "ok": True, "seconds": round(time.perf_counter() - t0, 2), "ptx_target": target,
            "shared_bytes": kernel.metadata.shared, "cubin_bytes": len(kernel.asm.get("cubin", b""))}
-    for key in ("n_regs", "n_spills"):  # known once the binary is loaded on some versions: read if present
-        value = getattr(kernel, key, None)
-        if isinstance(value, int):
-            row[key] = value
+    row.update(resource_usage(kernel.asm.get("cubin", b"")))
     return row
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and local memory (spilled registers) of a cubin, read with the cuobjdump
+    that ships in triton's NVIDIA backend ({} where it is missing or says nothing)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cubin or not tool.exists():
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        done = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, timeout=60)
+    found = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)", done.stdout)
+    if done.returncode or not found:
+        return {}
+    regs, stack, local = (int(v) for v in found.groups())
+    return {"registers": regs, "stack_bytes": stack, "local_bytes": local}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         row = compile_variant(variant, args.arch)
         rows.append(row)
-        detail = (f"{row['ptx_target']}, shared {row['shared_bytes']} B, cubin {row['cubin_bytes']} B" if row["ok"]
-                  else row["error"].splitlines()[0][:200])
+        usage = (f", {row['registers']} registers, stack {row['stack_bytes']} B (spills)" if "registers" in row else "")
+        detail = (f"{row['ptx_target']}, shared {row['shared_bytes']} B, cubin {row['cubin_bytes']} B{usage}"
+                  if row["ok"] else row["error"].splitlines()[0][:200])
         print(f"{'ok  ' if row['ok'] else 'FAIL'} {variant.name:45s} {row['seconds']:6.1f} s  {detail}", flush=True)
     failed = [r["name"] for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)} compiled, {len(failed)} failed, in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -10,8 +10,10 @@ With CUDA the same cases also run on the GPU (marker ``gpu``).
 
 Tolerances on outputs in [-1, 1] with O(1) activations, as (max abs, mean abs) error: fp32 (1e-5, 1e-6);
 bf16 (2e-2, 3e-3); fp16 (5e-3, 5e-4). Low-precision kernel cases compare against the fp32 reference on
-the *rounded* parameters, so the figure is the error of running the layers in that precision; the
-generator cases also run the low-res stream in that precision (bf16 whole network: (4e-2, 5e-3)).
+the *rounded* parameters, so the figure is the error of running the layers in that precision (bound: the
+fixed one, or 1.5x the reference's own error in that precision, whichever is larger: the largest
+error grows with a case's size); the generator cases also run the low-res stream in that precision
+(bf16 whole network: (4e-2, 5e-3)). Gradient cases: see run_grad_case.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ CASES = {
                                 positional=False),
     "grad_tiny_tile_S2":   dict(kind="grad", B=1, S=2, H=8, W=4, C=3, input="index", precision="fp32"),
     "grad_split_tile_S16": dict(kind="grad", B=1, S=16, H=16, W=32, C=4, input="onehot", precision="fp32",
-                                block_p=16, bwd_sub_blocks=3),  # 16 blocks in 6 programs per tile
+                                bwd_block_p=16, bwd_sub_blocks=3),  # 16 blocks in 6 programs per tile
     "grad_index_S8_bf16":  dict(kind="grad", B=2, S=8, H=16, W=16, C=5, input="index", precision="bf16"),
     "grad_index_S8_fp16":  dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="index", precision="fp16"),
     "train_generator_fp32": dict(kind="train_generator", precision="fp32"),
@@ -155,8 +157,16 @@ def run_kernel_case(case: dict, device: str) -> dict:
                               input_precision="tf32" if case["precision"] == "tf32" else "ieee", **opts)
     assert out.shape == ref.shape and out.dtype == params.dtype, (out.shape, out.dtype)
     err = (out.float().cpu() - ref).abs()
-    return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": TOL[case["precision"]],
-            "ref_std": ref.std().item()}
+    tol = TOL[case["precision"]]
+    if case["precision"] in ("bf16", "fp16") and case.get("oracle") != "naive":
+        # The largest error grows with the number of outputs: a big case may pass the fixed bound only
+        # by chance. It may also reach 1.5x what the reference itself loses in that precision (same
+        # rounded parameters, layers through torch's own low-precision matmuls), measured here.
+        with no_tf32():
+            low = pixelwise_mlp(x_ref.to(params.dtype).to(device), params.to(device), channels, S, positional)
+        low_err = (low.float().cpu() - ref).abs()
+        tol = (max(tol[0], 1.5 * low_err.max().item()), max(tol[1], 1.5 * low_err.mean().item()))
+    return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": tol, "ref_std": ref.std().item()}
 
 
 @contextlib.contextmanager
@@ -246,7 +256,7 @@ def run_grad_case(case: dict, device: str) -> dict:
     with no_tf32():
         ref = grad_of(lambda x, p: pixelwise_mlp(x, p, channels, S, positional), x_ref.to(device), params.float().to(device))
         x_kernel = labels if case["input"] == "index" else x_ref.to(dtype)
-        opts = {k: case[k] for k in ("block_p", "bwd_sub_blocks") if k in case}
+        opts = {k: case[k] for k in ("bwd_block_p", "bwd_sub_blocks") if k in case}
         got = grad_of(lambda x, p: fused_pixelwise_mlp(x, p, channels, S, positional, **opts),
                       x_kernel.to(device), params.to(device))
         assert got.shape == ref.shape, (got.shape, ref.shape)

@@ -427,17 +427,30 @@ def mlp_constants(channels: list[int], tile: int, c_in: int, *, is_index: bool, 
                 UPCAST=interpreted_bf16, ROUND_OUT=round_out)
 
 
+# The backward's launch defaults. Chosen from the sm_90 build's resource report (benchmarks.kernel_compile,
+# cuobjdump), not from timings (none yet): every variant uses all 255 registers per thread, and the
+# stack they spill to was, for the bf16 S=16 training variant, 2224 B per thread with 64 pixels and 4
+# warps, 168 B with 32 pixels and 8 warps (fp32/tf32x3: 2808 B and 656 B).
+BWD_BLOCK_P = 32
+BWD_NUM_WARPS = 8
+
+
 def backward_constants(const: dict, channels: list[int], sub_blocks: int | None = None, *,
-                       fp32_params: bool = False) -> dict:
+                       block_p: int | None = None, fp32_params: bool = False) -> dict:
     """The constexpr arguments ``_pixelwise_mlp_bwd`` is launched with, from the forward's
-    ``mlp_constants``: by default one program per tile (SUB_BLOCKS = the tile's pixel blocks).
-    fp32 parameters at "ieee" precision run the backward's dots as "tf32x3" (three TF32 tensor-core
-    products, fp32-level error): ~25 unrolled 64-wide fp32 FMA dots took ptxas ~100 s per variant
-    (a 5 MB cubin), too long for the campaign's compile budget."""
+    ``mlp_constants``: ``block_p`` pixels per block (default BWD_BLOCK_P, at most the tile), by
+    default one program per tile (SUB_BLOCKS = the tile's pixel blocks). fp32 parameters at "ieee"
+    precision run the backward's dots as "tf32x3" (three TF32 tensor-core products, fp32-level
+    error): ~25 unrolled 64-wide fp32 FMA dots took ptxas ~100 s per variant (a 5 MB cubin), too long
+    for the campaign's compile budget."""
     bwd = {k: v for k, v in const.items() if k != "ROUND_OUT"}
     if fp32_params and bwd["INPUT_PRECISION"] == "ieee" and not interpret_mode():
         bwd["INPUT_PRECISION"] = "tf32x3"
-    bwd["SUB_BLOCKS"] = sub_blocks or -(-const["TILE"] ** 2 // const["BLOCK_P"])
+    block_p = block_p or max(16, min(const["TILE"] ** 2, BWD_BLOCK_P))
+    if block_p < 16 or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
+    bwd["BLOCK_P"] = block_p
+    bwd["SUB_BLOCKS"] = sub_blocks or -(-const["TILE"] ** 2 // block_p)
     bwd["P"] = num_mlp_params(channels)
     return bwd
 
@@ -541,13 +554,14 @@ def _forward(call: _Launch, channels: list[int], out_dtype: torch.dtype | None, 
     return out
 
 
-def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], sub_blocks: int | None,
-              num_warps: int | None) -> torch.Tensor:
+def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], block_p: int | None = None,
+              sub_blocks: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """dL/d(params) in params' shape and dtype, from dL/d(output). By default one program per tile
     sums the tile's whole gradient (no atomics; deterministic); ``sub_blocks`` splits a tile over
     several programs whose partial sums are added afterwards."""
     params = call.params
-    const = backward_constants(call.const, channels, sub_blocks, fp32_params=params.dtype == torch.float32)
+    const = backward_constants(call.const, channels, sub_blocks, block_p=block_p,
+                               fp32_params=params.dtype == torch.float32)
     tile, P = const["TILE"], const["P"]
     groups = triton.cdiv(triton.cdiv(tile * tile, const["BLOCK_P"]), const["SUB_BLOCKS"])
     n_all = call.B * call.h * call.w
@@ -557,7 +571,7 @@ def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], sub_bl
         call.w, call.h * call.w, n_all,
         *call.x.stride(), *_param_strides(call), *grad_out.stride(),
         **const,
-        **({"num_warps": num_warps} if num_warps else {}),
+        num_warps=num_warps or BWD_NUM_WARPS,
     )
     grad = grad.sum(0) if groups > 1 else grad[0]
     grad = grad.view(call.B, call.h, call.w, P).permute(0, 3, 1, 2)  # (B, P, h, w), channels-last memory
@@ -570,8 +584,8 @@ class _FusedPixelwiseMLP(torch.autograd.Function):
     """The fused forward, differentiable in the parameters (the labels or input get no gradient)."""
 
     @staticmethod
-    def forward(ctx, x, params, call, channels, out_dtype, bwd_sub_blocks, num_warps):
-        ctx.call, ctx.channels, ctx.bwd_sub_blocks, ctx.num_warps = call, channels, bwd_sub_blocks, num_warps
+    def forward(ctx, x, params, call, channels, out_dtype, num_warps, backward_options):
+        ctx.call, ctx.channels, ctx.backward_options = call, channels, backward_options
         ctx.params_shape = params.shape
         return _forward(call, channels, out_dtype, num_warps)
 
@@ -579,7 +593,7 @@ class _FusedPixelwiseMLP(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad = None
         if ctx.needs_input_grad[1]:
-            grad = _backward(ctx.call, grad_out, ctx.channels, ctx.bwd_sub_blocks, ctx.num_warps)
+            grad = _backward(ctx.call, grad_out, ctx.channels, **ctx.backward_options)
             if grad.shape != ctx.params_shape:
                 grad = grad.reshape(ctx.params_shape)
         ctx.call = None  # drop the references to the input and parameters
@@ -591,7 +605,8 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
                         check_labels: bool = True, out_dtype: torch.dtype | None = None,
                         input_precision: str = "ieee", block_p: int | None = None,
                         sub_blocks: int | None = None, num_warps: int | None = None,
-                        bwd_sub_blocks: int | None = None) -> torch.Tensor:
+                        bwd_block_p: int | None = None, bwd_sub_blocks: int | None = None,
+                        bwd_num_warps: int | None = None) -> torch.Tensor:
     """The pixelwise MLP of ``pixelwise_mlp`` in one kernel, differentiable in ``params``.
 
     labels_or_x: integer class indices (B, H, W) or (B, 1, H, W), taken as the one-hot input of width
@@ -605,6 +620,8 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     input_precision: "ieee" (exact fp32, the default) or "tf32" for fp32 parameters.
     check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
                  a zero row for out-of-range labels, so skipping the check is memory-safe).
+    block_p / sub_blocks / num_warps: the forward's launch (pixels per block, blocks per program);
+    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, BWD_NUM_WARPS).
     Returns (B, channels[-1], H, W).
     """
     if labels_or_x.requires_grad and torch.is_grad_enabled():
@@ -613,7 +630,8 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     call = _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
                     block_p, sub_blocks)
     if params.requires_grad and torch.is_grad_enabled():
-        return _FusedPixelwiseMLP.apply(call.x, params, call, channels, out_dtype, bwd_sub_blocks, num_warps)
+        backward_options = dict(block_p=bwd_block_p, sub_blocks=bwd_sub_blocks, num_warps=bwd_num_warps)
+        return _FusedPixelwiseMLP.apply(call.x, params, call, channels, out_dtype, num_warps, backward_options)
     return _forward(call, channels, out_dtype, num_warps)
 
 
