@@ -77,9 +77,11 @@ campaign writes at most 7 so the console log fits):
                                   "speedup_vs_authors_fp32" (bf16 rows), "generator_speedup",
                                   "authors_generator_share", "step_speedup_bound",
                                   "ours"/"authors_way": {"step_s_median", "step_s_all", "images_per_s",
-                                                         "autocast_bf16", "generator_s_median",
+                                                         "autocast_bf16", "fused_mlp", "generator_s_median",
                                                          "generator_s_all"}, "wall_s"}],
                         "targets", "skipped_for_time", "settings_bench"}
+    On CUDA the records of phases 3 and 4 also have "fused_training": {"fused", "env", "why"}: the
+    ASAP_FUSED_MLP they ran with, off when one of phase 1's gradient cases failed on the device.
     result of phase 4 (the record also has "budget_s_requested", "budget_s", "budget_note"):
                        {"dataset", "budget_s", "test_images", "params" (the resolved params sections),
                         "generators": {name: {"arch", "config" (asap.training.TrainingRun.to_dict),

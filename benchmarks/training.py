@@ -164,7 +164,8 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
     Returns {"times", "amp": whether bf16 autocast ran, "max_diff": with ``check_layouts`` the largest
     difference between the two layouts' outputs on the trainer's own initial generator,
     "generator_times": seconds of the generator's forward + backward alone, the part of the step the
-    layout changes (the trainer's own generator module and autocast; a fixed random dL/d(image))}."""
+    layout changes (the trainer's own generator module and autocast; a fixed random dL/d(image)),
+    "fused_mlp": whether ours ran the pixelwise MLP in the fused kernel}."""
     with torch.device(device):  # parameters initialised where they train: 80 M of them init slowly on a CPU
         trainer = build_trainer(run, device, wrap=authors_wrap if authors else None)
     (h, w), b = size, run.train.batch_size
@@ -190,10 +191,14 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
         # the steps above already ran these shapes: one untimed pass is warm-up enough
         generator_times = _timed(generator_pass, settings.iters, min(1, settings.warmup), device, deadline)
     amp = trainer.amp
+    x, _ = trainer.inputs(batch)  # did the generator's pixelwise MLP run in the fused kernel (CUDA, "auto")?
+    g = trainer.generator
+    fused = (not authors and isinstance(g, ASAPNetGenerator) and g.uses_fused_mlp(x[:, :g.config.hr_in_channels]))
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"times": times, "amp": amp, "max_diff": max_diff, "generator_times": generator_times}
+    return {"times": times, "amp": amp, "max_diff": max_diff, "generator_times": generator_times,
+            "fused_mlp": fused}
 
 
 def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
@@ -212,7 +217,7 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
         med = statistics.median(got["times"])
         gen_med = statistics.median(got["generator_times"])
         row[name] = {"step_s_median": med, "step_s_all": got["times"], "images_per_s": batch / med,
-                     "autocast_bf16": got["amp"], "generator_s_median": gen_med,
+                     "autocast_bf16": got["amp"], "fused_mlp": got["fused_mlp"], "generator_s_median": gen_med,
                      "generator_s_all": got["generator_times"]}
         log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
             f"(median step {med * 1000:.1f} ms over {len(got['times'])}; generator forward+backward "

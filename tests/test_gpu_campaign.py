@@ -112,6 +112,21 @@ def test_phase1_runs_the_gpu_tests_and_the_interpreter_cases(smoke):
         assert case["ok"] and case["err"] <= case["tol"][0], (name, case)
 
 
+def test_phase1_gradient_cases_decide_whether_asapnet_trains_through_the_kernel(smoke):
+    from benchmarks.campaign.cli import fused_training_after
+
+    phase1 = smoke["phases"][1]
+    assert "grad_index_S8_bf16" in phase1["result"]["error_table"]["cases"]  # the backward ran in the smoke
+    assert fused_training_after(phase1)["env"] == "auto"
+    broken = json.loads(json.dumps(phase1))
+    broken["result"]["error_table"]["cases"]["grad_index_S8_bf16"]["ok"] = False
+    gate = fused_training_after(broken)
+    assert gate["env"] == "0" and "grad_index_S8_bf16" in gate["why"]
+    assert fused_training_after(None)["why"].startswith("unverified")
+    assert fused_training_after(broken, preset="1") == {"fused": "1", "env": "1",
+                                                         "why": "ASAP_FUSED_MLP set by the caller"}
+
+
 def test_phase2_times_every_path_and_checks_the_fast_path(smoke):
     result = smoke["phases"][2]["result"]
     assert result["skipped_for_time"] == [] and result["row_errors"] == []
@@ -144,6 +159,8 @@ def test_phase3_compares_ours_with_the_authors_way(smoke):
         assert row["max_abs_output_diff"] < 1e-5  # the two layouts compute the same function
         assert row["speedup"] == pytest.approx(row["ours"]["images_per_s"] / row["authors_way"]["images_per_s"])
         assert row["ours"]["images_per_s"] == pytest.approx(row["batch"] / row["ours"]["step_s_median"])
+        assert row["ours"]["fused_mlp"] is False  # CPU: the reference pixelwise MLP
+        assert 0 < row["authors_generator_share"] < 1 and row["generator_speedup"] > 0
     bf16 = next(r for r in result["rows"] if r["precision"] == "bf16")
     fp32 = next(r for r in result["rows"] if r["precision"] == "fp32")
     assert bf16["speedup_vs_authors_fp32"] == pytest.approx(bf16["ours"]["images_per_s"] /

@@ -258,7 +258,7 @@ class ASAPNetGenerator(nn.Module):
         c.check_size(x.shape[2], x.shape[3])
         params = self.tile_params(x)
         hr = x[:, :c.hr_in_channels]
-        if self._use_fused(hr):
+        if self.uses_fused_mlp(hr):
             from asap.models.pixelwise_fused import fused_pixelwise_mlp
 
             # TF32 for fp32 parameters exactly when torch's own matmuls may use it
@@ -267,7 +267,7 @@ class ASAPNetGenerator(nn.Module):
                                        input_precision=precision)
         return pixelwise_mlp(hr, params, c.mlp_channels, c.downsampling, c.positional_encoding)
 
-    def _use_fused(self, hr: torch.Tensor) -> bool:
+    def uses_fused_mlp(self, hr: torch.Tensor) -> bool:
         """Whether this forward runs the pixelwise MLP in the fused kernel (see ``fused_mlp``)."""
         if self.fused_mlp is False:
             return False

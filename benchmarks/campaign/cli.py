@@ -62,6 +62,26 @@ def preflight(args, phases: tuple[int, ...]) -> None:
                          "`python -m benchmarks.gpu_campaign pack` on the CPU and carry .carry, or pass --data")
 
 
+GRADIENT_CASES = ("grad_", "train_generator")  # tests/test_pixelwise_fused.py: the fused backward's cases
+
+
+def fused_training_after(phase1: dict | None, preset: str | None = None) -> dict:
+    """Whether phases 3 and 4 train ASAP-Net through the fused kernel's backward (ASAP_FUSED_MLP), from
+    phase 1's error table: off when one of its gradient cases failed on this device, so that a
+    backward that is wrong here cannot spoil the equal-time comparison; "unverified" when none ran.
+    ``preset``: ASAP_FUSED_MLP as the caller set it, which is kept."""
+    if preset is not None:
+        return {"fused": preset, "env": preset, "why": "ASAP_FUSED_MLP set by the caller"}
+    cases = ((phase1 or {}).get("result") or {}).get("error_table", {}).get("cases", {})
+    grad = {n: c for n, c in cases.items() if n.startswith(GRADIENT_CASES)}
+    failed = sorted(n for n, c in grad.items() if not c.get("ok"))
+    if failed:
+        return {"fused": False, "env": "0", "why": f"phase 1's gradient cases failed here: {failed}"}
+    if not grad:
+        return {"fused": "auto", "env": "auto", "why": "unverified: phase 1 ran no gradient case on this device"}
+    return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(grad)} gradient cases passed"}
+
+
 def run(args) -> int:
     clock = Clock(args.deadline_s or (240.0 if args.smoke else 540.0), start=args.t0)
     if args.smoke:
@@ -83,8 +103,13 @@ def run(args) -> int:
         f"({device}); commit {commit.get('commit')} ({commit.get('source')}); deadline {clock.deadline_s:g} s; "
         f"results in {out}")
     ok = True
+    phase1, preset = None, os.environ.get("ASAP_FUSED_MLP")
     for phase in phases:
         record = _record(settings, phase, env, clock)
+        if phase in (3, 4) and device.type == "cuda":
+            record["fused_training"] = gate = fused_training_after(phase1, preset)
+            os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every ASAPNetGenerator built from here on
+            log(f"[campaign] phase {phase}: ASAP-Net trains with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
         later4 = 4 in phases[phases.index(phase) + 1:]
 
         def progress(partial, record=record):  # a partial file after every measurement: a kill keeps it
@@ -123,6 +148,8 @@ def run(args) -> int:
             record["traceback"] = traceback.format_exc()[-4000:]
             log(f"[campaign] phase {phase} FAILED: {record['error']}")
         _finish(record, clock, out)
+        if phase == 1:
+            phase1 = record
         log(f"[campaign] phase {phase} done in {record['seconds']} s ({clock.elapsed():.0f} s of "
             f"{clock.deadline_s:g}); wrote {out / phase_file(phase)}")
         if device.type == "cuda":
