@@ -79,6 +79,9 @@ campaign writes at most 7 so the console log fits):
                                   "ours"/"authors_way": {"step_s_median", "step_s_all", "images_per_s",
                                                          "autocast_bf16", "fused_mlp", "generator_s_median",
                                                          "generator_s_all"}, "wall_s"}],
+                        "pixelwise": [{"size", "batch", "precision", "S", "ms": {"reference", "authors_way",
+                                       "fused" (CUDA)}, "peak_mb": {...} (CUDA), "fused_vs_authors",
+                                       "fused_vs_reference"}],
                         "targets", "skipped_for_time", "settings_bench"}
     On CUDA the records of phases 3 and 4 also have "fused_training": {"fused", "env", "why"}: the
     ASAP_FUSED_MLP they ran with, off when one of phase 1's gradient cases failed on the device.

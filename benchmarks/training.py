@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from asap.engine import TrainConfig
 from asap.losses import GANLossConfig
 from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling
-from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, positional_encoding
+from asap.models.pixelwise import (LEAKY_SLOPE, mlp_channels, mlp_layout, num_mlp_params, pixelwise_mlp,
+                                   positional_encoding)
 from asap.training import TrainingRun, build_trainer
 
 PRECISIONS = ("bf16", "fp32")
@@ -231,6 +232,60 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
     return row
 
 
+PIXELWISE_WAYS = ("reference", "authors_way", "fused")
+
+
+def measure_pixelwise(size: tuple[int, int], batch: int, precision: str, device: torch.device, iters: int = 5,
+                      warmup: int = 2, num_classes: int = 13, deadline: float | None = None) -> dict:
+    """The pixelwise MLP alone, forward + backward to its parameters, as a training step runs it: the
+    trainer's fp32 one-hot input (+ the encoding), a parameter grid in ``precision`` (bf16 as autocast
+    makes it; "fp32" with TF32 off), a random dL/d(image). Three ways in the same run: our reference
+    layout through autograd, the authors' layout through autograd, and the fused kernel's forward and
+    backward (CUDA only). Milliseconds (median) and, on CUDA, the peak memory each adds."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    h, w = size
+    S = default_downsampling(h, w)
+    n_enc = 4 * (S.bit_length() - 1)
+    channels = mlp_channels(num_classes + n_enc, 64, 5, 3)
+    dtype = torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, num_classes, (batch, h, w), generator=gen)
+    onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float().to(device)
+    params = (torch.randn(batch, num_mlp_params(channels), h // S, w // S, generator=gen) * 0.1).to(device, dtype)
+    grad_out = torch.randn(batch, 3, h, w, generator=gen).to(device, dtype)
+    ways = {"reference": lambda p: pixelwise_mlp(onehot.to(dtype), p, channels, S),
+            "authors_way": lambda p: authors_style_mlp(onehot.to(dtype), p, channels, S)}
+    if device.type == "cuda":
+        from asap.models.pixelwise_fused import fused_pixelwise_mlp, unsupported_reason
+
+        if unsupported_reason(channels, S) is None:
+            ways["fused"] = lambda p: fused_pixelwise_mlp(onehot, p, channels, S)  # "ieee": TF32 is off for fp32
+    row = {"size": f"{h}x{w}", "batch": batch, "precision": precision, "S": S, "ms": {}, "peak_mb": {}}
+    with fp32_mode(precision, device):
+        for name, fn in ways.items():
+            p = params.clone().requires_grad_()
+
+            def step(fn=fn, p=p):
+                fn(p).backward(grad_out)
+                p.grad = None
+
+            if device.type == "cuda":
+                step()  # warm (Triton compiles, cuBLAS picks), then the peak of one clean step
+                torch.cuda.synchronize(device)
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                step()
+                torch.cuda.synchronize(device)
+                row["peak_mb"][name] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+            times = _timed(step, iters, warmup, device, deadline)
+            row["ms"][name] = statistics.median(times) * 1000
+    ms = row["ms"]
+    row["fused_vs_authors"] = ms["authors_way"] / ms["fused"] if "fused" in ms else None
+    row["fused_vs_reference"] = ms["reference"] / ms["fused"] if "fused" in ms else None
+    return row
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
@@ -254,16 +309,21 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     settings = TrainBenchSettings(iters=args.iters, warmup=args.warmup, lr_max_width=args.lr_max_width,
                                   ndf=args.ndf, perceptual=args.perceptual)
-    rows = []
+    rows, pixelwise = [], []
     for size_text in args.sizes.split(","):
         size = tuple(int(v) for v in size_text.split("x"))
         for batch in (int(b) for b in args.batches.split(",")):
             for precision in args.precisions.split(","):
+                p = measure_pixelwise(size, batch, precision, device, iters=args.iters, warmup=args.warmup)
+                print(f"[bench-train] {size_text} batch {batch} {precision} pixelwise MLP forward+backward: "
+                      + ", ".join(f"{k} {v:.2f} ms" for k, v in p["ms"].items()))
+                pixelwise.append(p)
                 rows.append(measure(size, batch, precision, settings, device))
     report = {"benchmark": "training-step", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "setup": "asap.training.build_trainer",
               "settings": {**asdict(settings), "sizes": args.sizes, "batches": args.batches,
-                           "precisions": args.precisions, "device": args.device}, "rows": rows}
+                           "precisions": args.precisions, "device": args.device}, "rows": rows,
+              "pixelwise": pixelwise}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

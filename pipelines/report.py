@@ -364,6 +364,10 @@ def gpu_section(rep: Report) -> None:
     parts = [f"From {files}. Phase 2's runtimes are drawn in Fig. 1, 1b, 4 and 8 (devices marked [GPU campaign]); "
              "its speed-ups are measured against the reference in the same run." + smoke,
              "**The issue's targets** (a target no file holds is *not measured*):", campaign.targets_table(gpu.targets)]
+    if not gpu.pixelwise.empty:
+        parts += ["**Pixelwise MLP, forward + backward** (phase 3): the part of a training step the fused kernel "
+                  "changes, alone; our layout and the authors' through autograd, and the fused kernel (CUDA only), "
+                  "same run:", campaign.pixelwise_table(gpu.pixelwise)]
     if not gpu.training.empty:
         parts += ["**Training step** (phase 3): ours against the authors' way of writing the step, same run, same "
                   "batch and size:", campaign.training_table(gpu.training)]

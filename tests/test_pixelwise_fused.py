@@ -76,6 +76,8 @@ CASES = {
                                 bwd_block_p=16, bwd_sub_blocks=3),  # 16 blocks in 6 programs per tile
     "grad_index_S8_bf16":  dict(kind="grad", B=2, S=8, H=16, W=16, C=5, input="index", precision="bf16"),
     "grad_index_S8_fp16":  dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="index", precision="fp16"),
+    "grad_fp32_onehot_bf16": dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="onehot", x_fp32=True,
+                                  precision="bf16"),  # as training: fp32 one-hot, bf16 parameters (autocast)
     "train_generator_fp32": dict(kind="train_generator", precision="fp32"),
     "train_generator_uniform_dontcare_edge": dict(kind="train_generator", precision="fp32", spatially_uniform=True,
                                                   dontcare=True, instance_edge=True),
@@ -95,6 +97,15 @@ GPU_ONLY_CASES = {
                                         precision="fp32"),
     "grad_dense_S16_bf16":         dict(kind="grad", B=4, S=16, H=256, W=256, C=13, input="onehot",
                                         precision="bf16"),
+    # exactly what training launches (the trainer's fp32 one-hot, facades' 13 classes, the paper's S at
+    # 256 and 512; bf16 parameters under autocast, or fp32): checked, and compiled here in phase 1's
+    # parallel workers rather than inside phase 3's and 4's time
+    "grad_train_256_S16_bf16": dict(kind="grad", B=1, S=16, H=256, W=256, C=13, input="onehot", x_fp32=True,
+                                    precision="bf16"),
+    "grad_train_512_S32_bf16": dict(kind="grad", B=2, S=32, H=512, W=512, C=13, input="onehot", x_fp32=True,
+                                    precision="bf16"),
+    "grad_train_256_S16_fp32": dict(kind="grad", B=1, S=16, H=256, W=256, C=13, input="onehot", precision="fp32"),
+    "grad_train_512_S32_fp32": dict(kind="grad", B=2, S=32, H=512, W=512, C=13, input="onehot", precision="fp32"),
 }
 
 
@@ -244,7 +255,7 @@ def emulated_grad(x, params, grad_out, channels, S, positional, dtype):
     h, w = H // S, W // S
     tiles = rearrange(x.double(), "b c (h s1) (w s2) -> b h w (s1 s2) c", s1=S, s2=S)
     if positional:
-        enc = tile_encoding(S, dtype=torch.float64)
+        enc = tile_encoding(S, device=x.device, dtype=torch.float64)
         tiles = torch.cat([tiles, enc.expand(B, h, w, *enc.shape)], dim=-1)
     grid = rearrange(params.double().expand(B, -1, h, w), "b p h w -> b h w p")
     dy = r(rearrange(grad_out.to(dtype), "b c (h s1) (w s2) -> b h w (s1 s2) c", s1=S, s2=S))
@@ -302,7 +313,7 @@ def run_grad_case(case: dict, device: str) -> dict:
 
     with no_tf32():
         ref = grad_of(lambda x, p: pixelwise_mlp(x, p, channels, S, positional), x_ref.to(device), params.float().to(device))
-        x_kernel = labels if case["input"] == "index" else x_ref.to(dtype)
+        x_kernel = labels if case["input"] == "index" else x_ref if case.get("x_fp32") else x_ref.to(dtype)
         opts = {k: case[k] for k in ("bwd_block_p", "bwd_sub_blocks") if k in case}
         got = grad_of(lambda x, p: fused_pixelwise_mlp(x, p, channels, S, positional, **opts),
                       x_kernel.to(device), params.to(device))
@@ -318,8 +329,8 @@ def run_grad_case(case: dict, device: str) -> dict:
     result = {"err": err.max().item() / ref.abs().max().item(), "mean_err": err.mean().item() / ref.abs().mean().item(),
               "tol": tol, "ref_std": ref.std().item()}
     if case["precision"] != "fp32":  # and against the scheme itself, computed in float64
-        emul = emulated_grad(x_ref.to(dtype) if case["input"] != "index" else x_ref, params, grad_out, channels, S,
-                             positional, dtype)
+        emul = emulated_grad(x_ref.to(dtype).to(device), params.to(device), grad_out.to(device), channels, S,
+                             positional, dtype).cpu()  # (a one-hot is exact in any dtype)
         e = (got - emul).abs()
         result["emulation"] = {"err": e.max().item() / emul.abs().max().item(),
                                "mean_err": e.mean().item() / emul.abs().mean().item(), "tol": EMULATION_TOL}

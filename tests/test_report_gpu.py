@@ -92,7 +92,7 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
     readme = (gpu_project / "reports" / "README.md").read_text()
     quality = gpu_file(gpu_project, "quality")
     tables = tables_after(readme, "GPU campaign")
-    rows = {r["generator"]: r for r in tables[2]}  # [0] targets, [1] training step, [2] quality
+    rows = {r["generator"]: r for r in tables[3]}  # [0] targets, [1] pixelwise, [2] training step, [3] quality
     assert sorted(rows) == sorted(quality["generators"])
     for name, g in quality["generators"].items():
         row = rows[name]
@@ -101,12 +101,20 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
         assert close(row["runtime ms (best path, training size)"], g["latency_train_size"]["best_ms"], 3)
         assert row["steps"] == str(g["steps"]) and row["budget"] == f"{quality['budget_s']:g} s"
         assert row["test images"] == str(SCORED_IMAGES) and "[GPU campaign, smoke]" in row["device"]
-    training = gpu_file(gpu_project, "training")["result"]["rows"]
-    assert [float(r["speed-up"]) for r in tables[1]] == pytest.approx([t["speedup"] for t in training], abs=0.006)
-    assert [float(r["generator fwd+bwd speed-up"]) for r in tables[1]] == pytest.approx(
+    phase3 = gpu_file(gpu_project, "training")["result"]
+    training = phase3["rows"]
+    assert [float(r["speed-up"]) for r in tables[2]] == pytest.approx([t["speedup"] for t in training], abs=0.006)
+    assert [float(r["generator fwd+bwd speed-up"]) for r in tables[2]] == pytest.approx(
         [t["generator_speedup"] for t in training], abs=0.006)
-    assert [float(r["step speed-up bound"]) for r in tables[1]] == pytest.approx(
+    assert [float(r["step speed-up bound"]) for r in tables[2]] == pytest.approx(
         [1 / (1 - t["authors_generator_share"]) for t in training], abs=0.006)
+    # the pixelwise MLP alone: the milliseconds of each way; no fused column on the CPU
+    pixelwise = phase3["pixelwise"]
+    assert len(tables[1]) == len(pixelwise) > 0
+    for row, p in zip(tables[1], pixelwise):
+        assert (row["size"], row["precision"]) == (p["size"], p["precision"])
+        assert close(row["reference ms"], p["ms"]["reference"], 3) and close(row["authors' way ms"], p["ms"]["authors_way"], 3)
+        assert row["fused ms"] == "n/a" and "fused" not in p["ms"]
     # the budget the squares of Fig. 6 were made with, in its title
     title = drawn["fig6"].get_suptitle().replace("\n", " ")
     assert f"{quality['budget_s']:g} s of training per generator" in title and "[GPU campaign, smoke]" in title

@@ -26,6 +26,8 @@ def test_training_benchmark_writes_json(tmp_path):
     row = report["rows"][0]
     assert row["size"] == "64x64" and row["max_abs_output_diff"] < 1e-5
     assert row["ours"]["images_per_s"] > 0 and row["authors_way"]["images_per_s"] > 0
+    pixelwise = report["pixelwise"][0]  # the MLP alone, both autograd layouts (the kernel needs CUDA)
+    assert pixelwise["size"] == "64x64" and pixelwise["S"] == 4 and set(pixelwise["ms"]) == {"reference", "authors_way"}
     theirs = row["authors_way"]
     # the generator alone is part of the step; the row's share and bound follow from its own medians
     assert 0 < theirs["generator_s_median"] < theirs["step_s_median"]

@@ -262,7 +262,7 @@ class ASAPNetGenerator(nn.Module):
             from asap.models.pixelwise_fused import fused_pixelwise_mlp
 
             # TF32 for fp32 parameters exactly when torch's own matmuls may use it
-            precision = "tf32" if hr.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+            precision = "tf32" if params.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
             return fused_pixelwise_mlp(hr, params, c.mlp_channels, c.downsampling, c.positional_encoding,
                                        input_precision=precision)
         return pixelwise_mlp(hr, params, c.mlp_channels, c.downsampling, c.positional_encoding)

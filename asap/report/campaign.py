@@ -35,6 +35,9 @@ TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal
 TRAINING_COLUMNS = ["file", "device", "size", "batch", "precision", "ours_images_per_s", "authors_images_per_s",
                     "speedup", "speedup_vs_authors_fp32", "generator_speedup", "authors_generator_share",
                     "step_speedup_bound", "error"]
+PIXELWISE_COLUMNS = ["file", "device", "size", "batch", "precision", "S", "reference_ms", "authors_ms", "fused_ms",
+                     "fused_vs_authors", "fused_vs_reference", "reference_peak_mb", "authors_peak_mb", "fused_peak_mb",
+                     "error"]
 PHASES = {"correctness": "1 correctness", "inference": "2 inference", "training": "3 training step",
           "quality": "4 equal-time quality"}
 # The targets of issue 13, as the campaign's files name them (phase kind, start of the name, the issue's
@@ -58,6 +61,7 @@ class GpuCampaign:
     inference: pd.DataFrame = field(default_factory=pd.DataFrame)   # phase 2 ASAP-Net in read_inference's
     quality: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUALITY_COLUMNS))
     training: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAINING_COLUMNS))
+    pixelwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PIXELWISE_COLUMNS))
     targets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TARGET_COLUMNS))
 
 
@@ -190,12 +194,26 @@ def _training_rows(path: Path, record: dict, label: str) -> list[dict]:
     return rows
 
 
+def _pixelwise_rows(path: Path, record: dict, label: str) -> list[dict]:
+    rows = []
+    for r in (record.get("result") or {}).get("pixelwise", []):
+        ms, peak = r.get("ms") or {}, r.get("peak_mb") or {}
+        rows.append({"file": path.name, "device": label, "size": r.get("size"), "batch": num(r.get("batch")),
+                     "precision": r.get("precision"), "S": num(r.get("S")),
+                     "reference_ms": num(ms.get("reference")), "authors_ms": num(ms.get("authors_way")),
+                     "fused_ms": num(ms.get("fused")), "fused_vs_authors": num(r.get("fused_vs_authors")),
+                     "fused_vs_reference": num(r.get("fused_vs_reference")),
+                     "reference_peak_mb": num(peak.get("reference")), "authors_peak_mb": num(peak.get("authors_way")),
+                     "fused_peak_mb": num(peak.get("fused")), "error": str(r.get("error") or "")})
+    return rows
+
+
 def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
     """Every metrics/gpu-<slug>-<kind>.json; a file that is not the campaign's is listed in ``problems``."""
     from asap.report.inputs import read_benchmarks, read_inference
 
     out = GpuCampaign()
-    bench, inference, quality, training, targets = [], [], [], [], []
+    bench, inference, quality, training, pixelwise, targets = [], [], [], [], [], []
     order = {k: i for i, k in enumerate(KINDS)}
     paths = sorted((p for p in metrics.glob("gpu-*.json") if FILE_PATTERN.match(p.name)),
                    key=lambda p: (FILE_PATTERN.match(p.name)["slug"], order[FILE_PATTERN.match(p.name)["kind"]]))
@@ -221,6 +239,7 @@ def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
             quality += _quality_rows(path, record, label)
         elif kind == "training":
             training += _training_rows(path, record, label)
+            pixelwise += _pixelwise_rows(path, record, label)
         targets += _targets(path, record, kind, label)
     devices = {t["slug"]: t["device"] for t in targets}
     devices |= {q["slug"]: q["device"] for q in quality}
@@ -235,6 +254,7 @@ def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
     out.inference = pd.DataFrame(inference, columns=read_inference([], []).columns)
     out.quality = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
     out.training = pd.DataFrame(training, columns=TRAINING_COLUMNS)
+    out.pixelwise = pd.DataFrame(pixelwise, columns=PIXELWISE_COLUMNS)
     out.targets = pd.DataFrame(targets, columns=TARGET_COLUMNS)
     return out
 
@@ -299,6 +319,19 @@ def training_table(training: pd.DataFrame) -> str:
                       fmt(t["speedup_vs_authors_fp32"], 2), fmt(t["generator_speedup"], 2),
                       fmt(t["authors_generator_share"], 2), fmt(t["step_speedup_bound"], 2)]
                      for _, t in training.iterrows()])
+
+
+def pixelwise_table(pixelwise: pd.DataFrame) -> str:
+    """Phase 3: the pixelwise MLP alone, forward + backward, three ways in the same run."""
+    from asap.report.tables import fmt, md_table
+
+    return md_table(["device", "size", "batch", "precision", "S", "reference ms", "authors' way ms", "fused ms",
+                     "fused vs authors' way", "peak MB reference / authors' / fused"],
+                    [[t["device"], t["size"], fmt(t["batch"], 0), t["precision"], fmt(t["S"], 0),
+                      fmt(t["reference_ms"], 3) if not t["error"] else t["error"][:80], fmt(t["authors_ms"], 3),
+                      fmt(t["fused_ms"], 3), fmt(t["fused_vs_authors"], 2),
+                      " / ".join(fmt(t[k], 0) for k in ("reference_peak_mb", "authors_peak_mb", "fused_peak_mb"))]
+                     for _, t in pixelwise.iterrows()])
 
 
 def budget_line(quality: pd.DataFrame) -> str:
