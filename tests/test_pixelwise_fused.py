@@ -413,13 +413,19 @@ def test_interpreter_rejects_bad_labels(interpreted):
     assert "[5, 9]" in interpreted["_bad_labels"]["message"]
 
 
-def test_cpu_without_interpreter_asks_for_the_reference():
+def tiny_mlp() -> tuple[list[int], torch.Tensor]:
+    """A 5-class S=8 MLP's widths and a zero uniform parameter set, for the launcher's checks (this
+    process, no interpreter)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process runs Triton's interpreter")
     pytest.importorskip("triton")
-    from asap.models.pixelwise_fused import fused_pixelwise_mlp
     channels = [5 + 12, 64, 64, 3]
-    params = torch.zeros(1, sum(i * o + o for i, o in zip(channels[:-1], channels[1:])), 1, 1)
+    return channels, torch.zeros(1, sum(i * o + o for i, o in zip(channels[:-1], channels[1:])), 1, 1)
+
+
+def test_cpu_without_interpreter_asks_for_the_reference():
+    from asap.models.pixelwise_fused import fused_pixelwise_mlp
+    channels, params = tiny_mlp()
     with pytest.raises(RuntimeError, match="pixelwise_mlp"):
         fused_pixelwise_mlp(torch.zeros(1, 8, 8, dtype=torch.long), params, channels, 8)
 
@@ -478,12 +484,8 @@ def test_generator_fused_mlp_switch(monkeypatch):
 
 
 def test_fused_mlp_refuses_an_input_that_needs_a_gradient():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("this process runs Triton's interpreter")
-    pytest.importorskip("triton")
     from asap.models.pixelwise_fused import fused_pixelwise_mlp
-    channels = [5 + 12, 64, 64, 3]
-    params = torch.zeros(1, sum(i * o + o for i, o in zip(channels[:-1], channels[1:])), 1, 1)
+    channels, params = tiny_mlp()
     with pytest.raises(ValueError, match="no gradient to its input"):
         fused_pixelwise_mlp(torch.zeros(1, 5, 8, 8, requires_grad=True), params, channels, 8)
 

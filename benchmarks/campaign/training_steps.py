@@ -24,6 +24,32 @@ from benchmarks.campaign.settings import TrainingStepSettings
 from benchmarks.training import TrainBenchSettings, measure, measure_pixelwise
 
 
+def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, measure_one, out: list,
+                  skipped: list, progress, device: torch.device) -> None:
+    """``measure_one(size, batch, precision)`` for every size, batch and precision of ``settings`` into
+    ``out`` (an error becomes the row's "error"); labels past ``until`` go to ``skipped``."""
+    for size_text in settings.sizes:
+        size = tuple(int(v) for v in size_text.split("x"))
+        for batch in settings.batches:
+            for precision in settings.precisions:
+                label = f"{prefix}{size_text} batch {batch} {precision}"
+                if time.perf_counter() > until:
+                    skipped.append(label)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    row = measure_one(size, batch, precision)
+                except Exception as err:
+                    row = {"size": size_text, "batch": batch, "precision": precision,
+                           "error": f"{type(err).__name__}: {str(err)[:400]}"}
+                    log(f"[phase 3] {label}: ERROR {row['error'][:200]}")
+                row["wall_s"] = round(time.perf_counter() - t0, 2)
+                out.append(row)
+                progress()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
 def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None) -> dict:
     bench = TrainBenchSettings(iters=settings.iters, warmup=settings.warmup, lr_max_width=settings.lr_max_width,
                                ndf=settings.ndf, perceptual=settings.perceptual)
@@ -35,52 +61,23 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
         if on_progress:
             on_progress({"pixelwise": pixelwise, "rows": rows, "skipped_for_time": skipped})
 
+    def pixelwise_row(size, batch, precision):
+        row = measure_pixelwise(size, batch, precision, device, iters=settings.iters, warmup=settings.warmup,
+                                deadline=until)
+        log(f"[phase 3] pixelwise {row['size']} batch {batch} {precision}: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items())
+            + (f" (fused {row['fused_vs_authors']:.2f}x the authors' way)" if row["fused_vs_authors"] else ""))
+        return row
+
+    def step_row(size, batch, precision):
+        return measure(size, batch, precision, bench, device, deadline=until,
+                       log=lambda m: log(m.replace("[bench-train]", "[phase 3]")))
+
     try:
         # First the pixelwise MLP alone (seconds): what the fused backward changes, without the
-        # discriminator and the perceptual network around it
-        for size_text in settings.sizes:
-            size = tuple(int(v) for v in size_text.split("x"))
-            for batch in settings.batches:
-                for precision in settings.precisions:
-                    label = f"pixelwise {size_text} batch {batch} {precision}"
-                    if time.perf_counter() > until:
-                        skipped.append(label)
-                        continue
-                    try:
-                        row = measure_pixelwise(size, batch, precision, device, iters=settings.iters,
-                                                warmup=settings.warmup, deadline=until)
-                        log(f"[phase 3] {label}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items())
-                            + (f" (fused {row['fused_vs_authors']:.2f}x the authors' way)" if row["fused_vs_authors"]
-                               else ""))
-                    except Exception as err:
-                        row = {"size": size_text, "batch": batch, "precision": precision,
-                               "error": f"{type(err).__name__}: {str(err)[:400]}"}
-                        log(f"[phase 3] {label}: ERROR {row['error'][:200]}")
-                    pixelwise.append(row)
-                    progress()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-        for size_text in settings.sizes:
-            size = tuple(int(v) for v in size_text.split("x"))
-            for batch in settings.batches:
-                for precision in settings.precisions:
-                    label = f"{size_text} batch {batch} {precision}"
-                    if time.perf_counter() > until:
-                        skipped.append(label)
-                        continue
-                    t0 = time.perf_counter()
-                    try:
-                        row = measure(size, batch, precision, bench, device, deadline=until,
-                                      log=lambda m: log(m.replace("[bench-train]", "[phase 3]")))
-                    except Exception as err:
-                        row = {"size": size_text, "batch": batch, "precision": precision,
-                               "error": f"{type(err).__name__}: {str(err)[:400]}"}
-                        log(f"[phase 3] {label}: ERROR {row['error'][:200]}")
-                    row["wall_s"] = round(time.perf_counter() - t0, 2)
-                    rows.append(row)
-                    progress()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+        # discriminator and the perceptual network around it; then the whole GAN step
+        _measure_each(settings, until, "pixelwise ", pixelwise_row, pixelwise, skipped, progress, device)
+        _measure_each(settings, until, "", step_row, rows, skipped, progress, device)
     finally:
         torch.backends.cudnn.benchmark = saved
     good = [r for r in rows if "error" not in r]
