@@ -80,11 +80,13 @@ campaign writes at most 7 so the console log fits):
                                                          "autocast_bf16", "fused_mlp", "generator_s_median",
                                                          "generator_s_all"}, "wall_s"}],
                         "pixelwise": [{"size", "batch", "precision", "S", "ms": {"reference", "authors_way",
-                                       "fused" (CUDA)}, "peak_mb": {...} (CUDA), "fused_vs_authors",
-                                       "fused_vs_reference"}],
+                                       "fused", "fused_stash" (CUDA)}, "peak_mb": {...} (CUDA), "fused_best",
+                                       "fused_vs_authors", "fused_vs_reference" (with the faster fused)}],
                         "targets", "skipped_for_time", "settings_bench"}
     On CUDA the records of phases 3 and 4 also have "fused_training": {"fused", "env", "why"}: the
-    ASAP_FUSED_MLP they ran with, off when one of phase 1's gradient cases failed on the device.
+    ASAP_FUSED_MLP they ran with, off when one of phase 1's gradient cases failed on the device; phase
+    4's also "stash": {"env", "why"}, the fused backward it trained with (ASAP_FUSED_BWD_STASH), the
+    faster in phase 3's pixelwise row at its size, batch and precision.
     result of phase 4 (the record also has "budget_s_requested", "budget_s", "budget_note"):
                        {"dataset", "budget_s", "test_images", "params" (the resolved params sections),
                         "generators": {name: {"arch", "config" (asap.training.TrainingRun.to_dict),

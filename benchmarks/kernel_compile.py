@@ -75,10 +75,12 @@ def _signature(fn, pointers: dict, constants: dict) -> dict:
 
 def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positional: bool = True,
         input_precision: str = "ieee", hidden: int = 64, depth: int = 5, block_p: int | None = None,
-        sub_blocks: int | None = None, grad: bool = False, x_precision: str | None = None) -> Variant:
+        sub_blocks: int | None = None, grad: bool = False, x_precision: str | None = None,
+        stash: bool = False) -> Variant:
     """``_pixelwise_mlp_fwd`` as ``fused_pixelwise_mlp`` launches it on a GPU, or with ``grad`` the
     backward ``_pixelwise_mlp_bwd``. ``x_precision``: a dense input's dtype when it differs from the
-    parameters' (the trainer's fp32 one-hot with bf16 parameters under autocast)."""
+    parameters' (the trainer's fp32 one-hot with bf16 parameters under autocast); ``stash``: the
+    backward that keeps activations in a scratch buffer."""
     from asap.models.pixelwise import mlp_channels
 
     pf = _kernels()
@@ -89,14 +91,18 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
     x_type = POINTER[x_precision or precision] if dense else "*i64"
     if grad:
         constants = pf.backward_constants(constants, channels, sub_blocks, block_p=block_p,
-                                          fp32_params=precision == "fp32")
+                                          fp32_params=precision == "fp32", stash=stash)
+        import torch
+
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        scratch = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[pf.stash_dtype(dtype, "cuda")]
         pointers = {"x_ptr": x_type, "params_ptr": POINTER[precision], "dy_ptr": POINTER[precision],
-                    "grad_ptr": "*fp32"}
+                    "grad_ptr": "*fp32", "stash_ptr": scratch}
         fn = pf._pixelwise_mlp_bwd
     else:
         pointers = {"x_ptr": x_type, "params_ptr": POINTER[precision], "out_ptr": POINTER[precision]}
         fn = pf._pixelwise_mlp_fwd
-    name = (f"mlp{'-grad' if grad else ''} {'dense' if dense else 'index'}"
+    name = (f"mlp{'-grad' if grad else ''}{'-stash' if stash else ''} {'dense' if dense else 'index'}"
             f"{f' x {x_precision}' if dense and x_precision and x_precision != precision else ''} "
             f"{precision}{' tf32' if input_precision == 'tf32' else ''} "
             f"C{classes} S{tile}{'' if positional else ' no-encoding'}"
@@ -133,12 +139,15 @@ def campaign_variants() -> list[Variant]:
     for tile in (16, 32):
         for precision in ("bf16", "fp32"):
             variants += [mlp(13, tile, precision, dense=True, x_precision="fp32"),
-                         mlp(13, tile, precision, dense=True, x_precision="fp32", grad=True)]
+                         mlp(13, tile, precision, dense=True, x_precision="fp32", grad=True),
+                         mlp(13, tile, precision, dense=True, x_precision="fp32", grad=True, stash=True)]
     variants += [mlp(5, 8, "fp32", grad=True), mlp(5, 8, "bf16", grad=True), mlp(5, 8, "fp16", grad=True),
                  mlp(6, 8, "fp32", dense=True, grad=True), mlp(5, 8, "fp32", positional=False, grad=True),
                  mlp(3, 2, "fp32", grad=True), mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3, grad=True),
                  mlp(35, 32, "bf16", grad=True), mlp(35, 64, "fp32", grad=True),
-                 mlp(13, 16, "bf16", dense=True, grad=True)]
+                 mlp(13, 16, "bf16", dense=True, grad=True), mlp(5, 8, "fp32", grad=True, stash=True),
+                 mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3, grad=True, stash=True),
+                 mlp(5, 8, "bf16", dense=True, x_precision="fp32", grad=True, stash=True)]
     return variants
 
 

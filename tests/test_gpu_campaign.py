@@ -127,6 +127,22 @@ def test_phase1_gradient_cases_decide_whether_asapnet_trains_through_the_kernel(
                                                          "why": "ASAP_FUSED_MLP set by the caller"}
 
 
+def test_phase4_trains_with_the_backward_phase3_timed_faster(tmp_path):
+    from benchmarks.campaign.cli import stash_after
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"height": 256, "width": 256}))
+    row = {"size": "256x256", "batch": 1, "precision": "bf16", "ms": {"fused": 2.0, "fused_stash": 1.5}}
+    other = {**row, "batch": 8, "ms": {"fused": 1.0, "fused_stash": 9.0}}  # not phase 4's batch
+    phase3 = {"result": {"pixelwise": [other, row]}}
+    train = {"batch_size": 1, "mixed_precision": True}
+    assert stash_after(phase3, tmp_path, train)["env"] == "1"
+    row["ms"] = {"fused": 1.0, "fused_stash": 1.5}
+    assert stash_after(phase3, tmp_path, train)["env"] == "0"
+    assert stash_after(phase3, tmp_path, {**train, "mixed_precision": False})["env"] is None  # no fp32 row
+    assert stash_after(None, tmp_path, train)["env"] is None
+    assert "unknown" in stash_after(phase3, tmp_path / "missing", train)["why"]
+
+
 def test_phase2_times_every_path_and_checks_the_fast_path(smoke):
     result = smoke["phases"][2]["result"]
     assert result["skipped_for_time"] == [] and result["row_errors"] == []
@@ -159,7 +175,7 @@ def test_phase3_compares_ours_with_the_authors_way(smoke):
     assert len(result["pixelwise"]) == len(settings["sizes"]) * len(settings["batches"]) * len(settings["precisions"])
     for row in result["pixelwise"]:
         assert set(row["ms"]) == {"reference", "authors_way"} and min(row["ms"].values()) > 0
-        assert row["fused_vs_authors"] is None and row["peak_mb"] == {}
+        assert row["fused_vs_authors"] is None and row["fused_best"] is None and row["peak_mb"] == {}
     assert result["skipped_for_time"] == [] and len(result["rows"]) == 2
     for row in result["rows"]:
         assert row["max_abs_output_diff"] < 1e-5  # the two layouts compute the same function

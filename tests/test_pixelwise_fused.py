@@ -78,6 +78,14 @@ CASES = {
     "grad_index_S8_fp16":  dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="index", precision="fp16"),
     "grad_fp32_onehot_bf16": dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="onehot", x_fp32=True,
                                   precision="bf16"),  # as training: fp32 one-hot, bf16 parameters (autocast)
+    # the stashing backward (activations kept in a scratch instead of recomputed): also compared with
+    # the recomputing one on the same inputs
+    "grad_stash_index_S8_fp32": dict(kind="grad", B=2, S=8, H=16, W=16, C=5, input="index", precision="fp32",
+                                     bwd_stash=True),
+    "grad_stash_split_S16":     dict(kind="grad", B=1, S=16, H=16, W=32, C=4, input="onehot", precision="fp32",
+                                     bwd_block_p=16, bwd_sub_blocks=3, bwd_stash=True),
+    "grad_stash_onehot_bf16":   dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="onehot", x_fp32=True,
+                                     precision="bf16", bwd_stash=True),
     "train_generator_fp32": dict(kind="train_generator", precision="fp32"),
     "train_generator_uniform_dontcare_edge": dict(kind="train_generator", precision="fp32", spatially_uniform=True,
                                                   dontcare=True, instance_edge=True),
@@ -106,6 +114,12 @@ GPU_ONLY_CASES = {
                                     precision="bf16"),
     "grad_train_256_S16_fp32": dict(kind="grad", B=1, S=16, H=256, W=256, C=13, input="onehot", precision="fp32"),
     "grad_train_512_S32_fp32": dict(kind="grad", B=2, S=32, H=512, W=512, C=13, input="onehot", precision="fp32"),
+    "grad_train_256_S16_bf16_stash": dict(kind="grad", B=1, S=16, H=256, W=256, C=13, input="onehot", x_fp32=True,
+                                          precision="bf16", bwd_stash=True),
+    "grad_train_512_S32_bf16_stash": dict(kind="grad", B=2, S=32, H=512, W=512, C=13, input="onehot", x_fp32=True,
+                                          precision="bf16", bwd_stash=True),
+    "grad_train_512_S32_fp32_stash": dict(kind="grad", B=2, S=32, H=512, W=512, C=13, input="onehot",
+                                          precision="fp32", bwd_stash=True),
 }
 
 
@@ -314,10 +328,15 @@ def run_grad_case(case: dict, device: str) -> dict:
     with no_tf32():
         ref = grad_of(lambda x, p: pixelwise_mlp(x, p, channels, S, positional), x_ref.to(device), params.float().to(device))
         x_kernel = labels if case["input"] == "index" else x_ref if case.get("x_fp32") else x_ref.to(dtype)
-        opts = {k: case[k] for k in ("bwd_block_p", "bwd_sub_blocks") if k in case}
+        opts = {k: case[k] for k in ("bwd_block_p", "bwd_sub_blocks", "bwd_stash") if k in case}
         got = grad_of(lambda x, p: fused_pixelwise_mlp(x, p, channels, S, positional, **opts),
                       x_kernel.to(device), params.to(device))
         assert got.shape == ref.shape, (got.shape, ref.shape)
+        if opts.get("bwd_stash"):  # the same numbers as recomputing (the interpreter: bit for bit)
+            other = grad_of(lambda x, p: fused_pixelwise_mlp(x, p, channels, S, positional,
+                                                             **{**opts, "bwd_stash": False}),
+                            x_kernel.to(device), params.to(device))
+            stash_vs_recompute = (got - other).abs().max().item() / other.abs().max().item()
         if case["precision"] == "fp32":
             tol = (1e-5, 5e-6)
         else:  # the same precision through autograd: what the reference itself loses
@@ -328,6 +347,9 @@ def run_grad_case(case: dict, device: str) -> dict:
     err = (got - ref).abs()
     result = {"err": err.max().item() / ref.abs().max().item(), "mean_err": err.mean().item() / ref.abs().mean().item(),
               "tol": tol, "ref_std": ref.std().item()}
+    if case.get("bwd_stash"):
+        result["stash_vs_recompute"] = {"err": stash_vs_recompute,
+                                        "tol": 1e-5 if case["precision"] == "fp32" else EMULATION_TOL[0]}
     if case["precision"] != "fp32":  # and against the scheme itself, computed in float64
         emul = emulated_grad(x_ref.to(dtype).to(device), params.to(device), grad_out.to(device), channels, S,
                              positional, dtype).cpu()  # (a one-hot is exact in any dtype)
@@ -387,6 +409,10 @@ def check_result(name: str, result: dict) -> None:
     max_tol, mean_tol = result["tol"]
     assert result["err"] <= max_tol, f"{name}: max abs error {result['err']:.3g} > {max_tol}"
     assert result["mean_err"] <= mean_tol, f"{name}: mean abs error {result['mean_err']:.3g} > {mean_tol}"
+    if "stash_vs_recompute" in result:
+        sv = result["stash_vs_recompute"]
+        assert sv["err"] <= sv["tol"], f"{name}: the stashing backward is {sv['err']:.3g} (relative max) off the " \
+                                       f"recomputing one > {sv['tol']}"
     if "emulation" in result:
         em = result["emulation"]
         assert em["err"] <= em["tol"][0] and em["mean_err"] <= em["tol"][1], \
@@ -481,6 +507,18 @@ def test_generator_fused_mlp_switch(monkeypatch):
     monkeypatch.setenv("ASAP_FUSED_MLP", "sometimes")
     with pytest.raises(ValueError, match="ASAP_FUSED_MLP='sometimes': expected 0, 1 or auto"):
         asapnet(4, 32, 32, lr_max_width=16, lr_depth=1)
+
+
+def test_backward_stash_default_comes_from_the_environment(monkeypatch):
+    from asap.models import pixelwise_fused as pf
+    monkeypatch.delenv("ASAP_FUSED_BWD_STASH", raising=False)
+    assert pf.default_stash() is pf.BWD_STASH
+    for value, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv("ASAP_FUSED_BWD_STASH", value)
+        assert pf.default_stash() is expected
+    monkeypatch.setenv("ASAP_FUSED_BWD_STASH", "yes")
+    with pytest.raises(ValueError, match="ASAP_FUSED_BWD_STASH='yes': expected 0"):
+        pf.default_stash()
 
 
 def test_fused_mlp_refuses_an_input_that_needs_a_gradient():

@@ -242,7 +242,7 @@ if triton is not None:
 
     @triton.jit
     def _pixelwise_mlp_bwd(
-        x_ptr, params_ptr, dy_ptr, grad_ptr,
+        x_ptr, params_ptr, dy_ptr, grad_ptr, stash_ptr,
         n_tiles_w, n_tiles, n_all_tiles,             # n_all_tiles = B * n_tiles (one grad slot per tile)
         stride_xb, stride_xc, stride_xh, stride_xw,
         stride_pb, stride_pc, stride_ph, stride_pw,
@@ -252,11 +252,15 @@ if triton is not None:
         N_ENC: tl.constexpr, E_PAD: tl.constexpr, HID: tl.constexpr, N_HIDDEN: tl.constexpr,
         C_OUT: tl.constexpr, OUT_PAD: tl.constexpr, BLOCK_P: tl.constexpr, SUB_BLOCKS: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        STASH: tl.constexpr,       # keep the block's activations in a per-program scratch (stash_ptr)
     ):
-        # dL/d(params) of _pixelwise_mlp_fwd for one tile's pixel blocks. Nothing of the forward is
-        # stored: each layer's input is recomputed from the labels and the tile's parameters (the
-        # layers are 64-wide tl.dots, cheap next to writing and reading B*H*W*64 activations per
-        # layer as autograd does), and the tile's gradient is summed on-chip over its pixels.
+        # dL/d(params) of _pixelwise_mlp_fwd for one tile's pixel blocks, summed on-chip over the
+        # tile's pixels. Nothing of the forward pass is kept between the two kernels. Inside this one,
+        # each layer's input is either recomputed from the labels and the tile's parameters (STASH
+        # off: ~25 64-wide tl.dots per block instead of ~15, no memory traffic) or written by this
+        # block's own forward pass to a scratch slot that only this program uses (STASH on: N_HIDDEN+1
+        # activation blocks per program, read back at once, so mostly from L2). Both give the same
+        # numbers: a LeakyReLU output has its input's sign, so the mask comes from the stashed output.
         pid_tile = tl.program_id(0)
         pid_blk = tl.program_id(1)
         b = pid_tile // n_tiles
@@ -269,6 +273,9 @@ if triton is not None:
         x_base = x_ptr + b.to(tl.int64) * stride_xb
         d_base = dy_ptr + b.to(tl.int64) * stride_db
         g_base = grad_ptr + (pid_blk.to(tl.int64) * n_all_tiles + pid_tile) * P
+        ACT: tl.constexpr = BLOCK_P * HID
+        s_base = stash_ptr + (pid_tile.to(tl.int64) * tl.num_programs(1) + pid_blk) * ((N_HIDDEN + 1) * ACT)
+        s_offs = tl.arange(0, BLOCK_P)[:, None] * HID + tl.arange(0, HID)[None, :]
 
         cols = tl.arange(0, HID)
         ocols = tl.arange(0, OUT_PAD)
@@ -290,9 +297,15 @@ if triton is not None:
             # ---- forward to the last layer's input -------------------------------------------
             h = _leaky(_layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
                                IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION))
+            if STASH:
+                tl.store(s_base + s_offs, h.to(stash_ptr.dtype.element_ty))
             for j in tl.static_range(N_HIDDEN):
                 h = _leaky(_hidden_pre(h, p_base, HIDDEN_START + j * LAYER_SIZE, stride_pc, HID, UPCAST,
                                        INPUT_PRECISION))
+                if STASH:
+                    tl.store(s_base + (j + 1) * ACT + s_offs, h.to(stash_ptr.dtype.element_ty))
+            if STASH:
+                tl.debug_barrier()  # the stash is read back by other threads of this program
 
             # ---- last layer: y = tanh(h W + b); rows outside the tile get dy = 0, so every
             # gradient below is zero there ----------------------------------------------------
@@ -311,13 +324,17 @@ if triton is not None:
             # ---- hidden layers, last to first: recompute the layer's input, then its grads ----
             for j in tl.static_range(N_HIDDEN - 1, -1, -1):
                 start = HIDDEN_START + j * LAYER_SIZE
-                hin = _leaky(_layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw,
-                                     stride_pc, IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST,
-                                     INPUT_PRECISION))
-                for k in tl.static_range(j):
-                    hin = _leaky(_hidden_pre(hin, p_base, HIDDEN_START + k * LAYER_SIZE, stride_pc, HID, UPCAST,
-                                             INPUT_PRECISION))
-                a = _hidden_pre(hin, p_base, start, stride_pc, HID, UPCAST, INPUT_PRECISION)
+                if STASH:
+                    hin = tl.load(s_base + j * ACT + s_offs).to(tl.float32)
+                    a = tl.load(s_base + (j + 1) * ACT + s_offs).to(tl.float32)  # leaky(a): the sign of a
+                else:
+                    hin = _leaky(_layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw,
+                                         stride_pc, IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST,
+                                         INPUT_PRECISION))
+                    for k in tl.static_range(j):
+                        hin = _leaky(_hidden_pre(hin, p_base, HIDDEN_START + k * LAYER_SIZE, stride_pc, HID, UPCAST,
+                                                 INPUT_PRECISION))
+                    a = _hidden_pre(hin, p_base, start, stride_pc, HID, UPCAST, INPUT_PRECISION)
                 da = tl.where(a > 0, dh, _SLOPE * dh)
                 _add_to(g_base + start + cols, tl.sum(da, axis=0), all_cols)
                 _add_to(g_base + start + HID + cols[:, None] * HID + cols[None, :],
@@ -326,8 +343,11 @@ if triton is not None:
                 dh = _mm_grad(da, tl.trans(w), DT, UPCAST, INPUT_PRECISION)
 
             # ---- layer 1: bias, input rows (one-hot^T da: a scatter-add by label), encoding rows
-            a = _layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
-                        IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION)
+            if STASH:
+                a = tl.load(s_base + s_offs).to(tl.float32)
+            else:
+                a = _layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
+                            IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION)
             da = tl.where(a > 0, dh, _SLOPE * dh)
             _add_to(g_base + cols, tl.sum(da, axis=0), all_cols)
             ch = tl.arange(0, C_PAD)
@@ -343,7 +363,8 @@ if triton is not None:
                 enc = _encoding(px, py, TILE, N_ENC, E_PAD)
                 _add_to(g_base + HID + (C_IN + e[:, None]) * HID + cols[None, :],
                         _mm_grad(tl.trans(enc), da, DT, UPCAST, INPUT_PRECISION), (e < N_ENC)[:, None] & all_cols[None, :])
-            # the next block's read-add-write of the same slots must see these stores from every thread
+            # the next block's read-add-write of the same slots (and its stash writes) must come after
+            # every thread's stores and loads of this block
             tl.debug_barrier()
 
 
@@ -372,14 +393,16 @@ if triton is not None:
             lab = tl.load(lab_base + oy * stride_lh + ox * stride_lw, mask=omask, other=-1)
             acc += tl.where(lab[:, None] == cls[None, :], 1.0, 0.0)
         else:
-            # rows as a loop, columns unrolled: unrolling all (2F)^2 taps made factor 8 with 35
-            # classes a 5 MB PTX that ptxas (sm_90, triton 3.8) had not compiled after 10 minutes
+            # taps as loops, not unrolled: unrolling all (2F)^2 taps made factor 8 with 35 classes a 5 MB
+            # PTX that ptxas (sm_90, triton 3.8) had not compiled after 10 minutes; unrolling the
+            # columns alone spilled 2.9 KB (factor 4) and 10 KB (factor 8) of registers per thread
+            # to the stack, against none with both as loops (benchmarks.kernel_compile's report)
             for ty in range(2 * FACTOR):
                 iy = oy * FACTOR - FACTOR // 2 + ty
                 iy = tl.where(iy < 0, -iy, iy)                 # reflect (edge not repeated), as F.pad
                 iy = tl.where(iy >= H, 2 * (H - 1) - iy, iy)
                 wy = tl.load(taps_ptr + ty)
-                for tx in tl.static_range(2 * FACTOR):
+                for tx in range(2 * FACTOR):
                     ix = ox * FACTOR - FACTOR // 2 + tx
                     ix = tl.where(ix < 0, -ix, ix)
                     ix = tl.where(ix >= W, 2 * (W - 1) - ix, ix)
@@ -433,13 +456,29 @@ def mlp_constants(channels: list[int], tile: int, c_in: int, *, is_index: bool, 
 # warps, 168 B with 32 pixels and 8 warps (fp32/tf32x3: 2808 B and 656 B).
 BWD_BLOCK_P = 32
 BWD_NUM_WARPS = 8
+# Recompute (False) or stash (True) the activations inside the backward: not yet timed against each
+# other (phase 3 of the GPU campaign times both, and phase 4 trains with the faster, through
+# $ASAP_FUSED_BWD_STASH = 0 / 1, which overrides this default). The stashing one builds to a smaller
+# binary with fewer spills (sm_90, bf16 S=16: 72 B of stack per thread against 168 B).
+BWD_STASH = False
+BWD_STASH_ENV = "ASAP_FUSED_BWD_STASH"
+
+
+def default_stash() -> bool:
+    """Whether the backward stashes activations: $ASAP_FUSED_BWD_STASH (0 / 1), else BWD_STASH."""
+    value = os.environ.get(BWD_STASH_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{BWD_STASH_ENV}={value!r}: expected 0 (recompute the activations in the fused "
+                         "backward) or 1 (keep them in a scratch buffer)")
+    return BWD_STASH if value == "" else value == "1"
 
 
 def backward_constants(const: dict, channels: list[int], sub_blocks: int | None = None, *,
-                       block_p: int | None = None, fp32_params: bool = False) -> dict:
+                       block_p: int | None = None, fp32_params: bool = False, stash: bool = False) -> dict:
     """The constexpr arguments ``_pixelwise_mlp_bwd`` is launched with, from the forward's
     ``mlp_constants``: ``block_p`` pixels per block (default BWD_BLOCK_P, at most the tile), by
-    default one program per tile (SUB_BLOCKS = the tile's pixel blocks). fp32 parameters at "ieee"
+    default one program per tile (SUB_BLOCKS = the tile's pixel blocks); ``stash``: activations kept
+    in a scratch buffer instead of recomputed (see ``_pixelwise_mlp_bwd``). fp32 parameters at "ieee"
     precision run the backward's dots as "tf32x3" (three TF32 tensor-core products, fp32-level
     error): ~25 unrolled 64-wide fp32 FMA dots took ptxas ~100 s per variant (a 5 MB cubin), too long
     for the campaign's compile budget."""
@@ -452,6 +491,7 @@ def backward_constants(const: dict, channels: list[int], sub_blocks: int | None 
     bwd["BLOCK_P"] = block_p
     bwd["SUB_BLOCKS"] = sub_blocks or -(-const["TILE"] ** 2 // block_p)
     bwd["P"] = num_mlp_params(channels)
+    bwd["STASH"] = stash
     return bwd
 
 
@@ -554,20 +594,31 @@ def _forward(call: _Launch, channels: list[int], out_dtype: torch.dtype | None, 
     return out
 
 
+def stash_dtype(params_dtype: torch.dtype, device_type: str) -> torch.dtype:
+    """The scratch of the stashing backward: bf16 activations for bf16 parameters (exactly the dot
+    operands they become; a LeakyReLU output keeps its sign), fp32 otherwise (fp16 would flush tiny
+    ones to zero) and in the interpreter (its bf16 store truncates instead of rounding)."""
+    return torch.bfloat16 if params_dtype == torch.bfloat16 and device_type == "cuda" else torch.float32
+
+
 def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], block_p: int | None = None,
-              sub_blocks: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+              sub_blocks: int | None = None, num_warps: int | None = None, stash: bool | None = None) -> torch.Tensor:
     """dL/d(params) in params' shape and dtype, from dL/d(output). By default one program per tile
     sums the tile's whole gradient (no atomics; deterministic); ``sub_blocks`` splits a tile over
     several programs whose partial sums are added afterwards."""
     params = call.params
+    stash = default_stash() if stash is None else stash
     const = backward_constants(call.const, channels, sub_blocks, block_p=block_p,
-                               fp32_params=params.dtype == torch.float32)
+                               fp32_params=params.dtype == torch.float32, stash=stash)
     tile, P = const["TILE"], const["P"]
     groups = triton.cdiv(triton.cdiv(tile * tile, const["BLOCK_P"]), const["SUB_BLOCKS"])
     n_all = call.B * call.h * call.w
     grad = torch.zeros(groups, n_all, P, device=params.device, dtype=torch.float32)
+    scratch = (torch.empty(n_all * groups * (const["N_HIDDEN"] + 1) * const["BLOCK_P"] * const["HID"],
+                           device=params.device, dtype=stash_dtype(params.dtype, params.device.type))
+               if stash else grad)  # without STASH the pointer is never read
     _pixelwise_mlp_bwd[(n_all, groups)](
-        call.x, params, grad_out, grad,
+        call.x, params, grad_out, grad, scratch,
         call.w, call.h * call.w, n_all,
         *call.x.stride(), *_param_strides(call), *grad_out.stride(),
         **const,
@@ -606,7 +657,7 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
                         input_precision: str = "ieee", block_p: int | None = None,
                         sub_blocks: int | None = None, num_warps: int | None = None,
                         bwd_block_p: int | None = None, bwd_sub_blocks: int | None = None,
-                        bwd_num_warps: int | None = None) -> torch.Tensor:
+                        bwd_num_warps: int | None = None, bwd_stash: bool | None = None) -> torch.Tensor:
     """The pixelwise MLP of ``pixelwise_mlp`` in one kernel, differentiable in ``params``.
 
     labels_or_x: integer class indices (B, H, W) or (B, 1, H, W), taken as the one-hot input of width
@@ -621,7 +672,7 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
                  a zero row for out-of-range labels, so skipping the check is memory-safe).
     block_p / sub_blocks / num_warps: the forward's launch (pixels per block, blocks per program);
-    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, BWD_NUM_WARPS).
+    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, BWD_NUM_WARPS, default_stash()).
     Returns (B, channels[-1], H, W).
     """
     if labels_or_x.requires_grad and torch.is_grad_enabled():
@@ -630,7 +681,8 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     call = _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
                     block_p, sub_blocks)
     if params.requires_grad and torch.is_grad_enabled():
-        backward_options = dict(block_p=bwd_block_p, sub_blocks=bwd_sub_blocks, num_warps=bwd_num_warps)
+        backward_options = dict(block_p=bwd_block_p, sub_blocks=bwd_sub_blocks, num_warps=bwd_num_warps,
+                                stash=bwd_stash)
         return _FusedPixelwiseMLP.apply(call.x, params, call, channels, out_dtype, num_warps, backward_options)
     return _forward(call, channels, out_dtype, num_warps)
 

@@ -82,6 +82,30 @@ def fused_training_after(phase1: dict | None, preset: str | None = None) -> dict
     return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(grad)} gradient cases passed"}
 
 
+def stash_after(phase3: dict | None, data: Path, train: dict) -> dict:
+    """Which fused backward phase 4 trains ASAP-Net with ($ASAP_FUSED_BWD_STASH): the faster of the two
+    in phase 3's pixelwise row at phase 4's own size, batch and precision; the default when that row
+    is missing."""
+    import json
+
+    try:
+        info = json.loads((data / "dataset.json").read_text())
+        size = f"{info['height']}x{info['width']}"
+    except (OSError, ValueError, KeyError) as err:
+        return {"env": None, "why": f"the dataset's size is unknown ({err}): the default backward"}
+    batch, precision = train.get("batch_size", 1), "bf16" if train.get("mixed_precision", True) else "fp32"
+    rows = ((phase3 or {}).get("result") or {}).get("pixelwise", [])
+    row = next((r for r in rows if (r.get("size"), r.get("batch"), r.get("precision")) == (size, batch, precision)
+                and {"fused", "fused_stash"} <= set(r.get("ms", {}))), None)
+    if row is None:
+        return {"env": None, "why": f"phase 3 timed no fused backward at {size} batch {batch} {precision}: the default"}
+    ms = row["ms"]
+    stash = ms["fused_stash"] < ms["fused"]
+    return {"env": "1" if stash else "0",
+            "why": f"phase 3 at {size} batch {batch} {precision}: recompute {ms['fused']:.3f} ms, stash "
+                   f"{ms['fused_stash']:.3f} ms"}
+
+
 def run(args) -> int:
     clock = Clock(args.deadline_s or (240.0 if args.smoke else 540.0), start=args.t0)
     if args.smoke:
@@ -103,13 +127,21 @@ def run(args) -> int:
         f"({device}); commit {commit.get('commit')} ({commit.get('source')}); deadline {clock.deadline_s:g} s; "
         f"results in {out}")
     ok = True
-    phase1, preset = None, os.environ.get("ASAP_FUSED_MLP")
+    phase1, phase3, preset = None, None, os.environ.get("ASAP_FUSED_MLP")
+    preset_stash = os.environ.get("ASAP_FUSED_BWD_STASH")
     for phase in phases:
         record = _record(settings, phase, env, clock)
         if phase in (3, 4) and device.type == "cuda":
             record["fused_training"] = gate = fused_training_after(phase1, preset)
             os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every ASAPNetGenerator built from here on
             log(f"[campaign] phase {phase}: ASAP-Net trains with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
+            if phase == 4 and preset_stash is None:
+                choice = stash_after(phase3, Path(args.data), settings.quality.train)
+                gate["stash"] = choice
+                if choice["env"] is not None:
+                    os.environ["ASAP_FUSED_BWD_STASH"] = choice["env"]
+                log(f"[campaign] phase 4: fused backward {'stashing' if choice['env'] == '1' else 'recomputing' if choice['env'] == '0' else 'default'} "
+                    f"({choice['why']})")
         later4 = 4 in phases[phases.index(phase) + 1:]
 
         def progress(partial, record=record):  # a partial file after every measurement: a kill keeps it
@@ -150,6 +182,8 @@ def run(args) -> int:
         _finish(record, clock, out)
         if phase == 1:
             phase1 = record
+        elif phase == 3:
+            phase3 = record
         log(f"[campaign] phase {phase} done in {record['seconds']} s ({clock.elapsed():.0f} s of "
             f"{clock.deadline_s:g}); wrote {out / phase_file(phase)}")
         if device.type == "cuda":
