@@ -321,7 +321,7 @@ if triton is not None:
                     _mm_grad(tl.trans(h), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & omask[None, :])
             dh = _mm_grad(da, tl.trans(w), DT, UPCAST, INPUT_PRECISION)
 
-            # ---- hidden layers, last to first: recompute the layer's input, then its grads ----
+            # ---- hidden layers, last to first: the layer's input (recomputed or read back), its grads
             for j in tl.static_range(N_HIDDEN - 1, -1, -1):
                 start = HIDDEN_START + j * LAYER_SIZE
                 if STASH:
@@ -565,7 +565,8 @@ def _prepare(labels_or_x, params, channels, tile, positional, num_classes, check
                          f"for a {H}x{W} input with S={tile}")
     # Channels-last puts one tile's P parameters next to each other (coalesced weight loads); the
     # fast generator's low-res stream already produces this layout, so this is usually free.
-    params = params.contiguous(memory_format=torch.channels_last)
+    # Detached: the kernels read it; gradients reach the caller's tensor through _FusedPixelwiseMLP.
+    params = params.detach().contiguous(memory_format=torch.channels_last)
     const = mlp_constants(channels, tile, c_in, is_index=is_index, positional=positional,
                           input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks,
                           interpreted_bf16=params.device.type == "cpu" and params.dtype == torch.bfloat16)
