@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from asap.engine import TrainConfig
 from asap.losses import GANLossConfig
 from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling
-from asap.models.pixelwise import (LEAKY_SLOPE, mlp_channels, mlp_layout, num_mlp_params, pixelwise_mlp,
-                                   positional_encoding)
+from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, num_mlp_params, pixelwise_mlp, positional_encoding
 from asap.training import TrainingRun, build_trainer
 
 PRECISIONS = ("bf16", "fp32")
@@ -245,8 +244,7 @@ def measure_pixelwise(size: tuple[int, int], batch: int, precision: str, device:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     h, w = size
     S = default_downsampling(h, w)
-    n_enc = 4 * (S.bit_length() - 1)
-    channels = mlp_channels(num_classes + n_enc, 64, 5, 3)
+    channels = ASAPNetConfig(num_classes=num_classes, downsampling=S).mlp_channels  # the paper's MLP at this S
     dtype = torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, num_classes, (batch, h, w), generator=gen)
