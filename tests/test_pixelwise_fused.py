@@ -87,6 +87,13 @@ CASES = {
     "grad_stash_onehot_bf16":   dict(kind="grad", B=1, S=8, H=16, W=16, C=5, input="onehot", x_fp32=True,
                                      precision="bf16", bwd_stash=True),
     "train_generator_fp32": dict(kind="train_generator", precision="fp32"),
+    # the low-res stream's InstanceNorm + ReLU kernels (asap.models.lowres_fused), and the fast generator
+    # with PyTorch's own norms (fused_norm=False) for the other path
+    "norm_odd_fp32":       dict(kind="norm", B=2, C=5, H=7, W=3, precision="fp32"),
+    "norm_offset_fp32":    dict(kind="norm", B=1, C=70, H=16, W=16, precision="fp32", offset=100.0),
+    "norm_chunks_bf16":    dict(kind="norm", B=2, C=64, H=40, W=33, precision="bf16", offset=3.0),  # 21 chunks
+    "norm_no_relu_fp16":   dict(kind="norm", B=1, C=160, H=8, W=8, precision="fp16", relu=False),
+    "fast_generator_torch_norm": dict(kind="generator", precision="fp32", fused_norm=False),
     "train_generator_uniform_dontcare_edge": dict(kind="train_generator", precision="fp32", spatially_uniform=True,
                                                   dontcare=True, instance_edge=True),
 }
@@ -96,6 +103,8 @@ GPU_ONLY_CASES = {
     "index_S16_tf32":         dict(B=2, S=16, H=64, W=128, C=12, input="index", precision="tf32"),
     "dense_S32_fp16":         dict(B=2, S=32, H=128, W=128, C=36, input="dense", precision="fp16"),
     "tent_onehot_f4_1024":    dict(kind="tent", factor=4, H=1024, W=2048, C=35, precision="bf16"),
+    "norm_first_conv_1024_bf16": dict(kind="norm", B=1, C=64, H=256, W=256, precision="bf16"),  # 256 chunks
+    "norm_blocks_1024_bf16":     dict(kind="norm", B=8, C=1024, H=16, W=16, precision="bf16"),
     "fast_generator_s1_2_bf16": dict(kind="generator", precision="bf16", learned_downsampling=8),
     "fast_generator_reflect_edge_bf16": dict(kind="generator", precision="bf16", padding="reflect",
                                              dontcare=True, instance_edge=True),
@@ -229,8 +238,9 @@ def run_generator_case(case: dict, device: str) -> dict:
     labels, edges = labels.to(device), None if edges is None else edges.to(device)
     with no_tf32(), torch.no_grad():  # cuDNN convs default to TF32: the fp32 reference must be fp32
         ref = model(labels, edges).float().cpu()
-        fast = FastGenerator(model, case["precision"])
+        fast = FastGenerator(model, case["precision"], fused_norm=case.get("fused_norm", "auto"))
         assert fast.fused, "the fast generator should use the kernel here"
+        assert fast.fused_norm == case.get("fused_norm", True)
         err = (fast(labels, edges).float().cpu() - ref).abs()
     return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": GENERATOR_TOL[case["precision"]],
             "ref_std": ref.std().item()}
@@ -252,6 +262,32 @@ def run_tent_case(case: dict, device: str) -> dict:
     tol = (1e-6, 1e-7) if case["precision"] == "fp32" else (2 ** -9, 2 ** -10)
     return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": tol, "ref_std": ref.std().item(),
             "min_std": 0.01}
+
+
+def run_norm_case(case: dict, device: str) -> dict:
+    """relu(InstanceNorm(x)) from the two kernels vs torch's instance_norm in float64 on the same
+    (rounded) input. Bound: the fixed one of the precision, or 2x what torch's own norm loses when it
+    runs on that dtype (fp32 statistics, one rounding at the end), whichever is larger."""
+    import torch.nn.functional as F
+
+    from asap.models.lowres_fused import instance_norm_act
+
+    dtype, relu = DTYPES[case["precision"]], case.get("relu", True)
+    gen = torch.Generator().manual_seed(case["C"])
+    x = (torch.randn(case["B"], case["C"], case["H"], case["W"], generator=gen) * 1.5 + case.get("offset", 0.0)).to(dtype)
+    weight = (torch.randn(case["C"], generator=gen) * 0.5 + 1).to(dtype)
+    bias = (torch.randn(case["C"], generator=gen) * 0.5).to(dtype)
+    act = F.relu if relu else (lambda v: v)
+    ref = act(F.instance_norm(x.double(), weight=weight.double(), bias=bias.double(), eps=1e-5))
+    own = act(F.instance_norm(x.float(), weight=weight.float(), bias=bias.float(), eps=1e-5)).to(dtype).double()
+    cl = x.to(device).contiguous(memory_format=torch.channels_last)
+    out = instance_norm_act(cl, weight.to(device), bias.to(device), eps=1e-5, relu=relu)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    err = (out.double().cpu() - ref).abs()
+    own_err = (own - ref).abs()
+    fixed = TOL[case["precision"]]
+    tol = (max(fixed[0], 2 * own_err.max().item()), max(fixed[1], 2 * own_err.mean().item()))
+    return {"err": err.max().item(), "mean_err": err.mean().item(), "tol": tol, "ref_std": ref.std().item()}
 
 
 def emulated_grad(x, params, grad_out, channels, S, positional, dtype):
@@ -394,7 +430,7 @@ def run_train_generator_case(case: dict, device: str) -> dict:
 
 def run_case(name: str, device: str) -> dict:
     case = {**CASES, **GPU_ONLY_CASES}[name]
-    runner = {"generator": run_generator_case, "tent": run_tent_case, "grad": run_grad_case,
+    runner = {"generator": run_generator_case, "tent": run_tent_case, "grad": run_grad_case, "norm": run_norm_case,
               "train_generator": run_train_generator_case}.get(case.get("kind"), run_kernel_case)
     return runner(case, device)
 
@@ -568,6 +604,60 @@ def test_fast_generator_cuda_graph_replays_new_inputs(precision, padding):
         assert len(fast._graphs) == 1  # one capture, replayed for every new input
         with pytest.raises(ValueError, match=r"\[12\]"):
             fast(torch.full((1, 256, 512), 12, device="cuda"))
+
+
+def stream_norm_shapes(size: str, num_classes: int, lr_max_width: int = 1024) -> list[tuple]:
+    """(C, H, W) of every InstanceNorm input of the paper's low-res stream at ``size`` (built on the
+    meta device: no weights)."""
+    from asap.models.asapnet import asapnet
+
+    h, w = (int(v) for v in size.split("x"))
+    shapes = []
+    with torch.device("meta"):
+        model = asapnet(num_classes, h, w, lr_max_width=lr_max_width)
+        for m in model.modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape[1:])))
+        c = model.config
+        model.lowres_stream(torch.empty(1, c.in_channels, h // c.s1, w // c.s1))
+    return sorted(set(shapes))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("size", ["256x512", "512x1024", "512x512", "1024x1024"])
+def test_norm_kernels_at_the_campaign_shapes(size):
+    """Every InstanceNorm + ReLU launch of phase 2's fast path (its sizes, batch 1 and 8, fp32 and bf16)
+    against torch's norm in fp32 on the same rounded input. Run in phase 1's parallel workers, this also
+    compiles those variants there (Triton's disk cache), not in phase 2's time."""
+    import torch.nn.functional as F
+
+    from asap.models.lowres_fused import instance_norm_act
+    from benchmarks.campaign.settings import InferenceSettings
+
+    settings = InferenceSettings()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for C, H, W in stream_norm_shapes(size, settings.num_classes[size], settings.lr_max_width):
+        for B in (1, settings.batch):
+            for precision in settings.precisions:
+                dtype = DTYPES[precision]
+                x = torch.randn(B, C, H, W, device="cuda", generator=gen).to(dtype)
+                x = x.contiguous(memory_format=torch.channels_last)
+                # |weight| < 1 keeps outputs under 8, where a bf16 rounding is at most 2^-6 (< its bound)
+                weight = (torch.rand(C, device="cuda", generator=gen) * 0.5 + 0.5).to(dtype)
+                bias = (torch.randn(C, device="cuda", generator=gen) * 0.1).to(dtype)
+                ref = F.relu(F.instance_norm(x.float(), weight=weight.float(), bias=bias.float(), eps=1e-5))
+                err = (instance_norm_act(x, weight, bias).float() - ref).abs()
+                # fp32: two ways of summing up to 65536 pixels (cuDNN's and ours), so 10x the kernel bound
+                max_tol, mean_tol = (1e-4, 1e-5) if precision == "fp32" else TOL[precision]
+                assert err.max().item() <= max_tol and err.mean().item() <= mean_tol, \
+                    (size, (B, C, H, W), precision, err.max().item(), err.mean().item())
+
+
+def test_stream_norm_shapes_follow_the_config():
+    """The helper above, against the shapes worked out by hand for 1024x1024 (S = 64 = 4 x 16)."""
+    assert stream_norm_shapes("1024x1024", 13) == [(64, 32, 32), (64, 64, 64), (64, 128, 128), (64, 256, 256),
+                                                   (1024, 16, 16)]
 
 
 # ----------------------------------------------------------------------------------------------

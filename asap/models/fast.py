@@ -4,8 +4,9 @@ Same function as ``ASAPNetGenerator.forward``; what changes is how it runs:
 
 - high-res stream: the fused Triton kernel (``pixelwise_fused``) takes the label map as class
   indices and never materialises the 64-channel activations of the pixelwise MLP;
-- low-res stream: channels-last convolutions in the chosen precision, optionally ``torch.compile``d,
-  and the whole forward captured in a CUDA graph per input shape, so the ~20 small kernels of the
+- low-res stream: channels-last convolutions in the chosen precision; each InstanceNorm + ReLU as
+  two Triton kernels that keep the channels-last layout (``lowres_fused``: eager PyTorch's norm is
+  ~7 kernels and two layout copies); or the stream ``torch.compile``d instead; and the whole forward captured in a CUDA graph per input shape, so the ~20 small kernels of the
   16 x 16 stream cost one graph launch instead of ~20 (the authors' stream is launch-bound);
 - the label check runs inside the graph and is read after replay, so it costs no extra sync.
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 from asap.models.asapnet import ASAPNetGenerator, tent_downsample
 from asap.models.inputs import DONTCARE_VALUE, encode_input
 from asap.models.pixelwise import pixelwise_mlp
-from asap.models import pixelwise_fused
+from asap.models import lowres_fused, pixelwise_fused
 
 # precision name -> (dtype of the low-res stream and the MLP operands, Triton fp32 dot precision)
 PRECISIONS = {
@@ -60,6 +61,8 @@ class FastGenerator(nn.Module):
                  fused: bool | str = "auto",         # Triton kernel: auto = on CUDA (or the interpreter)
                  cuda_graph: bool | str = "auto",    # capture per input shape: auto = on CUDA
                  compile: bool = False,              # torch.compile the low-res stream (CUDA)
+                 fused_norm: bool | str = "auto",    # InstanceNorm+ReLU kernels: auto = on CUDA (or the
+                                                     # interpreter), channels-last, not compiled
                  channels_last: bool = True,
                  check_labels: bool = True,          # error on label values outside the classes
                  clone_output: bool = True,          # False: return the graph's static output buffer
@@ -77,8 +80,18 @@ class FastGenerator(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             lowres = lowres.to(memory_format=torch.channels_last)
-        self.lowres_stream = lowres
-        self._lowres = torch.compile(lowres, dynamic=False) if compile else lowres
+        norm_ok = lowres_fused.kernel_available(device) and channels_last
+        if fused_norm == "auto":
+            fused_norm = norm_ok and not compile  # compiled, inductor fuses the norms itself
+        elif fused_norm and not norm_ok:
+            raise ValueError("fused_norm=True needs channels_last=True and a CUDA device (or TRITON_INTERPRET=1) "
+                             "with triton; use fused_norm=False or 'auto'")
+        self.fused_norm = bool(fused_norm)
+        # What runs: the same conv modules, with the norms as kernels or as PyTorch's own. The eager
+        # form stays reachable (benchmarks time both in one run).
+        self.lowres_stream_torch_norm = lowres
+        self.lowres_stream = lowres_fused.fuse_norms(lowres) if self.fused_norm else lowres
+        self._lowres = torch.compile(self.lowres_stream, dynamic=False) if compile else self.lowres_stream
 
         reason = pixelwise_fused.unsupported_reason(self.config.mlp_channels, self.config.downsampling)
         kernel_ok = reason is None and (device.type == "cuda" or (device.type == "cpu" and pixelwise_fused.interpret_mode()))

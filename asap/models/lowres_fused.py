@@ -1,0 +1,240 @@
+"""Fused InstanceNorm (+ ReLU) for the low-res stream of the fast inference path.
+
+Each of the low-res stream's 3x3 convs is followed by an affine ``InstanceNorm2d`` and a ReLU. In
+eager PyTorch that norm is several kernels, and it undoes the channels-last layout the convs run in:
+``aten::instance_norm`` makes the input NCHW-contiguous (a copy), repeats the affine weight and bias
+per sample (two more), runs batch norm on the (1, B*C, H, W) view, returns NCHW, and the next conv
+copies it back to channels-last; the ReLU is one more. At the 16 x 16 grid of the 1024-wide blocks
+each of these is a few microseconds of launch for almost no work, eleven times per forward.
+
+Here a norm is two Triton kernels that read the conv's channels-last output where it lies:
+
+1. ``_in_stats``: one program per (sample, block of channels, chunk of pixels) writes its chunk's
+   per-channel mean and sum of squared deviations (two passes over the chunk, in fp32, of x - K with
+   K the sample's first pixel, so a large mean costs no precision);
+2. ``_in_apply``: the same grid; each program merges the chunks' partials of its channels (Chan et
+   al.'s pairwise formula, so a large mean does not cancel the variance), then writes
+   ``relu((x - mean) * rsqrt(var + eps) * weight + bias)`` over its chunk, channels-last.
+
+Chunks keep the grid wide at every size: 256 x 256 x 64 (the first conv at 1024 x 1024) and
+16 x 16 x 1024 (the blocks) both give hundreds of programs. The function is exactly
+``F.instance_norm(x, weight=w, bias=b, eps=eps)`` (biased variance, no running statistics), in fp32
+whatever the input dtype, rounded once to the input dtype at the end.
+
+Inference only (no backward). Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``
+(how the tests check it). Imports only torch and triton.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from asap.models.pixelwise_fused import _check_device, interpret_mode, triton
+
+if triton is not None:
+    import triton.language as tl
+
+    from asap.models.pixelwise_fused import _round_bf16
+
+    @triton.jit
+    def _in_stats(x_ptr, mean_ptr, m2_ptr, HW, C, N_CHUNKS,
+                  CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        # x: (B, HW, C) with channels contiguous (a channels-last NCHW tensor); partials: (B, N_CHUNKS, C)
+        pid_c = tl.program_id(0)
+        k = tl.program_id(1)
+        b = tl.program_id(2)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        start = k * CHUNK
+        end = tl.minimum(start + CHUNK, HW)
+        base = x_ptr + b.to(tl.int64) * HW * C
+        # Sums of x - K, K = the sample's first pixel (the same in every chunk): values near K cancel
+        # exactly, so a large mean costs no precision (the shifted-data algorithm for the variance).
+        shift_k = tl.load(base + cols, mask=cmask, other=0.0).to(tl.float32)
+        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        # constexpr loop bounds: triton 3.6's interpreter cannot loop to a runtime value
+        for p0 in range(0, CHUNK, BLOCK_P):
+            rows = start + p0 + tl.arange(0, BLOCK_P)
+            m = (rows < end)[:, None] & cmask[None, :]
+            v = tl.load(base + rows[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0)
+            acc += tl.sum(tl.where(m, v.to(tl.float32) - shift_k[None, :], 0.0), axis=0)
+        n = (end - start).to(tl.float32)
+        mean = acc / n  # of x - K
+        acc2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for p0 in range(0, CHUNK, BLOCK_P):  # second pass over the chunk (cache-resident): no cancellation
+            rows = start + p0 + tl.arange(0, BLOCK_P)
+            m = (rows < end)[:, None] & cmask[None, :]
+            v = tl.load(base + rows[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0)
+            d = tl.where(m, (v.to(tl.float32) - shift_k[None, :]) - mean[None, :], 0.0)
+            acc2 += tl.sum(d * d, axis=0)
+        offs = (b * N_CHUNKS + k) * C + cols
+        tl.store(mean_ptr + offs, mean, mask=cmask)
+        tl.store(m2_ptr + offs, acc2, mask=cmask)
+
+    @triton.jit
+    def _in_apply(x_ptr, out_ptr, mean_ptr, m2_ptr, w_ptr, b_ptr, HW, C, N_CHUNKS, eps,
+                  RELU: tl.constexpr, ROUND_BF16: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, K_SPAN: tl.constexpr):
+        pid_c = tl.program_id(0)
+        k = tl.program_id(1)
+        b = tl.program_id(2)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        total = HW.to(tl.float32)
+        part = mean_ptr + b * N_CHUNKS * C
+        part2 = m2_ptr + b * N_CHUNKS * C
+        # merge the chunks' partials (means of x - K): mean = sum n_k mean_k / N; M2 = sum M2_k + n_k (mean_k - mean)^2
+        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for k0 in range(0, K_SPAN, BLOCK_K):  # K_SPAN >= N_CHUNKS, a power of two
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < N_CHUNKS
+            nk = tl.minimum(tl.maximum(HW - ks * CHUNK, 0), CHUNK).to(tl.float32)
+            mk = tl.load(part + ks[:, None] * C + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc += tl.sum(nk[:, None] * mk, axis=0)
+        mean = acc / total
+        m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for k0 in range(0, K_SPAN, BLOCK_K):  # K_SPAN >= N_CHUNKS, a power of two
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < N_CHUNKS
+            km = kmask[:, None] & cmask[None, :]
+            nk = tl.minimum(tl.maximum(HW - ks * CHUNK, 0), CHUNK).to(tl.float32)
+            mk = tl.load(part + ks[:, None] * C + cols[None, :], mask=km, other=0.0)
+            qk = tl.load(part2 + ks[:, None] * C + cols[None, :], mask=km, other=0.0)
+            d = tl.where(km, mk - mean[None, :], 0.0)
+            m2 += tl.sum(qk + nk[:, None] * d * d, axis=0)
+        rstd = 1.0 / tl.sqrt(m2 / total + eps)
+        scale = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * rstd
+        shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        start = k * CHUNK
+        end = tl.minimum(start + CHUNK, HW)
+        base = b.to(tl.int64) * HW * C
+        shift_k = tl.load(x_ptr + base + cols, mask=cmask, other=0.0).to(tl.float32)
+        # constexpr loop bounds: triton 3.6's interpreter cannot loop to a runtime value
+        for p0 in range(0, CHUNK, BLOCK_P):
+            rows = start + p0 + tl.arange(0, BLOCK_P)
+            m = (rows < end)[:, None] & cmask[None, :]
+            offs = base + rows[:, None].to(tl.int64) * C + cols[None, :]
+            # (x - K) - mean first: folding the mean into the shift would cancel two large terms
+            v = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            y = ((v - shift_k[None, :]) - mean[None, :]) * scale[None, :] + shift[None, :]
+            if RELU:
+                y = tl.maximum(y, 0.0)
+            if ROUND_BF16:
+                y = _round_bf16(y)  # the interpreter's own cast would truncate
+            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+TARGET_PROGRAMS = 512  # per kernel: a few waves on a 132-SM H100/H200, so small grids still fill the GPU
+MAX_CHUNKS = 256
+
+
+def launch_plan(batch: int, hw: int, channels: int, target_programs: int = TARGET_PROGRAMS) -> dict:
+    """Block and chunk sizes for a (batch, hw pixels, channels) norm: BLOCK_C channels per program
+    (at most 64), BLOCK_P pixels per load (~4096 elements), and the pixels cut into N_CHUNKS chunks of
+    CHUNK (a multiple of BLOCK_P) so that about ``target_programs`` programs run."""
+    block_c = min(64, max(16, 1 << math.ceil(math.log2(channels))))
+    block_p = max(16, 4096 // block_c)
+    c_blocks = math.ceil(channels / block_c)
+    want = max(1, min(MAX_CHUNKS, math.ceil(target_programs / (batch * c_blocks))))
+    # loop lengths are constexpr (one compile each): CHUNK = BLOCK_P * a power of two, so a few values
+    # cover every layer; the merge loop runs over K_SPAN >= N_CHUNKS, also a power of two
+    chunk = block_p * _pow2_at_least(math.ceil(hw / want / block_p))
+    n_chunks = math.ceil(hw / chunk)
+    return {"BLOCK_C": block_c, "BLOCK_P": block_p, "CHUNK": chunk, "N_CHUNKS": n_chunks, "c_blocks": c_blocks,
+            "K_SPAN": max(16, _pow2_at_least(n_chunks))}
+
+
+def _pow2_at_least(n: float) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def instance_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+                      relu: bool = True) -> torch.Tensor:
+    """``relu(F.instance_norm(x, weight=weight, bias=bias, eps=eps))`` (or without the ReLU) for a
+    (B, C, H, W) tensor; the result is channels-last in x's dtype. Statistics in fp32."""
+    _check_device(x)
+    if x.dim() != 4:
+        raise ValueError(f"instance_norm_act expects (B, C, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    if weight is None or bias is None or weight.shape != (C,) or bias.shape != (C,):
+        raise ValueError(f"instance_norm_act needs an affine weight and bias of shape ({C},), got "
+                         f"{None if weight is None else tuple(weight.shape)} and {None if bias is None else tuple(bias.shape)}")
+    if H * W < 2:
+        raise ValueError(f"instance norm over a {H}x{W} map: the variance needs at least 2 pixels")
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    hw = H * W
+    plan = launch_plan(B, hw, C)
+    mean = torch.empty(B, plan["N_CHUNKS"], C, device=x.device, dtype=torch.float32)
+    m2 = torch.empty_like(mean)
+    grid = (plan["c_blocks"], plan["N_CHUNKS"], B)
+    _in_stats[grid](x, mean, m2, hw, C, plan["N_CHUNKS"], **stats_constants(plan))
+    _in_apply[grid](x, out, mean, m2, weight, bias, hw, C, plan["N_CHUNKS"], float(eps),
+                    **apply_constants(plan, relu, round_bf16=x.device.type == "cpu" and x.dtype == torch.bfloat16))
+    return out
+
+
+def stats_constants(plan: dict) -> dict:
+    """The constexpr arguments of ``_in_stats`` for a launch_plan (benchmarks/kernel_compile.py builds
+    the same). CHUNK is one of them: a stream compiles one variant per distinct chunk length (a few)."""
+    return {"CHUNK": plan["CHUNK"], "BLOCK_P": plan["BLOCK_P"], "BLOCK_C": plan["BLOCK_C"]}
+
+
+def apply_constants(plan: dict, relu: bool, round_bf16: bool = False) -> dict:
+    """The constexpr arguments of ``_in_apply``: the ReLU or not, and the interpreter's bf16 rounding."""
+    return {"RELU": bool(relu), "ROUND_BF16": bool(round_bf16), **stats_constants(plan), "BLOCK_K": 16,
+            "K_SPAN": plan["K_SPAN"]}
+
+
+def kernel_available(device: torch.device) -> bool:
+    """Whether the norm kernels can run on ``device`` (CUDA with triton, or the CPU interpreter)."""
+    return triton is not None and (device.type == "cuda" or (device.type == "cpu" and interpret_mode()))
+
+
+class FusedInstanceNormReLU(nn.Module):
+    """An affine ``InstanceNorm2d`` (+ the ReLU after it) as the two kernels above; shares the norm's
+    parameters."""
+
+    def __init__(self, norm: nn.InstanceNorm2d, relu: bool = True):
+        super().__init__()
+        if not (isinstance(norm, nn.InstanceNorm2d) and norm.affine and not norm.track_running_stats):
+            raise ValueError(f"FusedInstanceNormReLU replaces an affine InstanceNorm2d without running "
+                             f"statistics, got {norm!r}")
+        self.norm = norm
+        self.relu = relu
+
+    def forward(self, x):
+        return instance_norm_act(x, self.norm.weight, self.norm.bias, self.norm.eps, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"{self.norm.num_features}, eps={self.norm.eps}, relu={self.relu}"
+
+
+def _leaves(module: nn.Module) -> list[nn.Module]:
+    """A stream's modules in execution order: nested Sequentials (and ConvBlock, whose forward is its
+    one Sequential) unrolled."""
+    children = list(module.children())
+    if not children:
+        return [module]
+    if not isinstance(module, nn.Sequential) and len(children) != 1:
+        raise ValueError(f"cannot unroll {type(module).__name__}: its forward is not a plain sequence")
+    return [leaf for child in children for leaf in _leaves(child)]
+
+
+def fuse_norms(stream: nn.Module) -> nn.Sequential:
+    """The low-res stream as one flat Sequential of the same modules (parameters shared), each
+    InstanceNorm2d + ReLU pair (or lone InstanceNorm2d) replaced by a FusedInstanceNormReLU."""
+    leaves, out, i = _leaves(stream), [], 0
+    while i < len(leaves):
+        m = leaves[i]
+        if isinstance(m, nn.InstanceNorm2d):
+            relu = i + 1 < len(leaves) and isinstance(leaves[i + 1], nn.ReLU)
+            out.append(FusedInstanceNormReLU(m, relu=relu))
+            i += 2 if relu else 1
+        else:
+            out.append(m)
+            i += 1
+    return nn.Sequential(*out)
