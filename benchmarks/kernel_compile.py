@@ -13,8 +13,9 @@ pinned triton and, run with the GPU machine's triton (3.6), on that one too.
 The variants are those the GPU campaign launches: the pixelwise MLP (class indices or dense input;
 fp32 / bf16 / fp16 parameters; tf32; S = 2..64; 3-36 classes; with and without the positional
 encoding; several pixel blocks per program), its backward (``mlp-grad``: the training generator's
-fp32 one-hot with bf16 or fp32 parameters, and the test file's gradient cases) and the tent one-hot
-downsampling (factors 1-8; factor 8
+fp32 one-hot with bf16 or fp32 parameters, and the test file's gradient cases), the low-res stream's
+InstanceNorm + ReLU kernels (``norm-stats`` / ``norm-apply``, asap/models/lowres_fused.py) and the tent
+one-hot downsampling (factors 1-8; factor 8
 with 35 classes is a 2048-pixel Cityscapes side, beyond the campaign's sizes: with every tap unrolled
 it was a 5 MB PTX that ptxas had not finished after 10 minutes, now ~6 s). For each
 it records the compile time, registers per thread, spilled registers and shared memory; ``--out``
@@ -44,7 +45,7 @@ POINTER = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kernel: str                # "mlp", "mlp-grad" (its backward) or "tent"
+    kernel: str                # "mlp", "mlp-grad" (its backward), "tent", "norm-stats" or "norm-apply"
     signature: dict            # argument -> triton type ("*fp32", "i32", "constexpr")
     constants: dict            # constexpr argument -> value
     num_warps: int = 4
@@ -120,6 +121,25 @@ def tent(classes: int, factor: int, precision: str, block: int = 64) -> Variant:
                    _signature(pf._tent_onehot_fwd, pointers, constants), constants)
 
 
+def norm(channels: int, hw: int, precision: str, apply: bool, relu: bool = True) -> Variant:
+    """``_in_stats`` (or with ``apply`` ``_in_apply``) of the low-res stream's InstanceNorm + ReLU, as
+    ``instance_norm_act`` launches it for ``channels`` channels and ``hw`` pixels."""
+    _kernels()
+    from asap.models import lowres_fused as lf
+
+    plan = lf.launch_plan(1, hw, channels)
+    if apply:
+        fn, constants = lf._in_apply, lf.apply_constants(plan, relu)
+        pointers = {"x_ptr": POINTER[precision], "out_ptr": POINTER[precision], "mean_ptr": "*fp32",
+                    "m2_ptr": "*fp32", "w_ptr": POINTER[precision], "b_ptr": POINTER[precision], "eps": "fp32"}
+    else:
+        fn, constants = lf._in_stats, lf.stats_constants(plan)
+        pointers = {"x_ptr": POINTER[precision], "mean_ptr": "*fp32", "m2_ptr": "*fp32"}
+    name = (f"norm-{'apply' if apply else 'stats'} {precision} C{channels} HW{hw}"
+            f"{'' if relu or not apply else ' no-relu'}")
+    return Variant(name, "norm-apply" if apply else "norm-stats", _signature(fn, pointers, constants), constants)
+
+
 def campaign_variants() -> list[Variant]:
     """What the campaign's phases launch: Cityscapes (35 classes) and facades (13) at the paper's S,
     the test file's cases, the smoke sizes, every precision; and the tent at factor 8 for 35 classes."""
@@ -148,6 +168,12 @@ def campaign_variants() -> list[Variant]:
                  mlp(13, 16, "bf16", dense=True, grad=True), mlp(5, 8, "fp32", grad=True, stash=True),
                  mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3, grad=True, stash=True),
                  mlp(5, 8, "bf16", dense=True, x_precision="fp32", grad=True, stash=True)]
+    # the fast path's InstanceNorm + ReLU kernels: the 1024-wide blocks on a 16 x 16 grid, the first
+    # conv at 1024 x 1024 (64 channels, 256 x 256: 256 chunks) and the smoke widths, each precision
+    for precision in ("fp32", "bf16", "fp16"):
+        for channels, hw in ((1024, 256), (64, 65536), (8, 256)):
+            variants += [norm(channels, hw, precision, apply=False), norm(channels, hw, precision, apply=True)]
+    variants.append(norm(160, 64, "fp16", apply=True, relu=False))
     return variants
 
 
@@ -157,7 +183,10 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     from triton.compiler import ASTSource
 
     pf = _kernels()
-    fn = {"mlp": pf._pixelwise_mlp_fwd, "mlp-grad": pf._pixelwise_mlp_bwd, "tent": pf._tent_onehot_fwd}[variant.kernel]
+    from asap.models import lowres_fused as lf
+
+    fn = {"mlp": pf._pixelwise_mlp_fwd, "mlp-grad": pf._pixelwise_mlp_bwd, "tent": pf._tent_onehot_fwd,
+          "norm-stats": lf._in_stats, "norm-apply": lf._in_apply}[variant.kernel]
     t0 = time.perf_counter()
     try:
         kernel = triton.compile(ASTSource(fn, variant.signature, variant.constants),

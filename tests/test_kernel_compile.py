@@ -48,3 +48,23 @@ def test_a_changed_constexpr_set_is_named():
     with pytest.raises(SystemExit) as err:
         _signature(fake, {"x_ptr": "*fp32"}, {"A": 1, "C": 3})
     assert "['B']" in str(err.value) and "['C']" in str(err.value) and "_k" in str(err.value)
+
+
+def test_norm_kernels_compile_for_sm90_without_spills(tmp_path):
+    """The fast path's InstanceNorm + ReLU kernels (asap/models/lowres_fused.py), every variant the
+    campaign builds; they are small: 32 B of stack at most (the 256-chunk stats kernel has 8)."""
+    from benchmarks.kernel_compile import campaign_variants
+
+    out = tmp_path / "norm.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.kernel_compile", "--only", "norm-", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    expected = {v.name for v in campaign_variants() if v.name.startswith("norm-")}
+    assert {r["name"] for r in rows} == expected and len(expected) >= 12
+    assert {r["name"].split()[0] for r in rows} == {"norm-stats", "norm-apply"}
+    for row in rows:
+        assert row["ok"] and row["ptx_target"].startswith("sm_90"), row
+        assert "stack_bytes" not in row or row["stack_bytes"] <= 32, row

@@ -144,6 +144,19 @@ def test_phase2_runtimes_join_fig1_and_the_fast_path_speedups(gpu_project, drawn
     assert len(speedups) == len(fast)
     for cell, row in zip(speedups, fast):
         assert close(cell["speed-up vs fp32"], reference / row["batch1_ms"]["median_ms"], 2)
+    # ASAP-Net's rows with their low-res stream timed apart, and (fast path, here in the interpreter as
+    # the smoke run's TRITON_INTERPRET=1 makes it) also with PyTorch's norms instead of the norm kernels
+    timed = [r for r in tables_after(readme, "ASAP-Net reference generator vs the fast path")[0]
+             if "[GPU campaign, smoke]" in r["device"]]
+    ours = [r for r in rows if r["model"] == "asapnet"]
+    assert len(timed) == len(ours) and all(r.get("lr_ms") for r in ours)
+    for cell, row in zip(timed, ours):
+        assert (cell["path"], cell["size"]) == (row["path"], row["size"])
+        assert close(cell["low-res ms"], row["lr_ms"], 2) and close(cell["MLP ms"], row["hr_ms"], 2)
+        if row["path"] == "reference":
+            assert cell["low-res ms, PyTorch norms"] == "n/a"
+        else:
+            assert row["fused_norm"] and close(cell["low-res ms, PyTorch norms"], row["lr_torch_norm_ms"], 2)
     panel = next(ax for ax in drawn["fig1b"].axes if "gpu-cpu-inference.json" in ax.get_title().replace("\n", ""))
     labels = sorted(t.get_text() for t in panel.texts)
     assert labels == sorted(f"x{reference / r['batch1_ms']['median_ms']:.1f}" for r in fast)

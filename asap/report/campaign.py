@@ -131,8 +131,10 @@ def _benchmark_rows(path: Path, record: dict) -> tuple[list[dict], list[dict]]:
                               "precision": precision, "S": num(r.get("S")), "P": num(r.get("P")),
                               "median_ms": num(b1.get("median_ms")), "p10_ms": num(b1.get("p10_ms")),
                               "p90_ms": num(b1.get("p90_ms")), "mlp_ms": num(r.get("hr_ms")),
+                              "lowres_ms": num(r.get("lr_ms")), "lowres_torch_norm_ms": num(r.get("lr_torch_norm_ms")),
                               "max_abs_diff": num(r.get("max_abs_diff_vs_reference_fp32")),
-                              "note": "fused Triton kernel" if r.get("fused_kernel") else "",
+                              "note": ", ".join(n for n, on in (("fused Triton MLP", r.get("fused_kernel")),
+                                                                ("norm kernels", r.get("fused_norm"))) if on),
                               "created": f"commit {commit[:10]}" if commit else ""})
     return bench, inference
 

@@ -3,8 +3,9 @@
 Rows (one dict each, see ``benchmarks/campaign/__init__.py`` for the fields):
 - ASAP-Net (lr_max_width 1024, S from Sec. 3.2) at every size: the reference path (``forward``, eager,
   fp32 with TF32 off, and bf16 autocast) and the fast path (``asap.models.fast.FastGenerator``: fused
-  Triton MLP on class indices, channels-last low-res stream, CUDA graph) in fp32 and bf16; batch-1
-  latency (median / p10 / p90 ms), batch-B images/s, the low-res stream / pixelwise MLP split (Fig. 4),
+  Triton MLP on class indices, channels-last low-res stream with the InstanceNorm + ReLU kernels,
+  CUDA graph) in fp32 and bf16; batch-1 latency (median / p10 / p90 ms), batch-B images/s, the low-res
+  stream / pixelwise MLP split (Fig. 4; the low-res stream also with PyTorch's norms, ``lr_torch_norm_ms``),
   the MLP's unavoidable bytes (labels in, parameter grid in, image out) over its time, against the
   device's copy bandwidth measured first, and the fast path's max abs difference from the fp32 reference;
 - pix2pixHD and SPADE, full width and slim (Fig. 8), fp32 and bf16 autocast, batch 1 and batch B.
@@ -129,7 +130,8 @@ def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, c
                     row["hr_min_bytes"] = mlp_bytes(1, H, W, S, P, hr_in.shape[1] * 4, elem, elem)
             else:
                 fast = FastGenerator(model, precision, compile=path == "fast-compiled")
-                row.update(fused_kernel=fast.fused, cuda_graph=fast.cuda_graph, compiled=path == "fast-compiled")
+                row.update(fused_kernel=fast.fused, fused_norm=fast.fused_norm, cuda_graph=fast.cuda_graph,
+                           compiled=path == "fast-compiled")
                 with precision_mode("fp32", device):
                     out = fast(labels1).float()
                     row["max_abs_diff_vs_reference_fp32"] = (out - reference).abs().max().item()
@@ -171,6 +173,9 @@ def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: 
             def lowres_input():
                 return tent_downsample(onehot, c.s1).contiguous(memory_format=torch.channels_last)
         lr_ms = time_module(lambda: fast.lowres_stream(lowres_input()), **split)["median_ms"]
+        lr_torch_norm_ms = None
+        if fast.fused_norm:  # the same stream with PyTorch's InstanceNorm + ReLU: what the norm kernels save
+            lr_torch_norm_ms = time_module(lambda: fast.lowres_stream_torch_norm(lowres_input()), **split)["median_ms"]
         params = fast.lowres_stream(lowres_input())
         if fast.fused:
             hr_ms = time_module(lambda: pixelwise_fused.fused_pixelwise_mlp(
@@ -182,7 +187,7 @@ def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: 
                                                       c.positional_encoding), **split)["median_ms"]
             label_bytes = n * onehot.element_size()
     H, W = labels.shape[-2:]
-    return {"lr_ms": lr_ms, "hr_ms": hr_ms,
+    return {"lr_ms": lr_ms, "hr_ms": hr_ms, "lr_torch_norm_ms": lr_torch_norm_ms,
             "hr_min_bytes": mlp_bytes(1, H, W, c.downsampling, c.num_params, label_bytes,
                                       params.element_size(), params.element_size())}
 
