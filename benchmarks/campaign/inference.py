@@ -242,6 +242,8 @@ def _log_row(row: dict) -> None:
         log(f"[phase 2] {row['model']} {row['path']} {row['precision']} {row['size']}: ERROR {row['error'][:200]}")
         return
     split = f" (low-res {row['lr_ms']:.3f} + pixelwise {row['hr_ms']:.3f})" if row.get("hr_ms") is not None else ""
+    if row.get("lr_torch_norm_ms") is not None:
+        split += f" [low-res with PyTorch's norms {row['lr_torch_norm_ms']:.3f}]"
     log(f"[phase 2] {row['model']:>15} {row['path']:>13} {row['precision']} {row['size']:>9}: "
         f"{row['batch1_ms']['median_ms']:8.3f} ms batch 1{split}, {row['images_per_s']:8.1f} img/s")
 
