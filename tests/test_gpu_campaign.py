@@ -127,6 +127,25 @@ def test_phase1_gradient_cases_decide_whether_asapnet_trains_through_the_kernel(
                                                          "why": "ASAP_FUSED_MLP set by the caller"}
 
 
+def test_phases_2_and_4_run_the_norm_kernels_only_where_phase1_checked_them(smoke):
+    from benchmarks.campaign.cli import fused_norm_after
+
+    phase1 = smoke["phases"][1]
+    assert phase1["result"]["error_table"]["cases"]["norm_chunks_bf16"]["ok"]  # the norm kernels ran in the smoke
+    gate = fused_norm_after(phase1)
+    assert gate["env"] == "auto" and "1 norm checks passed" in gate["why"]
+    broken = json.loads(json.dumps(phase1))
+    broken["result"]["error_table"]["cases"]["norm_chunks_bf16"]["ok"] = False
+    assert fused_norm_after(broken) == {"fused": False, "env": "0",
+                                        "why": "phase 1's norm checks failed here: ['norm_chunks_bf16']"}
+    failed_test = json.loads(json.dumps(phase1))  # a failed pytest case at phase 2's shapes counts too
+    failed_test["result"]["pytest"]["junit"]["tests"].append(
+        {"name": "test_norm_kernels_at_the_campaign_shapes[1024x1024]", "outcome": "failed"})
+    assert "test_norm_kernels_at_the_campaign_shapes[1024x1024]" in fused_norm_after(failed_test)["why"]
+    assert fused_norm_after(None)["why"].startswith("unverified")
+    assert fused_norm_after(broken, preset="1")["env"] == "1"
+
+
 def test_phase4_trains_with_the_backward_phase3_timed_faster(tmp_path):
     from benchmarks.campaign.cli import stash_after
 

@@ -545,6 +545,55 @@ def test_generator_fused_mlp_switch(monkeypatch):
         asapnet(4, 32, 32, lr_max_width=16, lr_depth=1)
 
 
+def test_fast_generator_norm_switch(monkeypatch):
+    """The fast path's norm kernels: "auto" keeps PyTorch's norms on the CPU (the same function as the
+    model's); True there is a clear error; ASAP_FUSED_NORM sets the default and a bad value is named."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    pytest.importorskip("triton")
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    torch.manual_seed(0)
+    model = asapnet(4, 32, 32, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1).eval()
+    labels = torch.randint(0, 4, (1, 32, 32))
+    fast = FastGenerator(model)
+    assert fast.fused_norm is False and fast.lowres_stream is fast.lowres_stream_torch_norm
+    with torch.no_grad():
+        assert (fast(labels) - model(labels)).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="fused_norm=True needs channels_last=True and a CUDA device"):
+        FastGenerator(model, fused_norm=True)
+    monkeypatch.setenv("ASAP_FUSED_NORM", "1")
+    with pytest.raises(ValueError, match="fused_norm=True needs"):
+        FastGenerator(model)
+    monkeypatch.setenv("ASAP_FUSED_NORM", "0")
+    assert FastGenerator(model).fused_norm is False
+    monkeypatch.setenv("ASAP_FUSED_NORM", "sometimes")
+    with pytest.raises(ValueError, match="ASAP_FUSED_NORM='sometimes': expected 0, 1 or auto"):
+        FastGenerator(model)
+
+
+def test_fuse_norms_keeps_the_stream_and_its_parameters():
+    """fuse_norms flattens the stream into the same modules, each InstanceNorm + ReLU pair replaced (the
+    lone norm of a Sequential without a ReLU after it keeps relu=False); no parameter is copied."""
+    from asap.models.asapnet import asapnet
+    from asap.models.lowres_fused import FusedInstanceNormReLU, fuse_norms
+    for padding in ("zeros", "reflect"):
+        model = asapnet(4, 64, 64, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=2, padding=padding)
+        stream = model.lowres_stream
+        fused = fuse_norms(stream)
+        norms = [m for m in stream.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+        replaced = [m for m in fused if isinstance(m, FusedInstanceNormReLU)]
+        assert [m.norm for m in replaced] == norms and all(m.relu for m in replaced)
+        assert len(norms) == 5 + 2  # the first conv, 4 strided convs (S2 = 16), 2 blocks
+        assert {id(p) for p in fused.parameters()} == {id(p) for p in stream.parameters()}
+        kinds = [type(m).__name__ for m in fused]
+        assert kinds.count("ReLU") == 0 and kinds.count("ReflectionPad2d") == (7 if padding == "reflect" else 0)
+    lone = fuse_norms(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.InstanceNorm2d(4, affine=True)))
+    assert lone[1].relu is False
+    with pytest.raises(ValueError, match="affine InstanceNorm2d without running statistics"):
+        fuse_norms(torch.nn.Sequential(torch.nn.InstanceNorm2d(4)))
+
+
 def test_backward_stash_default_comes_from_the_environment(monkeypatch):
     from asap.models import pixelwise_fused as pf
     monkeypatch.delenv("ASAP_FUSED_BWD_STASH", raising=False)

@@ -61,8 +61,9 @@ class FastGenerator(nn.Module):
                  fused: bool | str = "auto",         # Triton kernel: auto = on CUDA (or the interpreter)
                  cuda_graph: bool | str = "auto",    # capture per input shape: auto = on CUDA
                  compile: bool = False,              # torch.compile the low-res stream (CUDA)
-                 fused_norm: bool | str = "auto",    # InstanceNorm+ReLU kernels: auto = on CUDA (or the
-                                                     # interpreter), channels-last, not compiled
+                 fused_norm: bool | str | None = None,  # InstanceNorm+ReLU kernels: auto = on CUDA (or the
+                                                     # interpreter), channels-last, not compiled; None =
+                                                     # $ASAP_FUSED_NORM (0 / 1 / auto, default auto)
                  channels_last: bool = True,
                  check_labels: bool = True,          # error on label values outside the classes
                  clone_output: bool = True,          # False: return the graph's static output buffer
@@ -81,6 +82,8 @@ class FastGenerator(nn.Module):
         if channels_last:
             lowres = lowres.to(memory_format=torch.channels_last)
         norm_ok = lowres_fused.kernel_available(device) and channels_last
+        if fused_norm is None:
+            fused_norm = lowres_fused.fused_norm_default()
         if fused_norm == "auto":
             fused_norm = norm_ok and not compile  # compiled, inductor fuses the norms itself
         elif fused_norm and not norm_ok:

@@ -28,6 +28,7 @@ Inference only (no backward). Runs on CUDA tensors, or on CPU tensors under ``TR
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -187,6 +188,19 @@ def apply_constants(plan: dict, relu: bool, round_bf16: bool = False) -> dict:
     """The constexpr arguments of ``_in_apply``: the ReLU or not, and the interpreter's bf16 rounding."""
     return {"RELU": bool(relu), "ROUND_BF16": bool(round_bf16), **stats_constants(plan), "BLOCK_K": 16,
             "K_SPAN": plan["K_SPAN"]}
+
+
+FUSED_NORM_ENV = "ASAP_FUSED_NORM"
+
+
+def fused_norm_default() -> bool | str:
+    """``FastGenerator``'s default ``fused_norm``: $ASAP_FUSED_NORM as 0 / 1 / auto (default auto)."""
+    value = os.environ.get(FUSED_NORM_ENV, "auto").strip().lower()
+    choices = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
+    if value not in choices:
+        raise ValueError(f"{FUSED_NORM_ENV}={value!r}: expected 0, 1 or auto (the low-res stream's InstanceNorm + "
+                         "ReLU as Triton kernels in the fast path: never, always, on CUDA when they can run)")
+    return choices[value]
 
 
 def kernel_available(device: torch.device) -> bool:

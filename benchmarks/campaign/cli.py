@@ -82,6 +82,32 @@ def fused_training_after(phase1: dict | None, preset: str | None = None) -> dict
     return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(grad)} gradient cases passed"}
 
 
+NORM_CASES = "norm_"                          # error-table cases of the low-res norm kernels
+NORM_TESTS = "test_norm_kernels"              # and pytest's, at phase 2's own shapes
+
+
+def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
+    """Whether phases 2 and 4 run the fast path's low-res norms as Triton kernels (ASAP_FUSED_NORM),
+    from phase 1: off when one of its norm cases or tests failed on this device, so a kernel that is
+    wrong here times nothing and scores nothing; "unverified" when none ran. ``preset``: the caller's
+    ASAP_FUSED_NORM, which is kept."""
+    if preset is not None:
+        return {"fused": preset, "env": preset, "why": "ASAP_FUSED_NORM set by the caller"}
+    result = (phase1 or {}).get("result") or {}
+    cases = {n: c.get("ok") for n, c in (result.get("error_table") or {}).get("cases", {}).items()
+             if n.startswith(NORM_CASES)}
+    tests = {t["name"]: t["outcome"] == "passed"  # a skipped test checked nothing
+             for t in ((result.get("pytest") or {}).get("junit") or {}).get("tests", [])
+             if str(t.get("name", "")).startswith(NORM_TESTS) and t.get("outcome") != "skipped"}
+    checked = {**cases, **tests}
+    failed = sorted(n for n, ok in checked.items() if not ok)
+    if failed:
+        return {"fused": False, "env": "0", "why": f"phase 1's norm checks failed here: {failed}"}
+    if not checked:
+        return {"fused": "auto", "env": "auto", "why": "unverified: phase 1 ran no norm check on this device"}
+    return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(checked)} norm checks passed"}
+
+
 def stash_after(phase3: dict | None, data: Path, train: dict) -> dict:
     """Which fused backward phase 4 trains ASAP-Net with ($ASAP_FUSED_BWD_STASH): the faster of the two
     in phase 3's pixelwise row at phase 4's own size, batch and precision; the default when that row
@@ -128,9 +154,14 @@ def run(args) -> int:
         f"results in {out}")
     ok = True
     phase1, phase3, preset = None, None, os.environ.get("ASAP_FUSED_MLP")
-    preset_stash = os.environ.get("ASAP_FUSED_BWD_STASH")
+    preset_stash, preset_norm = os.environ.get("ASAP_FUSED_BWD_STASH"), os.environ.get("ASAP_FUSED_NORM")
     for phase in phases:
         record = _record(settings, phase, env, clock)
+        if phase in (2, 4) and device.type == "cuda":
+            record["fused_norm"] = norm_gate = fused_norm_after(phase1, preset_norm)
+            os.environ["ASAP_FUSED_NORM"] = norm_gate["env"]  # read by every FastGenerator built from here on
+            log(f"[campaign] phase {phase}: the fast path's low-res norms with ASAP_FUSED_NORM={norm_gate['env']} "
+                f"({norm_gate['why']})")
         if phase in (3, 4) and device.type == "cuda":
             record["fused_training"] = gate = fused_training_after(phase1, preset)
             os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every ASAPNetGenerator built from here on
