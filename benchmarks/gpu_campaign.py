@@ -94,7 +94,10 @@ campaign writes at most 7 so the console log fits):
                                               stopped_by, final losses), "params", "train_call_s",
                                               "translate_s", "image_mean", "image_std",
                                               "latency_train_size": {"reference_fp32_ms", "reference_bf16_ms",
-                                                  "fast_fp32_ms", "fast_bf16_ms" (ASAP-Net), "best_ms", ...},
+                                                  "fast_fp32_ms", "fast_bf16_ms" (ASAP-Net, with their
+                                                  "fast_*_max_level_diff" from the reference images), "best_ms"
+                                                  and "best" (the fastest path whose images agree within
+                                                  MAX_FAST_LEVEL_DIFF levels), ...},
                                               "images": {"file", "bytes", "sha1", "count", "shape", "dtype"},
                                               "wall_s", "overhead_s", "error"}}, "ok"}
   images-<name>.npz     np.load(path, allow_pickle=False): "images" (N, H, W, 3) uint8 (the test split

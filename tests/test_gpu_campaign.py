@@ -146,6 +146,32 @@ def test_phases_2_and_4_run_the_norm_kernels_only_where_phase1_checked_them(smok
     assert fused_norm_after(broken, preset="1")["env"] == "1"
 
 
+def test_a_fast_path_that_draws_other_images_is_not_timed_as_best():
+    """latency() on a tiny ASAP-Net (CPU): the fast path counts for best_ms while its images are the
+    reference's; against reference images it does not reproduce (inverted), only the reference paths do."""
+    import numpy as np
+
+    from asap.models.asapnet import asapnet
+    from benchmarks.campaign.quality import MAX_FAST_LEVEL_DIFF, latency, to_uint8
+    from benchmarks.campaign.settings import QualitySettings
+
+    torch.manual_seed(0)
+    model = asapnet(4, 32, 32, downsampling=16, lr_width=8, lr_max_width=16, lr_depth=1).eval()
+    with torch.no_grad():
+        model.lowres_stream.model[-1].bias.normal_(0, 0.3)  # images that are not flat grey
+    labels = np.random.default_rng(0).integers(0, 4, (1, 32, 32))
+    with torch.no_grad():
+        reference = to_uint8(model(torch.from_numpy(labels)))
+    settings = QualitySettings(timing_warmup=0, timing_iters=1)
+    good = latency(model, "asapnet", labels, settings, torch.device("cpu"), reference)
+    assert good["fast_fp32_max_level_diff"] <= 1 and good["best_ms"] == good[good["best"] + "_ms"]
+    assert good["best_ms"] == min(v for k, v in good.items() if k.endswith("_ms") and k != "best_ms")
+    bad = latency(model, "asapnet", labels, settings, torch.device("cpu"), 255 - reference)
+    assert min(bad["fast_fp32_max_level_diff"], bad["fast_bf16_max_level_diff"]) > MAX_FAST_LEVEL_DIFF
+    assert bad["best"].startswith("reference_")
+    assert bad["best_ms"] == min(bad["reference_fp32_ms"], bad["reference_bf16_ms"])
+
+
 def test_phase4_trains_with_the_backward_phase3_timed_faster(tmp_path):
     from benchmarks.campaign.cli import stash_after
 

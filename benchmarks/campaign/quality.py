@@ -83,6 +83,9 @@ def translate(generator: torch.nn.Module, labels: np.ndarray, batch: int, device
     return np.concatenate(out)
 
 
+MAX_FAST_LEVEL_DIFF = 32  # 8-bit levels a fast path may differ from the reference images and still be timed
+
+
 def latency(generator, arch: str, labels: np.ndarray, settings: QualitySettings, device: torch.device,
             reference_images: np.ndarray) -> dict:
     """Batch-1 latency of the trained generator at the training size: reference fp32 and bf16
@@ -106,8 +109,14 @@ def latency(generator, arch: str, labels: np.ndarray, settings: QualitySettings,
                 img = to_uint8(fast(x))
             out[f"fast_{precision}_max_level_diff"] = int(np.abs(img.astype(int) - reference_images[:1]).max())
             out["fast_fused_kernel"] = fast.fused
+            out["fast_fused_norm"] = fast.fused_norm
             del fast
-    out["best_ms"] = min(v for k, v in out.items() if k.endswith("_ms"))
+    # a fast path counts for the speed target only where it drew the reference's image: a broken kernel
+    # must not make ASAP-Net look fast (bf16 moves a trained generator's pixels by a few 8-bit levels)
+    agree = {k: v for k, v in out.items() if k.endswith("_ms") and
+             out.get(k.replace("_ms", "_max_level_diff"), 0) <= MAX_FAST_LEVEL_DIFF}
+    out["best_ms"] = min(agree.values())
+    out["best"] = min(agree, key=agree.get).removesuffix("_ms")
     return out
 
 
