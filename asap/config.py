@@ -47,6 +47,19 @@ def require_choice(name: str, value: Any, allowed) -> None:
     require(value in allowed, f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
+def env_switch(name: str, meaning: str) -> bool | str:
+    """An on/off/auto environment switch (unset = "auto"): "0"/"false" -> False, "1"/"true" -> True,
+    "auto" -> "auto"; anything else is an error naming the variable and, in ``meaning``, what its three
+    values do."""
+    import os
+
+    value = os.environ.get(name, "auto").strip().lower()
+    choices = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected 0, 1 or auto ({meaning})")
+    return choices[value]
+
+
 def from_dict(cls: type[T], data: dict | None, where: str) -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name (typos fail loudly)."""
     data = dict(data or {})

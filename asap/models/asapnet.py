@@ -14,14 +14,13 @@ Module names and the parameter layout follow the authors' released code (github.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asap.config import ConfigError, require, require_power_of_two
+from asap.config import ConfigError, env_switch, require, require_power_of_two
 from asap.models.inputs import encode_input
 from asap.models.pixelwise import mlp_channels, num_mlp_params, pixelwise_mlp
 
@@ -206,12 +205,8 @@ FUSED_MLP_ENV = "ASAP_FUSED_MLP"
 
 def fused_mlp_default() -> bool | str:
     """``ASAPNetGenerator.fused_mlp`` of a new generator: $ASAP_FUSED_MLP as 0 / 1 / auto (default auto)."""
-    value = os.environ.get(FUSED_MLP_ENV, "auto").strip().lower()
-    choices = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
-    if value not in choices:
-        raise ValueError(f"{FUSED_MLP_ENV}={value!r}: expected 0, 1 or auto (the fused Triton kernel for the "
-                         "pixelwise MLP: never, always, on CUDA when it supports the MLP)")
-    return choices[value]
+    return env_switch(FUSED_MLP_ENV, "the fused Triton kernel for the pixelwise MLP: never, always, on CUDA "
+                                     "when it supports the MLP")
 
 
 class ASAPNetGenerator(nn.Module):

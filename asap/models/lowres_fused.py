@@ -28,11 +28,11 @@ Inference only (no backward). Runs on CUDA tensors, or on CPU tensors under ``TR
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
 
+from asap.config import env_switch
 from asap.models.pixelwise_fused import _check_device, interpret_mode, triton
 
 if triton is not None:
@@ -41,26 +41,32 @@ if triton is not None:
     from asap.models.pixelwise_fused import _round_bf16
 
     @triton.jit
-    def _in_stats(x_ptr, mean_ptr, m2_ptr, HW, C, N_CHUNKS,
-                  CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # x: (B, HW, C) with channels contiguous (a channels-last NCHW tensor); partials: (B, N_CHUNKS, C)
-        pid_c = tl.program_id(0)
+    def _program(x_ptr, HW, C, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+        # grid (channel block, chunk, sample) -> this program's chunk index k, sample b, channels, the
+        # chunk's pixel range, the sample's offset in x, and K: the sample's first pixel. Both kernels
+        # work on x - K: values near K cancel exactly, so a large mean costs no precision (the
+        # shifted-data algorithm for the variance).
         k = tl.program_id(1)
         b = tl.program_id(2)
-        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cols < C
         start = k * CHUNK
         end = tl.minimum(start + CHUNK, HW)
-        base = x_ptr + b.to(tl.int64) * HW * C
-        # Sums of x - K, K = the sample's first pixel (the same in every chunk): values near K cancel
-        # exactly, so a large mean costs no precision (the shifted-data algorithm for the variance).
-        shift_k = tl.load(base + cols, mask=cmask, other=0.0).to(tl.float32)
+        base = b.to(tl.int64) * HW * C
+        shift_k = tl.load(x_ptr + base + cols, mask=cmask, other=0.0).to(tl.float32)
+        return k, b, cols, cmask, start, end, base, shift_k
+
+    @triton.jit
+    def _in_stats(x_ptr, mean_ptr, m2_ptr, HW, C, N_CHUNKS,
+                  CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        # x: (B, HW, C) with channels contiguous (a channels-last NCHW tensor); partials: (B, N_CHUNKS, C)
+        k, b, cols, cmask, start, end, base, shift_k = _program(x_ptr, HW, C, CHUNK, BLOCK_C)
         acc = tl.zeros([BLOCK_C], dtype=tl.float32)
         # constexpr loop bounds: triton 3.6's interpreter cannot loop to a runtime value
         for p0 in range(0, CHUNK, BLOCK_P):
             rows = start + p0 + tl.arange(0, BLOCK_P)
             m = (rows < end)[:, None] & cmask[None, :]
-            v = tl.load(base + rows[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0)
+            v = tl.load(x_ptr + base + rows[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0)
             acc += tl.sum(tl.where(m, v.to(tl.float32) - shift_k[None, :], 0.0), axis=0)
         n = (end - start).to(tl.float32)
         mean = acc / n  # of x - K
@@ -68,7 +74,7 @@ if triton is not None:
         for p0 in range(0, CHUNK, BLOCK_P):  # second pass over the chunk (cache-resident): no cancellation
             rows = start + p0 + tl.arange(0, BLOCK_P)
             m = (rows < end)[:, None] & cmask[None, :]
-            v = tl.load(base + rows[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0)
+            v = tl.load(x_ptr + base + rows[:, None].to(tl.int64) * C + cols[None, :], mask=m, other=0.0)
             d = tl.where(m, (v.to(tl.float32) - shift_k[None, :]) - mean[None, :], 0.0)
             acc2 += tl.sum(d * d, axis=0)
         offs = (b * N_CHUNKS + k) * C + cols
@@ -79,11 +85,7 @@ if triton is not None:
     def _in_apply(x_ptr, out_ptr, mean_ptr, m2_ptr, w_ptr, b_ptr, HW, C, N_CHUNKS, eps,
                   RELU: tl.constexpr, ROUND_BF16: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, K_SPAN: tl.constexpr):
-        pid_c = tl.program_id(0)
-        k = tl.program_id(1)
-        b = tl.program_id(2)
-        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < C
+        k, b, cols, cmask, start, end, base, shift_k = _program(x_ptr, HW, C, CHUNK, BLOCK_C)
         total = HW.to(tl.float32)
         part = mean_ptr + b * N_CHUNKS * C
         part2 = m2_ptr + b * N_CHUNKS * C
@@ -109,10 +111,6 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(m2 / total + eps)
         scale = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * rstd
         shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        start = k * CHUNK
-        end = tl.minimum(start + CHUNK, HW)
-        base = b.to(tl.int64) * HW * C
-        shift_k = tl.load(x_ptr + base + cols, mask=cmask, other=0.0).to(tl.float32)
         # constexpr loop bounds: triton 3.6's interpreter cannot loop to a runtime value
         for p0 in range(0, CHUNK, BLOCK_P):
             rows = start + p0 + tl.arange(0, BLOCK_P)
@@ -195,12 +193,8 @@ FUSED_NORM_ENV = "ASAP_FUSED_NORM"
 
 def fused_norm_default() -> bool | str:
     """``FastGenerator``'s default ``fused_norm``: $ASAP_FUSED_NORM as 0 / 1 / auto (default auto)."""
-    value = os.environ.get(FUSED_NORM_ENV, "auto").strip().lower()
-    choices = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
-    if value not in choices:
-        raise ValueError(f"{FUSED_NORM_ENV}={value!r}: expected 0, 1 or auto (the low-res stream's InstanceNorm + "
-                         "ReLU as Triton kernels in the fast path: never, always, on CUDA when they can run)")
-    return choices[value]
+    return env_switch(FUSED_NORM_ENV, "the low-res stream's InstanceNorm + ReLU as Triton kernels in the fast "
+                                      "path: never, always, on CUDA when they can run")
 
 
 def kernel_available(device: torch.device) -> bool:
