@@ -594,6 +594,60 @@ def test_fuse_norms_keeps_the_stream_and_its_parameters():
         fuse_norms(torch.nn.Sequential(torch.nn.InstanceNorm2d(4)))
 
 
+@pytest.mark.parametrize("kernel,padding,bias", [(3, 1, False), (3, 0, True), (1, 0, True)])
+def test_gemm_conv_equals_the_conv(kernel, padding, bias):
+    """GemmConv (im2col + one matrix product) against the convolution itself, float64, channels-last in
+    and out; and a conv it cannot take is named."""
+    from asap.models.lowres_fused import GemmConv
+    torch.manual_seed(kernel + padding)
+    conv = torch.nn.Conv2d(16, 24, kernel, padding=padding, bias=bias).double()
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = GemmConv(conv)(x)
+    ref = conv(x)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max().item() < 1e-12
+    with pytest.raises(ValueError, match="stride-1 3x3"):
+        GemmConv(torch.nn.Conv2d(16, 24, 3, stride=2, padding=1))
+
+
+def test_fast_generator_with_gemm_convs_equals_the_model():
+    """conv_gemm=True runs the wide blocks and the final 1x1 conv as GEMMs (the narrow and strided convs
+    stay convolutions), same function; "auto" on the CPU keeps the convolutions; an "auto" stream times
+    both forms once per input shape and records what it chose."""
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    from asap.models.lowres_fused import GemmConv, gemm_convs
+    torch.manual_seed(0)
+    model = asapnet(4, 64, 64, downsampling=16, lr_width=8, lr_max_width=256, lr_depth=2).eval()
+    with torch.no_grad():
+        model.lowres_stream.model[-1].bias.normal_(0, 0.3)
+    labels = torch.randint(0, 4, (2, 64, 64))
+    fast = FastGenerator(model, conv_gemm=True, fused_norm=False)
+    gemms = [m for m in fast.lowres_stream_gemm if isinstance(m, GemmConv)]
+    assert [(g.taps, g.conv.in_channels) for g in gemms] == [(3, 256), (3, 256), (1, 256)]
+    with torch.no_grad():
+        ref = model(labels)
+        assert (fast(labels) - ref).abs().max().item() < 1e-5
+        assert FastGenerator(model, fused_norm=False).conv_gemm is False  # CPU: "auto" is off
+        tuned = FastGenerator(model, fused_norm=False)
+        tuned.conv_gemm, tuned.lowres_stream_gemm = "auto", gemm_convs(tuned.lowres_stream)
+        assert (tuned(labels) - ref).abs().max().item() < 1e-5
+        (choice,) = tuned.lowres_choice.values()
+        assert choice["use"] in ("cudnn", "gemm") and set(choice["ms"]) == {"cudnn", "gemm"}
+        assert choice["ms"][choice["use"]] == min(choice["ms"].values())
+        tuned(labels)
+        assert len(tuned.lowres_choice) == 1  # timed once per shape
+    with pytest.raises(ValueError, match="conv_gemm must be True, False or 'auto'"):
+        FastGenerator(model, conv_gemm="sometimes")
+
+
+def test_fastest_picks_the_faster_candidate():
+    import time
+    from asap.models.lowres_fused import fastest
+    name, ms = fastest({"slow": lambda x: time.sleep(0.02), "quick": lambda x: x + 1}, torch.zeros(1), warmup=0, iters=3)
+    assert name == "quick" and ms["slow"] >= 20 > ms["quick"]
+
+
 def test_backward_stash_default_comes_from_the_environment(monkeypatch):
     from asap.models import pixelwise_fused as pf
     monkeypatch.delenv("ASAP_FUSED_BWD_STASH", raising=False)
@@ -707,6 +761,36 @@ def test_stream_norm_shapes_follow_the_config():
     """The helper above, against the shapes worked out by hand for 1024x1024 (S = 64 = 4 x 16)."""
     assert stream_norm_shapes("1024x1024", 13) == [(64, 32, 32), (64, 64, 64), (64, 128, 128), (64, 256, 256),
                                                    (1024, 16, 16)]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision,conv_gemm", [("bf16", True), ("bf16", "auto"), ("fp32", True)])
+def test_fast_generator_gemm_convs_in_a_cuda_graph(precision, conv_gemm):
+    """The wide convs as GEMMs (forced, or chosen by timing at the capture's warm-up) inside the CUDA
+    graph, with the norm kernels: the reference's image, new inputs replayed."""
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    torch.manual_seed(0)
+    model = asapnet(12, 256, 512, lr_max_width=256, lr_depth=3)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
+    model = model.cuda().eval()
+    with no_tf32():
+        fast = FastGenerator(model, precision, conv_gemm=conv_gemm)
+        assert fast.cuda_graph and fast.fused and fast.fused_norm and fast.lowres_stream_gemm is not None
+        for seed in range(2):
+            labels = torch.randint(0, 12, (2, 256, 512), generator=torch.Generator().manual_seed(seed)).cuda()
+            with torch.no_grad():
+                ref = model(labels)
+            err = (fast(labels).float() - ref).abs()
+            max_tol, mean_tol = GENERATOR_TOL[precision]
+            assert err.max().item() <= 10 * max_tol and err.mean().item() <= mean_tol, (err.max(), err.mean())
+        assert len(fast._graphs) == 1
+        if conv_gemm == "auto":
+            (choice,) = fast.lowres_choice.values()
+            assert "error" not in choice and choice["use"] in ("cudnn", "gemm"), choice
 
 
 # ----------------------------------------------------------------------------------------------

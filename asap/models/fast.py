@@ -6,7 +6,9 @@ Same function as ``ASAPNetGenerator.forward``; what changes is how it runs:
   indices and never materialises the 64-channel activations of the pixelwise MLP;
 - low-res stream: channels-last convolutions in the chosen precision; each InstanceNorm + ReLU as
   two Triton kernels that keep the channels-last layout (``lowres_fused``: eager PyTorch's norm is
-  ~7 kernels and two layout copies); or the stream ``torch.compile``d instead; and the whole forward captured in a CUDA graph per input shape, so the ~20 small kernels of the
+  ~7 kernels and two layout copies); the wide stride-1 convs as cuBLAS GEMMs on their im2col matrix
+  where that is faster (timed per input shape on first use); or the stream ``torch.compile``d instead;
+  and the whole forward captured in a CUDA graph per input shape, so the ~20 small kernels of the
   16 x 16 stream cost one graph launch instead of ~20 (the authors' stream is launch-bound);
 - the label check runs inside the graph and is read after replay, so it costs no extra sync.
 
@@ -64,6 +66,8 @@ class FastGenerator(nn.Module):
                  fused_norm: bool | str | None = None,  # InstanceNorm+ReLU kernels: auto = on CUDA (or the
                                                      # interpreter), channels-last, not compiled; None =
                                                      # $ASAP_FUSED_NORM (0 / 1 / auto, default auto)
+                 conv_gemm: bool | str = "auto",     # wide convs as cuBLAS GEMMs: auto = on CUDA, timed
+                                                     # against cuDNN per input shape (the faster kept)
                  channels_last: bool = True,
                  check_labels: bool = True,          # error on label values outside the classes
                  clone_output: bool = True,          # False: return the graph's static output buffer
@@ -95,6 +99,14 @@ class FastGenerator(nn.Module):
         self.lowres_stream_torch_norm = lowres
         self.lowres_stream = lowres_fused.fuse_norms(lowres) if self.fused_norm else lowres
         self._lowres = torch.compile(self.lowres_stream, dynamic=False) if compile else self.lowres_stream
+        if conv_gemm == "auto":
+            conv_gemm = "auto" if device.type == "cuda" and not compile else False
+        elif conv_gemm not in (True, False):
+            raise ValueError(f"conv_gemm must be True, False or 'auto', got {conv_gemm!r}")
+        self.conv_gemm = conv_gemm
+        # The same stream (same modules and norms) with its wide stride-1 convs as GEMMs (GemmConv).
+        self.lowres_stream_gemm = lowres_fused.gemm_convs(self.lowres_stream) if conv_gemm else None
+        self.lowres_choice: dict[tuple, dict] = {}  # input shape -> {"use": "cudnn" | "gemm", "ms": {...}}
 
         reason = pixelwise_fused.unsupported_reason(self.config.mlp_channels, self.config.downsampling)
         kernel_ok = reason is None and (device.type == "cuda" or (device.type == "cpu" and pixelwise_fused.interpret_mode()))
@@ -156,7 +168,7 @@ class FastGenerator(nn.Module):
 
         if self.channels_last:
             lowres_in = lowres_in.contiguous(memory_format=torch.channels_last)
-        params = self._lowres(lowres_in)  # (B, P, H/S, W/S), channels-last: one tile's P values contiguous
+        params = self.lowres_for(lowres_in)(lowres_in)  # (B, P, H/S, W/S), channels-last: a tile's P values contiguous
         if c.spatially_uniform:
             params = params.mean(dim=(2, 3), keepdim=True)
 
@@ -173,6 +185,27 @@ class FastGenerator(nn.Module):
                                                   check_labels=False, input_precision=self.input_precision,
                                                   **self.kernel_options)
         return out, bad
+
+    def lowres_for(self, lowres_in: torch.Tensor) -> nn.Module:
+        """The low-res stream this input runs through. With ``conv_gemm="auto"`` the first input of each
+        shape times both forms (cuDNN convs, GEMM convs; outside any graph capture: the capture's
+        warm-up calls come first) and keeps the faster, recorded in ``lowres_choice``."""
+        if self.conv_gemm is False:
+            return self._lowres
+        if self.conv_gemm is True:
+            return self.lowres_stream_gemm
+        key = (tuple(lowres_in.shape), lowres_in.dtype)
+        choice = self.lowres_choice.get(key)
+        if choice is None:
+            if lowres_in.is_cuda and torch.cuda.is_current_stream_capturing():
+                return self._lowres  # never time inside a capture (the warm-up has chosen by then)
+            try:
+                use, ms = lowres_fused.fastest({"cudnn": self._lowres, "gemm": self.lowres_stream_gemm}, lowres_in)
+                choice = {"use": use, "ms": ms}
+            except Exception as err:  # tuning must never cost the forward: keep the convolutions
+                choice = {"use": "cudnn", "ms": {}, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            self.lowres_choice[key] = choice
+        return self.lowres_stream_gemm if choice["use"] == "gemm" else self._lowres
 
     def _raise_bad_labels(self, x: torch.Tensor) -> None:
         c = self.config

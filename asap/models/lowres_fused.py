@@ -225,7 +225,7 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     """A stream's modules in execution order: nested Sequentials (and ConvBlock, whose forward is its
     one Sequential) unrolled."""
     children = list(module.children())
-    if not children:
+    if not children or isinstance(module, (FusedInstanceNormReLU, GemmConv)):  # ours: already one step
         return [module]
     if not isinstance(module, nn.Sequential) and len(children) != 1:
         raise ValueError(f"cannot unroll {type(module).__name__}: its forward is not a plain sequence")
@@ -246,3 +246,100 @@ def fuse_norms(stream: nn.Module) -> nn.Sequential:
             out.append(m)
             i += 1
     return nn.Sequential(*out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The wide convolutions as GEMMs
+# ----------------------------------------------------------------------------------------------
+
+GEMM_MIN_CHANNELS = 256  # convs at least this wide (the 1024-wide blocks and the final 1x1) may run as GEMMs
+
+
+class GemmConv(nn.Module):
+    """A stride-1 3x3 (zero padding 0 or 1) or 1x1 ``Conv2d`` on a channels-last input as ONE matrix
+    product: the (pixels, 9 C) im2col matrix times the (9 C, C_out) weight, through cuBLAS.
+
+    Why: at batch 1 the low-res stream's 1024-wide blocks have only h*w = 256-512 output pixels, so an
+    implicit-GEMM convolution has few output tiles to spread over the GPU's SMs; cuBLAS's heuristics
+    split the long K = 9216 across them. Which one is faster is measured, not assumed:
+    ``FastGenerator`` times both forms of the stream for each input shape and keeps the faster. Same
+    function as the conv (shares its parameters; the reordered weight is a cached copy in the conv's
+    dtype).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        k, s, p = conv.kernel_size, conv.stride, conv.padding
+        ok = (isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.dilation == (1, 1) and s == (1, 1)
+              and conv.padding_mode == "zeros" and ((k == (3, 3) and p in ((0, 0), (1, 1))) or (k == (1, 1) and p == (0, 0))))
+        if not ok:
+            raise ValueError(f"GemmConv takes a stride-1 3x3 (padding 0 or 1, zeros) or 1x1 Conv2d, got {conv!r}")
+        self.conv = conv
+        self.taps = k[0]
+        self.pad = p[0]
+        # (C_out, C_in, kh, kw) -> (kh * kw * C_in, C_out): the im2col matrix's column order below
+        self.register_buffer("weight_t", conv.weight.detach().permute(2, 3, 1, 0)
+                             .reshape(-1, conv.out_channels).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        nhwc = x.permute(0, 2, 3, 1)
+        if not nhwc.is_contiguous():
+            nhwc = nhwc.contiguous()
+        if self.taps == 1:
+            cols, h, w = nhwc, H, W
+        else:
+            if self.pad:
+                padded = nhwc.new_zeros(B, H + 2, W + 2, C)
+                padded[:, 1:-1, 1:-1] = nhwc
+            else:
+                padded = nhwc
+            h, w = padded.shape[1] - 2, padded.shape[2] - 2
+            cols = torch.cat([padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], dim=3)
+        flat = cols.reshape(B * h * w, cols.shape[3])
+        bias = self.conv.bias
+        out = torch.addmm(bias, flat, self.weight_t) if bias is not None else flat @ self.weight_t
+        return out.view(B, h, w, -1).permute(0, 3, 1, 2)  # (B, C_out, h, w) in channels-last memory
+
+    def extra_repr(self) -> str:
+        return f"{self.conv.in_channels}, {self.conv.out_channels}, taps={self.taps}x{self.taps}, pad={self.pad}"
+
+
+def gemm_convs(stream: nn.Module, min_channels: int = GEMM_MIN_CHANNELS) -> nn.Sequential:
+    """The stream flattened as ``fuse_norms`` does (same modules, parameters shared), each stride-1 3x3 or
+    1x1 conv with at least ``min_channels`` inputs as a ``GemmConv``; strided and narrow convs stay."""
+    out = []
+    for m in _leaves(stream):
+        if isinstance(m, nn.Conv2d) and m.in_channels >= min_channels and m.stride == (1, 1):
+            try:
+                out.append(GemmConv(m))
+                continue
+            except ValueError:
+                pass
+        out.append(m)
+    return nn.Sequential(*out)
+
+
+def fastest(candidates: dict, x: torch.Tensor, warmup: int = 2, iters: int = 5) -> tuple[str, dict]:
+    """Time each ``candidates[name](x)`` (synchronised; ``warmup`` untimed calls, the median of
+    ``iters``) -> (the fastest name, {name: median ms})."""
+    import statistics
+    import time
+
+    def sync():
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    times = {}
+    for name, fn in candidates.items():
+        for _ in range(warmup):
+            fn(x)
+        runs = []
+        for _ in range(iters):
+            sync()
+            t0 = time.perf_counter()
+            fn(x)
+            sync()
+            runs.append((time.perf_counter() - t0) * 1000)
+        times[name] = statistics.median(runs)
+    return min(times, key=times.get), times

@@ -5,7 +5,8 @@ Rows (one dict each, see ``benchmarks/campaign/__init__.py`` for the fields):
   fp32 with TF32 off, and bf16 autocast) and the fast path (``asap.models.fast.FastGenerator``: fused
   Triton MLP on class indices, channels-last low-res stream with the InstanceNorm + ReLU kernels,
   CUDA graph) in fp32 and bf16; batch-1 latency (median / p10 / p90 ms), batch-B images/s, the low-res
-  stream / pixelwise MLP split (Fig. 4; the low-res stream also with PyTorch's norms, ``lr_torch_norm_ms``),
+  stream / pixelwise MLP split (Fig. 4; the low-res stream also with PyTorch's norms, ``lr_torch_norm_ms``;
+  ``lr_convs``: whether its wide convs ran as cuDNN convolutions or cuBLAS GEMMs, timed both ways),
   the MLP's unavoidable bytes (labels in, parameter grid in, image out) over its time, against the
   device's copy bandwidth measured first, and the fast path's max abs difference from the fp32 reference;
 - pix2pixHD and SPADE, full width and slim (Fig. 8), fp32 and bf16 autocast, batch 1 and batch B.
@@ -172,11 +173,13 @@ def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: 
 
             def lowres_input():
                 return tent_downsample(onehot, c.s1).contiguous(memory_format=torch.channels_last)
-        lr_ms = time_module(lambda: fast.lowres_stream(lowres_input()), **split)["median_ms"]
+        stream = fast.lowres_for(lowres_input())  # the form the fast path runs (conv_gemm: timed and chosen)
+        lr_ms = time_module(lambda: stream(lowres_input()), **split)["median_ms"]
+        lr_convs = fast.lowres_choice.get((tuple(lowres_input().shape), fast.dtype))
         lr_torch_norm_ms = None
         if fast.fused_norm:  # the same stream with PyTorch's InstanceNorm + ReLU: what the norm kernels save
             lr_torch_norm_ms = time_module(lambda: fast.lowres_stream_torch_norm(lowres_input()), **split)["median_ms"]
-        params = fast.lowres_stream(lowres_input())
+        params = stream(lowres_input())
         if fast.fused:
             hr_ms = time_module(lambda: pixelwise_fused.fused_pixelwise_mlp(
                 labels, params, c.mlp_channels, c.downsampling, c.positional_encoding, num_classes=n,
@@ -187,7 +190,7 @@ def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: 
                                                       c.positional_encoding), **split)["median_ms"]
             label_bytes = n * onehot.element_size()
     H, W = labels.shape[-2:]
-    return {"lr_ms": lr_ms, "hr_ms": hr_ms, "lr_torch_norm_ms": lr_torch_norm_ms,
+    return {"lr_ms": lr_ms, "hr_ms": hr_ms, "lr_torch_norm_ms": lr_torch_norm_ms, "lr_convs": lr_convs,
             "hr_min_bytes": mlp_bytes(1, H, W, c.downsampling, c.num_params, label_bytes,
                                       params.element_size(), params.element_size())}
 
@@ -244,6 +247,9 @@ def _log_row(row: dict) -> None:
     split = f" (low-res {row['lr_ms']:.3f} + pixelwise {row['hr_ms']:.3f})" if row.get("hr_ms") is not None else ""
     if row.get("lr_torch_norm_ms") is not None:
         split += f" [low-res with PyTorch's norms {row['lr_torch_norm_ms']:.3f}]"
+    if row.get("lr_convs"):
+        c = row["lr_convs"]
+        split += f" [wide convs as {c['use']}: " + ", ".join(f"{k} {v:.3f}" for k, v in c.get("ms", {}).items()) + "]"
     log(f"[phase 2] {row['model']:>15} {row['path']:>13} {row['precision']} {row['size']:>9}: "
         f"{row['batch1_ms']['median_ms']:8.3f} ms batch 1{split}, {row['images_per_s']:8.1f} img/s")
 
