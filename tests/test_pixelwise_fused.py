@@ -681,6 +681,19 @@ def test_kernel_matches_reference_on_gpu(name):
     check_result(name, run_case(name, "cuda"))
 
 
+def replays_match(model, fast, precision: str, batch: int, seeds: int) -> None:
+    """A captured fast path computes on each NEW 12-class 256x512 input (``seeds`` of them) what the
+    model computes, within 10x the generator bound (max) and the bound (mean); one capture in all."""
+    for seed in range(seeds):
+        labels = torch.randint(0, 12, (batch, 256, 512), generator=torch.Generator().manual_seed(seed)).cuda()
+        with torch.no_grad():
+            ref = model(labels)
+        err = (fast(labels).float() - ref).abs()
+        max_tol, mean_tol = GENERATOR_TOL[precision]
+        assert err.max().item() <= 10 * max_tol and err.mean().item() <= mean_tol, (err.max(), err.mean())
+    assert len(fast._graphs) == 1  # one capture, replayed for every new input
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("precision,padding", [("fp32", "zeros"), ("bf16", "zeros"), ("bf16", "reflect")])
@@ -697,14 +710,7 @@ def test_fast_generator_cuda_graph_replays_new_inputs(precision, padding):
     with no_tf32():
         fast = FastGenerator(model, precision)
         assert fast.cuda_graph and fast.fused
-        for seed in range(3):
-            labels = torch.randint(0, 12, (1, 256, 512), generator=torch.Generator().manual_seed(seed)).cuda()
-            with torch.no_grad():
-                ref = model(labels)
-            err = (fast(labels).float() - ref).abs()
-            max_tol, mean_tol = GENERATOR_TOL[precision]
-            assert err.max().item() <= 10 * max_tol and err.mean().item() <= mean_tol, (err.max(), err.mean())
-        assert len(fast._graphs) == 1  # one capture, replayed for every new input
+        replays_match(model, fast, precision, batch=1, seeds=3)
         with pytest.raises(ValueError, match=r"\[12\]"):
             fast(torch.full((1, 256, 512), 12, device="cuda"))
 
@@ -780,14 +786,7 @@ def test_fast_generator_gemm_convs_in_a_cuda_graph(precision, conv_gemm):
     with no_tf32():
         fast = FastGenerator(model, precision, conv_gemm=conv_gemm)
         assert fast.cuda_graph and fast.fused and fast.fused_norm and fast.lowres_stream_gemm is not None
-        for seed in range(2):
-            labels = torch.randint(0, 12, (2, 256, 512), generator=torch.Generator().manual_seed(seed)).cuda()
-            with torch.no_grad():
-                ref = model(labels)
-            err = (fast(labels).float() - ref).abs()
-            max_tol, mean_tol = GENERATOR_TOL[precision]
-            assert err.max().item() <= 10 * max_tol and err.mean().item() <= mean_tol, (err.max(), err.mean())
-        assert len(fast._graphs) == 1
+        replays_match(model, fast, precision, batch=2, seeds=2)
         if conv_gemm == "auto":
             (choice,) = fast.lowres_choice.values()
             assert "error" not in choice and choice["use"] in ("cudnn", "gemm"), choice
