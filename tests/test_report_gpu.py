@@ -153,6 +153,7 @@ def test_phase2_runtimes_join_fig1_and_the_fast_path_speedups(gpu_project, drawn
     for cell, row in zip(timed, ours):
         assert (cell["path"], cell["size"]) == (row["path"], row["size"])
         assert close(cell["low-res ms"], row["lr_ms"], 2) and close(cell["MLP ms"], row["hr_ms"], 2)
+        assert cell["wide convs"] == "n/a"  # on a CPU the fast path keeps the convolutions without timing
         if row["path"] == "reference":
             assert cell["low-res ms, PyTorch norms"] == "n/a"
         else:
@@ -173,3 +174,12 @@ def test_no_campaign_files_is_one_line_pointing_to_the_docs(project):  # noqa: F
     section = readme.read_text().split("## GPU campaign")[1].split("\n## ")[0].strip().splitlines()
     body = [line for line in section[1:] if line]
     assert len(body) == 1 and "No GPU campaign results in metrics/" in body[0] and "docs/gpu.md" in body[0]
+
+
+def test_the_wide_conv_choice_is_shown_with_both_times():
+    from asap.report.campaign import _wide_convs
+
+    assert _wide_convs({"use": "gemm", "ms": {"cudnn": 0.52, "gemm": 0.41}}) == "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms)"
+    assert _wide_convs({"use": "cudnn", "ms": {"gemm": 0.7, "cudnn": 0.5}}) == "cuDNN (0.50 vs cuBLAS GEMM 0.70 ms)"
+    assert _wide_convs({"use": "cudnn", "ms": {}, "error": "RuntimeError: ..."}) == "cuDNN (timing failed)"
+    assert _wide_convs(None) == "" and _wide_convs({"use": "other"}) == ""

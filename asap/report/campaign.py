@@ -132,11 +132,25 @@ def _benchmark_rows(path: Path, record: dict) -> tuple[list[dict], list[dict]]:
                               "median_ms": num(b1.get("median_ms")), "p10_ms": num(b1.get("p10_ms")),
                               "p90_ms": num(b1.get("p90_ms")), "mlp_ms": num(r.get("hr_ms")),
                               "lowres_ms": num(r.get("lr_ms")), "lowres_torch_norm_ms": num(r.get("lr_torch_norm_ms")),
+                              "wide_convs": _wide_convs(r.get("lr_convs")),
                               "max_abs_diff": num(r.get("max_abs_diff_vs_reference_fp32")),
                               "note": ", ".join(n for n, on in (("fused Triton MLP", r.get("fused_kernel")),
                                                                 ("norm kernels", r.get("fused_norm"))) if on),
                               "created": f"commit {commit[:10]}" if commit else ""})
     return bench, inference
+
+
+def _wide_convs(choice) -> str:
+    """A fast row's lr_convs -> "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms)": which form of the low-res stream's
+    wide convs it ran, with both times of the stream it was chosen by."""
+    if not isinstance(choice, dict) or choice.get("use") not in ("cudnn", "gemm"):
+        return ""
+    ms = choice.get("ms") or {}
+    use, other = ("gemm", "cudnn") if choice["use"] == "gemm" else ("cudnn", "gemm")
+    names = {"gemm": "cuBLAS GEMM", "cudnn": "cuDNN"}
+    if isinstance(ms.get(use), (int, float)) and isinstance(ms.get(other), (int, float)):
+        return f"{names[use]} ({ms[use]:.2f} vs {names[other]} {ms[other]:.2f} ms)"
+    return names[use] + (" (timing failed)" if choice.get("error") else "")
 
 
 def _targets(path: Path, record: dict, kind: str, label: str) -> list[dict]:

@@ -156,8 +156,8 @@ def read_benchmarks(files: list[Path], problems: list[str]) -> pd.DataFrame:
 def read_inference(files: list[Path], problems: list[str]) -> pd.DataFrame:
     """benchmarks/inference.py rows: batch-1 latency of the reference generator and the fast path."""
     columns = ["file", "device", "device_kind", "size", "megapixels", "path", "precision", "S", "P",
-               "median_ms", "p10_ms", "p90_ms", "mlp_ms", "lowres_ms", "lowres_torch_norm_ms", "max_abs_diff", "note",
-               "created"]
+               "median_ms", "p10_ms", "p90_ms", "mlp_ms", "lowres_ms", "lowres_torch_norm_ms", "wide_convs", "max_abs_diff",
+               "note", "created"]
     rows = []
     for path in files:
         data = _load_json(path, problems)
@@ -176,6 +176,7 @@ def read_inference(files: list[Path], problems: list[str]) -> pd.DataFrame:
                          "P": _num(r.get("P")), "median_ms": _num(b1.get("median")), "p10_ms": _num(b1.get("p10")),
                          "p90_ms": _num(b1.get("p90")), "mlp_ms": _num((r.get("mlp_ms") or {}).get("median")),
                          "lowres_ms": math.nan, "lowres_torch_norm_ms": math.nan,  # timed apart by the GPU campaign only
+                         "wide_convs": "",
                          "max_abs_diff": _num(r.get("max_abs_diff_vs_reference")), "note": r.get("note", ""),
                          "created": str(data.get("created") or "")})
     return pd.DataFrame(rows, columns=columns)
