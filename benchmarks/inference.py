@@ -229,9 +229,10 @@ def bench_size(H, W, args, device) -> tuple[list[dict], dict | None]:
             torch.cuda.reset_peak_memory_stats(device)
         if fn is None:
             fast = FastGenerator(model, precision, compile=args.compile, kernel_options=args.kernel_options,
-                                 cuda_graph="auto" if args.graph else False, check_labels=not args.no_check)
-            row.update(fused_kernel=fast.fused, cuda_graph=fast.cuda_graph, compiled=args.compile,
-                       check_labels=fast.check_labels)
+                                 cuda_graph="auto" if args.graph else False, check_labels=not args.no_check,
+                                 fused_norm=SWITCH[args.fused_norm], conv_gemm=SWITCH[args.conv_gemm])
+            row.update(fused_kernel=fast.fused, fused_norm=fast.fused_norm, conv_gemm=fast.conv_gemm,
+                       cuda_graph=fast.cuda_graph, compiled=args.compile, check_labels=fast.check_labels)
             if device.type == "cpu":
                 row["note"] = "CPU fallback: reference MLP (the fused kernel needs CUDA)"
             fn = fast
@@ -241,6 +242,8 @@ def bench_size(H, W, args, device) -> tuple[list[dict], dict | None]:
                 row["max_abs_diff_vs_reference"] = (out - reference_out).abs().max().item()
             t1 = time_ms(lambda: fn(labels1), args.iters, args.warmup, device)
             row["batch1_ms"] = summary(t1)
+            if getattr(fn, "lowres_choice", None):  # conv_gemm="auto": the wide convs' form, timed per shape
+                row["lowres_choice"] = [{"shape": list(k[0]), **v} for k, v in fn.lowres_choice.items()]
             if args.batch > 1:
                 tB = time_ms(lambda: fn(labelsB), max(1, args.iters // 2), max(1, args.warmup // 2), device)
                 row[f"batch{args.batch}_images_per_s"] = args.batch / (statistics.median(tB) / 1e3)
@@ -345,6 +348,9 @@ def bench_onnx_cpu(H, W, args) -> dict:
     return row
 
 
+SWITCH = {"auto": "auto", "on": True, "off": False}  # --fused-norm / --conv-gemm
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="JSON file (default metrics/inference-<device>.json)")
@@ -359,6 +365,10 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default="reference,fast", help="which of reference,fast to run")
     p.add_argument("--compile", action="store_true", help="torch.compile the low-res stream in the fast path")
     p.add_argument("--no-graph", dest="graph", action="store_false", help="no CUDA graph capture")
+    p.add_argument("--fused-norm", choices=sorted(SWITCH), default="auto",
+                   help="the low-res InstanceNorm + ReLU as Triton kernels (auto: on CUDA)")
+    p.add_argument("--conv-gemm", choices=sorted(SWITCH), default="auto",
+                   help="the wide low-res convs as cuBLAS GEMMs (auto: on CUDA, timed against cuDNN per shape)")
     p.add_argument("--no-check", action="store_true", help="skip the (in-graph) label-range check")
     p.add_argument("--kernel-options", type=json.loads, default=None,
                    help='fused MLP launch options as JSON, e.g. \'{"block_p": 128, "num_warps": 8}\'')
