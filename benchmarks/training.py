@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from asap.engine import TrainConfig
 from asap.losses import GANLossConfig
-from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling
+from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling, fused_mlp_default
 from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, num_mlp_params, pixelwise_mlp, positional_encoding
 from asap.training import TrainingRun, build_trainer
 
@@ -253,7 +253,7 @@ def measure_pixelwise(size: tuple[int, int], batch: int, precision: str, device:
     grad_out = torch.randn(batch, 3, h, w, generator=gen).to(device, dtype)
     ways = {"reference": lambda p: pixelwise_mlp(onehot.to(dtype), p, channels, S),
             "authors_way": lambda p: authors_style_mlp(onehot.to(dtype), p, channels, S)}
-    if device.type == "cuda":
+    if device.type == "cuda" and fused_mlp_default() is not False:  # ASAP_FUSED_MLP=0: a kernel not to run here
         from asap.models.pixelwise_fused import fused_pixelwise_mlp, unsupported_reason
 
         if unsupported_reason(channels, S) is None:

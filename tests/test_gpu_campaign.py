@@ -172,6 +172,25 @@ def test_a_fast_path_that_draws_other_images_is_not_timed_as_best():
     assert bad["best_ms"] == min(bad["reference_fp32_ms"], bad["reference_bf16_ms"])
 
 
+def test_phase2_runs_the_fused_mlp_only_where_phase1_checked_the_forward(smoke):
+    """What the H200 showed: every bf16 forward faulted. pytest's failed case tests count (by case name)
+    as well as the error table; a skipped test or a case not run checks nothing."""
+    from benchmarks.campaign.cli import fused_inference_after, fused_training_after, phase1_checks
+
+    phase1 = smoke["phases"][1]
+    assert fused_inference_after(phase1)["env"] == "auto"
+    faulted = json.loads(json.dumps(phase1))
+    faulted["result"]["pytest"]["junit"]["tests"] += [
+        {"name": "test_kernel_matches_reference_on_gpu[index_S8_bf16]", "outcome": "failed"},
+        {"name": "test_kernel_matches_reference_on_gpu[grad_index_S8_fp32]", "outcome": "skipped"}]
+    faulted["result"]["error_table"]["cases"]["later_case"] = {"ok": None, "error": "not run: context lost"}
+    checks = phase1_checks(faulted, lambda n: True)
+    assert checks["index_S8_bf16"] is False and "grad_index_S8_fp32" not in checks and "later_case" not in checks
+    gate = fused_inference_after(faulted)
+    assert gate["env"] == "0" and "['index_S8_bf16']" in gate["why"]
+    assert fused_training_after(faulted)["env"] == "0"  # training runs the forward too
+
+
 def test_phase4_trains_with_the_backward_phase3_timed_faster(tmp_path):
     from benchmarks.campaign.cli import stash_after
 

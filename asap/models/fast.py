@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from asap.models.asapnet import ASAPNetGenerator, tent_downsample
+from asap.models.asapnet import ASAPNetGenerator, fused_mlp_default, tent_downsample
 from asap.models.inputs import DONTCARE_VALUE, encode_input
 from asap.models.pixelwise import pixelwise_mlp
 from asap.models import lowres_fused, pixelwise_fused
@@ -60,7 +60,8 @@ class FastGenerator(nn.Module):
     """Inference-only wrapper of an ``ASAPNetGenerator``: ``fast(labels) ~= model(labels)``."""
 
     def __init__(self, model: ASAPNetGenerator, precision: str = "fp32", *,
-                 fused: bool | str = "auto",         # Triton kernel: auto = on CUDA (or the interpreter)
+                 fused: bool | str | None = None,    # Triton kernel: auto = on CUDA (or the interpreter);
+                                                     # None = $ASAP_FUSED_MLP (0 / 1 / auto, default auto)
                  cuda_graph: bool | str = "auto",    # capture per input shape: auto = on CUDA
                  compile: bool = False,              # torch.compile the low-res stream (CUDA)
                  fused_norm: bool | str | None = None,  # InstanceNorm+ReLU kernels: auto = on CUDA (or the
@@ -110,6 +111,8 @@ class FastGenerator(nn.Module):
 
         reason = pixelwise_fused.unsupported_reason(self.config.mlp_channels, self.config.downsampling)
         kernel_ok = reason is None and (device.type == "cuda" or (device.type == "cpu" and pixelwise_fused.interpret_mode()))
+        if fused is None:
+            fused = fused_mlp_default()
         if fused == "auto":
             fused = kernel_ok
         elif fused and not kernel_ok:

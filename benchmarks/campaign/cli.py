@@ -63,27 +63,56 @@ def preflight(args, phases: tuple[int, ...]) -> None:
 
 
 GRADIENT_CASES = ("grad_", "train_generator")  # tests/test_pixelwise_fused.py: the fused backward's cases
+NORM_CASES = ("norm_",)                         # the low-res norm kernels' cases
+NORM_TESTS = ("test_norm_kernels",)             # and pytest's, at phase 2's own shapes
+CASE_TEST = "test_kernel_matches_reference_on_gpu["  # pytest's name of a case: <this><case>]
+
+
+def phase1_checks(phase1: dict | None, selects) -> dict:
+    """{check name: passed} of phase 1's error-table cases and pytest tests that ``selects(name)``
+    (a case's pytest test is named by its case); skipped tests and cases that did not run checked
+    nothing and are left out."""
+    result = (phase1 or {}).get("result") or {}
+    checks = {n: bool(c.get("ok")) for n, c in (result.get("error_table") or {}).get("cases", {}).items()
+              if c.get("ok") is not None and selects(n)}
+    for t in ((result.get("pytest") or {}).get("junit") or {}).get("tests", []):
+        name = str(t.get("name", ""))
+        name = name[len(CASE_TEST):-1] if name.startswith(CASE_TEST) else name
+        if t.get("outcome") != "skipped" and selects(name):
+            checks[name] = checks.get(name, True) and t.get("outcome") == "passed"
+    return checks
+
+
+def _gate(phase1, preset, variable: str, what: str, selects) -> dict:
+    if preset is not None:
+        return {"fused": preset, "env": preset, "why": f"{variable} set by the caller"}
+    checks = phase1_checks(phase1, selects)
+    failed = sorted(n for n, ok in checks.items() if not ok)
+    if failed:
+        return {"fused": False, "env": "0", "why": f"phase 1's {what} failed here: {failed}"}
+    if not checks:
+        return {"fused": "auto", "env": "auto", "why": f"unverified: phase 1 ran no {what} on this device"}
+    return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(checks)} {what} passed"}
+
+
+def _is_forward(name: str) -> bool:
+    return not name.startswith(GRADIENT_CASES + NORM_CASES + NORM_TESTS)  # the MLP forward, tent, fast path
+
+
+def fused_inference_after(phase1: dict | None, preset: str | None = None) -> dict:
+    """Whether phase 2's fast path runs the pixelwise MLP in the fused kernel (ASAP_FUSED_MLP, read by
+    FastGenerator): off when one of phase 1's forward checks failed on this device (a kernel that
+    faults would take the phase's CUDA context with it)."""
+    return _gate(phase1, preset, "ASAP_FUSED_MLP", "forward checks", _is_forward)
 
 
 def fused_training_after(phase1: dict | None, preset: str | None = None) -> dict:
-    """Whether phases 3 and 4 train ASAP-Net through the fused kernel's backward (ASAP_FUSED_MLP), from
-    phase 1's error table: off when one of its gradient cases failed on this device, so that a
-    backward that is wrong here cannot spoil the equal-time comparison; "unverified" when none ran.
-    ``preset``: ASAP_FUSED_MLP as the caller set it, which is kept."""
-    if preset is not None:
-        return {"fused": preset, "env": preset, "why": "ASAP_FUSED_MLP set by the caller"}
-    cases = ((phase1 or {}).get("result") or {}).get("error_table", {}).get("cases", {})
-    grad = {n: c for n, c in cases.items() if n.startswith(GRADIENT_CASES)}
-    failed = sorted(n for n, c in grad.items() if not c.get("ok"))
-    if failed:
-        return {"fused": False, "env": "0", "why": f"phase 1's gradient cases failed here: {failed}"}
-    if not grad:
-        return {"fused": "auto", "env": "auto", "why": "unverified: phase 1 ran no gradient case on this device"}
-    return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(grad)} gradient cases passed"}
-
-
-NORM_CASES = "norm_"                          # error-table cases of the low-res norm kernels
-NORM_TESTS = "test_norm_kernels"              # and pytest's, at phase 2's own shapes
+    """Whether phases 3 and 4 run ASAP-Net's pixelwise MLP in the fused kernel, forward and backward
+    (ASAP_FUSED_MLP), from phase 1: off when one of its forward or gradient checks failed on this
+    device, so that a kernel that is wrong here cannot spoil the equal-time comparison; "unverified"
+    when none ran. ``preset``: ASAP_FUSED_MLP as the caller set it, which is kept."""
+    return _gate(phase1, preset, "ASAP_FUSED_MLP", "forward and gradient checks",
+                 lambda n: _is_forward(n) or n.startswith(GRADIENT_CASES))
 
 
 def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
@@ -91,21 +120,7 @@ def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
     from phase 1: off when one of its norm cases or tests failed on this device, so a kernel that is
     wrong here times nothing and scores nothing; "unverified" when none ran. ``preset``: the caller's
     ASAP_FUSED_NORM, which is kept."""
-    if preset is not None:
-        return {"fused": preset, "env": preset, "why": "ASAP_FUSED_NORM set by the caller"}
-    result = (phase1 or {}).get("result") or {}
-    cases = {n: c.get("ok") for n, c in (result.get("error_table") or {}).get("cases", {}).items()
-             if n.startswith(NORM_CASES)}
-    tests = {t["name"]: t["outcome"] == "passed"  # a skipped test checked nothing
-             for t in ((result.get("pytest") or {}).get("junit") or {}).get("tests", [])
-             if str(t.get("name", "")).startswith(NORM_TESTS) and t.get("outcome") != "skipped"}
-    checked = {**cases, **tests}
-    failed = sorted(n for n, ok in checked.items() if not ok)
-    if failed:
-        return {"fused": False, "env": "0", "why": f"phase 1's norm checks failed here: {failed}"}
-    if not checked:
-        return {"fused": "auto", "env": "auto", "why": "unverified: phase 1 ran no norm check on this device"}
-    return {"fused": "auto", "env": "auto", "why": f"phase 1's {len(checked)} norm checks passed"}
+    return _gate(phase1, preset, "ASAP_FUSED_NORM", "norm checks", lambda n: n.startswith(NORM_CASES + NORM_TESTS))
 
 
 def stash_after(phase3: dict | None, data: Path, train: dict) -> dict:
@@ -162,6 +177,10 @@ def run(args) -> int:
             os.environ["ASAP_FUSED_NORM"] = norm_gate["env"]  # read by every FastGenerator built from here on
             log(f"[campaign] phase {phase}: the fast path's low-res norms with ASAP_FUSED_NORM={norm_gate['env']} "
                 f"({norm_gate['why']})")
+        if phase == 2 and device.type == "cuda":
+            record["fused_inference"] = gate = fused_inference_after(phase1, preset)
+            os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every FastGenerator built from here on
+            log(f"[campaign] phase 2: the fast path's MLP with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
         if phase in (3, 4) and device.type == "cuda":
             record["fused_training"] = gate = fused_training_after(phase1, preset)
             os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every ASAPNetGenerator built from here on

@@ -103,14 +103,16 @@ def git_state() -> dict | None:
 
 
 def commit_info(commit_file: str | Path | None = None) -> dict:
-    """The commit the campaign runs from: $ASAP_GIT_COMMIT, else git itself, else the file `pack`
-    wrote (the device machine's copy of the working tree has no .git), else "unknown"."""
+    """The commit the campaign runs from: $ASAP_GIT_COMMIT, else the file `pack` wrote (run it after
+    the last commit), else git itself, else "unknown"."""
     if os.environ.get(COMMIT_ENV):
         return {"commit": os.environ[COMMIT_ENV], "source": f"env {COMMIT_ENV}"}
-    state = git_state()
+    # The file `pack` wrote first: on the device machine a .git found there is not the tree that was
+    # carried (seen on an H200: git said b6cb4fa of an older session while the tree was newer).
+    path = Path(commit_file) if commit_file is not None else CARRY / COMMIT_FILE
+    state = None if path.is_file() else git_state()
     if state is not None:
         return {**state, "source": "git"}
-    path = Path(commit_file) if commit_file is not None else CARRY / COMMIT_FILE
     if path.is_file():
         try:
             return {**json.loads(path.read_text()), "source": f"file {path}"}

@@ -16,6 +16,7 @@ kernels.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -103,25 +104,48 @@ def load_test_module():
     return module
 
 
+CONTEXT_LOST = ("illegal memory access", "Triton Error [CUDA]", "CUDA error")  # the process's CUDA is gone
+
+
 def error_table(settings: CorrectnessSettings, device: torch.device, until: float) -> dict:
-    """Each case's max / mean abs error against its tolerance, run in this process."""
+    """Each case's max / mean abs error against its tolerance. On CUDA in a subprocess: a kernel that
+    faults takes its process's CUDA context with it, and that must not be the campaign's."""
     from asap.models.pixelwise_fused import interpret_mode
 
     if device.type == "cuda":
-        where = "cuda"
-    elif interpret_mode():
-        where = "cpu"  # Triton's interpreter
-    else:
+        return _isolated_table(settings, until)
+    if not interpret_mode():
         return {"note": "CPU without TRITON_INTERPRET=1: the kernel cannot run here", "cases": {}}
+    return _table(list(settings.interpreter_cases), "cpu", until)
+
+
+def _isolated_table(settings: CorrectnessSettings, until: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "table.json"
+        request = {"cases": list(settings.cases) if settings.cases is not None else None,
+                   "seconds": until - time.perf_counter(), "out": str(out)}
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env.pop("TRITON_INTERPRET", None)
+        try:
+            subprocess.run([sys.executable, "-m", "benchmarks.campaign.correctness", json.dumps(request)],
+                           cwd=REPO, env=env, timeout=max(5.0, until - time.perf_counter() + 10.0))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            return json.loads(out.read_text())
+        except (OSError, ValueError) as err:
+            return {"device": "cuda", "cases": {}, "all_ok": False, "error": f"no table from the subprocess: {err}"}
+
+
+def _table(names: list[str], where: str, until: float, out: Path | None = None) -> dict:
+    """Run ``names`` in this process (``out``: the table so far, rewritten after each case). After a
+    case that lost the CUDA context the rest are not run (ok None), and say why."""
     module = load_test_module()
-    if settings.cases is not None and where == "cuda":
-        names = list(settings.cases)
-    elif where == "cuda":
-        names = sorted(module.CASES) + sorted(module.GPU_ONLY_CASES)
-    else:
-        names = list(settings.interpreter_cases)
-    cases, skipped = {}, []
+    cases, skipped, lost = {}, [], None
     for name in names:
+        if lost:
+            cases[name] = {"ok": None, "error": f"not run: the CUDA context was lost at {lost}"}
+            continue
         if time.perf_counter() > until:
             skipped.append(name)
             continue
@@ -135,13 +159,26 @@ def error_table(settings: CorrectnessSettings, device: torch.device, until: floa
                 result.update(ok=False, failure=str(err)[:300])
         except Exception as err:  # a case that crashes is a failed case, not a failed phase
             result = {"ok": False, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            if where == "cuda" and any(m in str(err) for m in CONTEXT_LOST):
+                lost = name
         result["seconds"] = round(time.perf_counter() - t0, 3)
         result["precision"] = {**module.CASES, **module.GPU_ONLY_CASES}[name].get("precision")
         cases[name] = result
         log(f"[phase 1] {name:32s} {'ok ' if result['ok'] else 'BAD'} max err "
             f"{result.get('err', float('nan')):.2e} (tol {result.get('tol', ['?'])[0]})")
-    return {"device": where, "cases": cases, "skipped_for_time": skipped,
+        table = {"device": where, "cases": cases, "skipped_for_time": skipped, "context_lost_at": lost,
+                 "all_ok": all(c["ok"] for c in cases.values()) and not skipped}
+        if out is not None:
+            out.write_text(json.dumps(table))
+    return {"device": where, "cases": cases, "skipped_for_time": skipped, "context_lost_at": lost,
             "all_ok": all(c["ok"] for c in cases.values()) and not skipped}
+
+
+def _main(request: dict) -> None:
+    """The subprocess of _isolated_table: the cases on CUDA, the table written to request["out"]."""
+    module = load_test_module()
+    names = request["cases"] or sorted(module.CASES) + sorted(module.GPU_ONLY_CASES)
+    _table(names, "cuda", time.perf_counter() + request["seconds"], Path(request["out"]))
 
 
 def run_phase(settings: CorrectnessSettings, device: torch.device, until: float, on_progress=None) -> dict:
@@ -165,3 +202,7 @@ def run_phase(settings: CorrectnessSettings, device: torch.device, until: float,
             entry["worst_err_over_tol"] = max(entry["worst_err_over_tol"], case["err"] / case["tol"][0])
     return {"pytest": tests, "error_table": table, "by_precision": by_precision,
             "ok": bool(tests["ok"] and table.get("all_ok", True)) if device.type == "cuda" else None}
+
+
+if __name__ == "__main__":
+    _main(json.loads(sys.argv[1]))
