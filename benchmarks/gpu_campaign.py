@@ -58,7 +58,10 @@ campaign writes at most 7 so the console log fits):
                                    "junit": {"total", "passed", "failed", "error", "skipped", "seconds",
                                              "tests": [{"name", "outcome", "seconds", "message"}]}},
                         "error_table": {"device", "cases": {name: {"err", "mean_err", "tol": [max, mean],
-                                        "ref_std", "ok", "precision", "seconds"}}, "skipped_for_time", "all_ok"},
+                                        "ref_std", "ok", "precision", "diagnostic", "seconds"}},
+                                        "skipped_for_time", "context_lost_at" (the cases that faulted; a
+                                        fresh process ran the rest), "not_run", "all_ok" (the default
+                                        path's cases), "diagnostics_ok" (the other forms: *_native, *_rmw)},
                         "by_precision": {precision: {"cases", "ok", "worst_err_over_tol"}}, "ok"}
     result of phase 2: {"copy_bandwidth": {"bytes_per_copy", "median_ms", "gb_per_s"},
                         "rows": [{"model", "arch", "path": reference | fast | fast-compiled, "precision",
@@ -83,10 +86,12 @@ campaign writes at most 7 so the console log fits):
                                        "fused", "fused_stash" (CUDA)}, "peak_mb": {...} (CUDA), "fused_best",
                                        "fused_vs_authors", "fused_vs_reference" (with the faster fused)}],
                         "targets", "skipped_for_time", "settings_bench"}
-    On CUDA the records of phases 3 and 4 also have "fused_training": {"fused", "env", "why"}: the
-    ASAP_FUSED_MLP they ran with, off when one of phase 1's gradient cases failed on the device; phase
-    4's also "stash": {"env", "why"}, the fused backward it trained with (ASAP_FUSED_BWD_STASH), the
-    faster in phase 3's pixelwise row at its size, batch and precision.
+    On CUDA the record of phase 4 also has "fused_training": {"fused", "env", "why"}: the ASAP_FUSED_MLP
+    it ran with, off when one of phase 1's forward or gradient checks of its precision (bf16: the
+    trainer's autocast) failed on the device, and "stash": {"env", "why"}, the fused backward it
+    trained with (ASAP_FUSED_BWD_STASH), the faster in phase 3's pixelwise row at its size, batch and
+    precision; phase 3's has "fused_training": {precision: {"fused", "env", "why"}}, and each of its
+    rows "asap_fused_mlp", the value it ran with.
     result of phase 4 (the record also has "budget_s_requested", "budget_s", "budget_note"):
                        {"dataset", "budget_s", "test_images", "params" (the resolved params sections),
                         "generators": {name: {"arch", "config" (asap.training.TrainingRun.to_dict),

@@ -77,25 +77,28 @@ def _signature(fn, pointers: dict, constants: dict) -> dict:
 def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positional: bool = True,
         input_precision: str = "ieee", hidden: int = 64, depth: int = 5, block_p: int | None = None,
         sub_blocks: int | None = None, grad: bool = False, x_precision: str | None = None,
-        stash: bool = False) -> Variant:
+        stash: bool = False, dot16: str | None = None, atomic: bool | None = None) -> Variant:
     """``_pixelwise_mlp_fwd`` as ``fused_pixelwise_mlp`` launches it on a GPU, or with ``grad`` the
     backward ``_pixelwise_mlp_bwd``. ``x_precision``: a dense input's dtype when it differs from the
     parameters' (the trainer's fp32 one-hot with bf16 parameters under autocast); ``stash``: the
-    backward that keeps activations in a scratch buffer."""
+    backward that keeps activations in a scratch buffer; ``dot16`` / ``atomic``: the launcher's
+    (default: its defaults)."""
+    import torch
+
     from asap.models.pixelwise import mlp_channels
 
     pf = _kernels()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     n_enc = 4 * int(math.log2(tile)) if positional else 0
     channels = mlp_channels(classes + n_enc, hidden, depth, 3)
     constants = pf.mlp_constants(channels, tile, classes, is_index=not dense, positional=positional,
-                                 input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks)
+                                 input_precision=pf.kernel_precision(dtype, input_precision, dot16),
+                                 block_p=block_p, sub_blocks=sub_blocks)
     x_type = POINTER[x_precision or precision] if dense else "*i64"
+    atomic = pf.BWD_ATOMIC if atomic is None else atomic
     if grad:
         constants = pf.backward_constants(constants, channels, sub_blocks, block_p=block_p,
-                                          fp32_params=precision == "fp32", stash=stash)
-        import torch
-
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+                                          fp32_params=precision == "fp32", stash=stash, atomic=atomic)
         scratch = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[pf.stash_dtype(dtype, "cuda")]
         pointers = {"x_ptr": x_type, "params_ptr": POINTER[precision], "dy_ptr": POINTER[precision],
                     "grad_ptr": "*fp32", "stash_ptr": scratch}
@@ -105,9 +108,10 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
         fn = pf._pixelwise_mlp_fwd
     name = (f"mlp{'-grad' if grad else ''}{'-stash' if stash else ''} {'dense' if dense else 'index'}"
             f"{f' x {x_precision}' if dense and x_precision and x_precision != precision else ''} "
-            f"{precision}{' tf32' if input_precision == 'tf32' else ''} "
+            f"{precision}{' tf32' if input_precision == 'tf32' else ''}{f' dot16 {dot16}' if dot16 else ''} "
             f"C{classes} S{tile}{'' if positional else ' no-encoding'}"
-            f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks else ''}")
+            f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks else ''}"
+            f"{'' if atomic or not grad else ' read-add-write'}")
     return Variant(name, "mlp-grad" if grad else "mlp", _signature(fn, pointers, constants), constants,
                    num_warps=pf.BWD_NUM_WARPS if grad else 4)
 
@@ -168,6 +172,12 @@ def campaign_variants() -> list[Variant]:
                  mlp(13, 16, "bf16", dense=True, grad=True), mlp(5, 8, "fp32", grad=True, stash=True),
                  mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3, grad=True, stash=True),
                  mlp(5, 8, "bf16", dense=True, x_precision="fp32", grad=True, stash=True)]
+    # phase 1's diagnostic cases: 16-bit dots as such (they faulted on the H200 with triton 3.6) and the
+    # read-add-write backward
+    variants += [mlp(5, 8, "bf16", dot16="native"), mlp(36, 32, "fp16", dense=True, dot16="native"),
+                 mlp(5, 8, "bf16", grad=True, dot16="native"),
+                 mlp(4, 16, "fp32", dense=True, block_p=16, sub_blocks=3, grad=True, atomic=False),
+                 mlp(3, 2, "fp32", grad=True, atomic=False)]
     # the fast path's InstanceNorm + ReLU kernels: the 1024-wide blocks on a 16 x 16 grid, the first
     # conv at 1024 x 1024 (64 channels, 256 x 256: 256 chunks) and the smoke widths, each precision
     for precision in ("fp32", "bf16", "fp16"):

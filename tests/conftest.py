@@ -27,6 +27,23 @@ def facades64(tmp_path_factory) -> Path:
     return prepare_facades(tmp_path_factory.mktemp("prepared"), "64x64")
 
 
+@pytest.fixture(autouse=True)
+def _end_a_worker_whose_cuda_context_is_lost(request):
+    """After a gpu test on a pytest-xdist worker: when the CUDA context is gone (a kernel faulted with an
+    illegal memory access, a sticky error), end the worker, so that xdist reports this test as crashed
+    and starts a fresh worker for the rest; otherwise every later test of the worker fails with the
+    same error (the GPU campaign's phase 1 then cannot tell which kernels are broken)."""
+    yield
+    if "gpu" not in request.keywords or not os.environ.get("PYTEST_XDIST_WORKER") or not torch.cuda.is_available():
+        return
+    try:
+        torch.cuda.synchronize()
+    except Exception as err:  # noqa: BLE001 - any CUDA error here is sticky
+        sys.stderr.write(f"\n{request.node.nodeid}: the CUDA context is lost ({err}); ending this worker\n")
+        sys.stderr.flush()
+        os._exit(70)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

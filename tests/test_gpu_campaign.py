@@ -127,6 +127,34 @@ def test_phase1_gradient_cases_decide_whether_asapnet_trains_through_the_kernel(
                                                          "why": "ASAP_FUSED_MLP set by the caller"}
 
 
+def test_training_gates_read_the_checks_of_their_precision_and_not_the_diagnostics(smoke):
+    """What the H200 showed: the fp32 backward wrong where the bf16 one may be right (phase 4 trains in
+    bf16), and forms that are not the defaults (16-bit dots as such, read-add-write) failing: a
+    failure counts against the precision it ran in, and a diagnostic's against nothing."""
+    from benchmarks.campaign.cli import fused_inference_after, fused_training_after
+    from benchmarks.campaign.correctness import case_order, load_test_module
+
+    phase1 = json.loads(json.dumps(smoke["phases"][1]))
+    tests = phase1["result"]["pytest"]["junit"]["tests"]
+    tests.append({"name": "test_kernel_matches_reference_on_gpu[grad_train_256_S16_fp32]", "outcome": "failed"})
+    bf16, fp32, either = (fused_training_after(phase1, precision=p) for p in ("bf16", "fp32", None))
+    assert bf16["env"] == "auto" and "bf16 forward and gradient checks passed" in bf16["why"]
+    assert fp32["env"] == either["env"] == "0" and "grad_train_256_S16_fp32" in fp32["why"]
+    # diagnostics fail without turning anything off
+    clean = json.loads(json.dumps(smoke["phases"][1]))
+    clean["result"]["pytest"]["junit"]["tests"] += [
+        {"name": f"test_kernel_matches_reference_on_gpu[{n}]", "outcome": "failed"}
+        for n in ("index_S8_bf16_native", "grad_train_256_S16_fp32_rmw", "grad_tiny_tile_S2_rmw")]
+    assert fused_inference_after(clean)["env"] == "auto"
+    assert all(fused_training_after(clean, precision=p)["env"] == "auto" for p in ("bf16", "fp32", None))
+    # the error table runs the default path's cases first, the diagnostics last
+    module = load_test_module()
+    order = case_order(module, None)
+    first_diagnostic = next(i for i, n in enumerate(order) if n.endswith(module.DIAGNOSTIC_SUFFIXES))
+    assert order[first_diagnostic:] and all(n.endswith(module.DIAGNOSTIC_SUFFIXES) for n in order[first_diagnostic:])
+    assert {"index_S8_bf16_native", "grad_tiny_tile_S2_rmw"} <= set(order[first_diagnostic:])
+
+
 def test_phases_2_and_4_run_the_norm_kernels_only_where_phase1_checked_them(smoke):
     from benchmarks.campaign.cli import fused_norm_after
 
@@ -344,7 +372,8 @@ def test_commit_comes_from_env_then_git_then_the_packed_file(tmp_path, monkeypat
     assert commit_info()["commit"] == "abc123"
     monkeypatch.delenv(common.COMMIT_ENV)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert commit_info()["commit"] == head
+    # without a packed commit file (a checkout that ran `pack` has .carry/commit.json, which comes first)
+    assert commit_info(tmp_path / "not-packed.json")["commit"] == head
     monkeypatch.setattr(common, "_git", lambda *args: None)  # as on the device machine: no .git
     (tmp_path / "commit.json").write_text(json.dumps({"commit": "f00d", "dirty": True}))
     info = commit_info(tmp_path / "commit.json")

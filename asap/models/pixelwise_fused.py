@@ -95,6 +95,11 @@ if triton is not None:
             # Triton's CPU interpreter multiplies bf16 operands as raw uint16 bits (3.8); an fp32
             # product of values rounded to bf16 is exact, so this matches a bf16 dot.
             return tl.dot(_round_bf16(a.to(tl.float32)), b.to(tl.float32), input_precision="ieee")
+        if INPUT_PRECISION == "tf32":
+            # fp32 parameters: TF32 tensor cores. bf16 / fp16 parameters (DOT16 = "tf32"): the operands
+            # rounded to the parameters' dtype, then multiplied on TF32 tensor cores, where a bf16 or
+            # fp16 value is exact (10-bit mantissa), so every product equals the 16-bit dot's.
+            return tl.dot(a.to(b.dtype).to(tl.float32), b.to(tl.float32), input_precision="tf32")
         return tl.dot(a.to(b.dtype), b, input_precision=INPUT_PRECISION)
 
     @triton.jit
@@ -103,6 +108,8 @@ if triton is not None:
         # matmul under autocast does the same), products accumulated in fp32.
         if UPCAST:
             return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
+        if INPUT_PRECISION == "tf32":  # as in _mm: 16-bit operands are exact in TF32
+            return tl.dot(a.to(DT).to(tl.float32), b.to(DT).to(tl.float32), input_precision="tf32")
         return tl.dot(a.to(DT), b.to(DT), input_precision=INPUT_PRECISION)
 
     @triton.jit
@@ -236,9 +243,11 @@ if triton is not None:
                      y.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & omask[None, :])
 
     @triton.jit
-    def _add_to(ptrs, value, mask):
-        # grad slots belong to one program: a plain read-add-write accumulates without atomics
-        tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+    def _add_to(ptrs, value, mask, ATOMIC: tl.constexpr):
+        if ATOMIC:  # every program of a tile adds into the tile's one slot
+            tl.atomic_add(ptrs, value, mask=mask, sem="relaxed")
+        else:  # the slot belongs to this program: a plain read-add-write, deterministic
+            tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
 
     @triton.jit
     def _pixelwise_mlp_bwd(
@@ -253,6 +262,7 @@ if triton is not None:
         C_OUT: tl.constexpr, OUT_PAD: tl.constexpr, BLOCK_P: tl.constexpr, SUB_BLOCKS: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         STASH: tl.constexpr,       # keep the block's activations in a per-program scratch (stash_ptr)
+        ATOMIC: tl.constexpr,      # the tile's programs add into one grad slot with atomics (else one slot each)
     ):
         # dL/d(params) of _pixelwise_mlp_fwd for one tile's pixel blocks, summed on-chip over the
         # tile's pixels. Nothing of the forward pass is kept between the two kernels. Inside this one,
@@ -272,7 +282,10 @@ if triton is not None:
         p_base = params_ptr + b.to(tl.int64) * stride_pb + ty * stride_ph + tx * stride_pw
         x_base = x_ptr + b.to(tl.int64) * stride_xb
         d_base = dy_ptr + b.to(tl.int64) * stride_db
-        g_base = grad_ptr + (pid_blk.to(tl.int64) * n_all_tiles + pid_tile) * P
+        slot = pid_tile.to(tl.int64)
+        if not ATOMIC:
+            slot += pid_blk.to(tl.int64) * n_all_tiles
+        g_base = grad_ptr + slot * P
         ACT: tl.constexpr = BLOCK_P * HID
         s_base = stash_ptr + (pid_tile.to(tl.int64) * tl.num_programs(1) + pid_blk) * ((N_HIDDEN + 1) * ACT)
         s_offs = tl.arange(0, BLOCK_P)[:, None] * HID + tl.arange(0, HID)[None, :]
@@ -316,9 +329,9 @@ if triton is not None:
             dy = tl.load(d_base + ocols[None, :] * stride_dc + gy[:, None] * stride_dh + gx[:, None] * stride_dw,
                          mask=pmask[:, None] & omask[None, :], other=0.0).to(tl.float32)
             da = dy * (1.0 - y * y)
-            _add_to(g_base + LAST_START + ocols, tl.sum(da, axis=0), omask)
+            _add_to(g_base + LAST_START + ocols, tl.sum(da, axis=0), omask, ATOMIC)
             _add_to(g_base + LAST_START + C_OUT + cols[:, None] * C_OUT + ocols[None, :],
-                    _mm_grad(tl.trans(h), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & omask[None, :])
+                    _mm_grad(tl.trans(h), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & omask[None, :], ATOMIC)
             dh = _mm_grad(da, tl.trans(w), DT, UPCAST, INPUT_PRECISION)
 
             # ---- hidden layers, last to first: the layer's input (recomputed or read back), its grads
@@ -336,9 +349,9 @@ if triton is not None:
                                                  INPUT_PRECISION))
                     a = _hidden_pre(hin, p_base, start, stride_pc, HID, UPCAST, INPUT_PRECISION)
                 da = tl.where(a > 0, dh, _SLOPE * dh)
-                _add_to(g_base + start + cols, tl.sum(da, axis=0), all_cols)
+                _add_to(g_base + start + cols, tl.sum(da, axis=0), all_cols, ATOMIC)
                 _add_to(g_base + start + HID + cols[:, None] * HID + cols[None, :],
-                        _mm_grad(tl.trans(hin), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & all_cols[None, :])
+                        _mm_grad(tl.trans(hin), da, DT, UPCAST, INPUT_PRECISION), all_cols[:, None] & all_cols[None, :], ATOMIC)
                 w = tl.load(p_base + (start + HID + cols[:, None] * HID + cols[None, :]) * stride_pc)
                 dh = _mm_grad(da, tl.trans(w), DT, UPCAST, INPUT_PRECISION)
 
@@ -349,7 +362,7 @@ if triton is not None:
                 a = _layer1(x_base, p_base, px, py, gy, gx, pmask, stride_xc, stride_xh, stride_xw, stride_pc,
                             IS_INDEX, C_IN, C_PAD, TILE, N_ENC, E_PAD, HID, BLOCK_P, UPCAST, INPUT_PRECISION)
             da = tl.where(a > 0, dh, _SLOPE * dh)
-            _add_to(g_base + cols, tl.sum(da, axis=0), all_cols)
+            _add_to(g_base + cols, tl.sum(da, axis=0), all_cols, ATOMIC)
             ch = tl.arange(0, C_PAD)
             if IS_INDEX:
                 lab, ok = _load_labels(x_base, gy, gx, pmask, stride_xh, stride_xw, C_IN)
@@ -357,12 +370,12 @@ if triton is not None:
             else:
                 xin = _load_dense(x_base, gy, gx, pmask, stride_xc, stride_xh, stride_xw, C_IN, C_PAD)
             _add_to(g_base + HID + ch[:, None] * HID + cols[None, :],
-                    _mm_grad(tl.trans(xin), da, DT, UPCAST, INPUT_PRECISION), (ch < C_IN)[:, None] & all_cols[None, :])
+                    _mm_grad(tl.trans(xin), da, DT, UPCAST, INPUT_PRECISION), (ch < C_IN)[:, None] & all_cols[None, :], ATOMIC)
             if N_ENC > 0:
                 e = tl.arange(0, E_PAD)
                 enc = _encoding(px, py, TILE, N_ENC, E_PAD)
                 _add_to(g_base + HID + (C_IN + e[:, None]) * HID + cols[None, :],
-                        _mm_grad(tl.trans(enc), da, DT, UPCAST, INPUT_PRECISION), (e < N_ENC)[:, None] & all_cols[None, :])
+                        _mm_grad(tl.trans(enc), da, DT, UPCAST, INPUT_PRECISION), (e < N_ENC)[:, None] & all_cols[None, :], ATOMIC)
             # the next block's read-add-write of the same slots (and its stash writes) must come after
             # every thread's stores and loads of this block
             tl.debug_barrier()
@@ -437,8 +450,9 @@ def mlp_constants(channels: list[int], tile: int, c_in: int, *, is_index: bool, 
                   input_precision: str = "ieee", block_p: int | None = None, sub_blocks: int | None = None,
                   interpreted_bf16: bool = False, round_out: bool = False) -> dict:
     """The constexpr arguments ``_pixelwise_mlp_fwd`` is launched with (also what
-    benchmarks/kernel_compile.py builds ahead of time). ``interpreted_bf16`` / ``round_out``: bf16
-    parameters / output in Triton's CPU interpreter (see ``_mm`` and ``_round_bf16``)."""
+    benchmarks/kernel_compile.py builds ahead of time). ``input_precision``: ``kernel_precision``'s.
+    ``interpreted_bf16`` / ``round_out``: bf16 parameters / output in Triton's CPU interpreter (see
+    ``_mm`` and ``_round_bf16``)."""
     n_enc = 4 * int(math.log2(tile)) if positional else 0
     block_p = block_p or max(16, min(tile * tile, 64))
     if block_p < 16 or block_p & (block_p - 1):
@@ -448,6 +462,55 @@ def mlp_constants(channels: list[int], tile: int, c_in: int, *, is_index: bool, 
                 C_OUT=channels[-1], OUT_PAD=_next_pow2(channels[-1]),
                 BLOCK_P=block_p, SUB_BLOCKS=sub_blocks or 1, INPUT_PRECISION=input_precision,
                 UPCAST=interpreted_bf16, ROUND_OUT=round_out)
+
+
+# How the kernels multiply bf16 / fp16 parameters. "native": 16-bit tensor-core dots. "tf32": the same
+# operands, rounded to the parameters' dtype, on TF32 tensor cores, where they are exact, so the products
+# are the same (see _mm). On the H200 (triton 3.6) every native 16-bit dot of these kernels faulted
+# with an illegal memory access, or (fp16, S=32) ran and was wrong, while the TF32 dots passed: so
+# "tf32" is the default until the campaign's phase 1 shows native ones right on a device.
+DOT16_MODES = ("tf32", "native")
+DOT16_DEFAULT = "tf32"
+DOT16_ENV = "ASAP_FUSED_DOT16"
+# The backward's accumulation. Atomic (True): every program of a tile adds its pixel blocks' gradients
+# into the tile's one fp32 slot (red.global.add; the summation order, and so the last bits, vary from
+# run to run). Read-add-write (False): each program owns a slot (summed afterwards) and adds into it with
+# a plain load and store: deterministic, but wrong on the H200 where a tile spans several programs or
+# blocks of 16 pixels (phase 1: grad_split_tile_S16 8.8, grad_tiny_tile_S2 4.5 relative error).
+BWD_ATOMIC = True
+BWD_ATOMIC_ENV = "ASAP_FUSED_BWD_ATOMIC"
+
+
+def default_dot16() -> str:
+    """How bf16 / fp16 parameters are multiplied: $ASAP_FUSED_DOT16 ("tf32" / "native"), else DOT16_DEFAULT."""
+    value = os.environ.get(DOT16_ENV, "").strip().lower()
+    if value not in ("",) + DOT16_MODES:
+        raise ValueError(f"{DOT16_ENV}={value!r}: expected 'tf32' (16-bit operands on TF32 tensor cores, "
+                         "exact) or 'native' (16-bit tensor-core dots)")
+    return value or DOT16_DEFAULT
+
+
+def default_atomic() -> bool:
+    """Whether the backward accumulates with atomics: $ASAP_FUSED_BWD_ATOMIC (0 / 1), else BWD_ATOMIC."""
+    value = os.environ.get(BWD_ATOMIC_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{BWD_ATOMIC_ENV}={value!r}: expected 1 (atomic adds into one slot per tile) or 0 "
+                         "(one slot per program, read-add-write)")
+    return BWD_ATOMIC if value == "" else value == "1"
+
+
+def kernel_precision(params_dtype: torch.dtype, input_precision: str = "ieee", dot16: str | None = None) -> str:
+    """The kernels' INPUT_PRECISION: ``input_precision`` ("ieee" / "tf32") for fp32 parameters; for
+    bf16 / fp16 ones "tf32" when ``dot16`` (default ``default_dot16()``) is "tf32", else "ieee" (a
+    16-bit dot, for which the setting means nothing)."""
+    if input_precision not in ("ieee", "tf32"):
+        raise ValueError(f"input_precision must be 'ieee' or 'tf32', got {input_precision!r}")
+    if params_dtype == torch.float32:
+        return input_precision
+    dot16 = default_dot16() if dot16 is None else dot16
+    if dot16 not in DOT16_MODES:
+        raise ValueError(f"dot16 must be one of {DOT16_MODES}, got {dot16!r}")
+    return "tf32" if dot16 == "tf32" else "ieee"
 
 
 # The backward's launch defaults. Chosen from the sm_90 build's resource report (benchmarks.kernel_compile,
@@ -474,11 +537,13 @@ def default_stash() -> bool:
 
 
 def backward_constants(const: dict, channels: list[int], sub_blocks: int | None = None, *,
-                       block_p: int | None = None, fp32_params: bool = False, stash: bool = False) -> dict:
+                       block_p: int | None = None, fp32_params: bool = False, stash: bool = False,
+                       atomic: bool = True) -> dict:
     """The constexpr arguments ``_pixelwise_mlp_bwd`` is launched with, from the forward's
     ``mlp_constants``: ``block_p`` pixels per block (default BWD_BLOCK_P, at most the tile), by
     default one program per tile (SUB_BLOCKS = the tile's pixel blocks); ``stash``: activations kept
-    in a scratch buffer instead of recomputed (see ``_pixelwise_mlp_bwd``). fp32 parameters at "ieee"
+    in a scratch buffer instead of recomputed (see ``_pixelwise_mlp_bwd``); ``atomic``: the tile's
+    programs add into one slot with atomics (BWD_ATOMIC). fp32 parameters at "ieee"
     precision run the backward's dots as "tf32x3" (three TF32 tensor-core products, fp32-level
     error): ~25 unrolled 64-wide fp32 FMA dots took ptxas ~100 s per variant (a 5 MB cubin), too long
     for the campaign's compile budget."""
@@ -492,6 +557,7 @@ def backward_constants(const: dict, channels: list[int], sub_blocks: int | None 
     bwd["SUB_BLOCKS"] = sub_blocks or -(-const["TILE"] ** 2 // block_p)
     bwd["P"] = num_mlp_params(channels)
     bwd["STASH"] = stash
+    bwd["ATOMIC"] = atomic
     return bwd
 
 
@@ -516,7 +582,7 @@ class _Launch:
 
 
 def _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
-             block_p, sub_blocks) -> _Launch:
+             block_p, sub_blocks, dot16=None) -> _Launch:
     reason = unsupported_reason(channels, tile)
     if reason:
         raise ValueError(f"fused_pixelwise_mlp: {reason}; use asap.models.pixelwise.pixelwise_mlp")
@@ -525,8 +591,7 @@ def _prepare(labels_or_x, params, channels, tile, positional, num_classes, check
         raise ValueError(f"params must be float32, bfloat16 or float16, got {params.dtype}")
     if labels_or_x.device != params.device:
         raise ValueError(f"input is on {labels_or_x.device}, params on {params.device}")
-    if input_precision not in ("ieee", "tf32"):
-        raise ValueError(f"input_precision must be 'ieee' or 'tf32', got {input_precision!r}")
+    precision = kernel_precision(params.dtype, input_precision, dot16)
 
     n_enc = 4 * int(math.log2(tile)) if positional else 0
     is_index = not labels_or_x.is_floating_point()
@@ -568,7 +633,7 @@ def _prepare(labels_or_x, params, channels, tile, positional, num_classes, check
     # Detached: the kernels read it; gradients reach the caller's tensor through _FusedPixelwiseMLP.
     params = params.detach().contiguous(memory_format=torch.channels_last)
     const = mlp_constants(channels, tile, c_in, is_index=is_index, positional=positional,
-                          input_precision=input_precision, block_p=block_p, sub_blocks=sub_blocks,
+                          input_precision=precision, block_p=block_p, sub_blocks=sub_blocks,
                           interpreted_bf16=params.device.type == "cpu" and params.dtype == torch.bfloat16)
     return _Launch(x, params, const, B, H, W, h, w, uniform)
 
@@ -603,18 +668,21 @@ def stash_dtype(params_dtype: torch.dtype, device_type: str) -> torch.dtype:
 
 
 def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], block_p: int | None = None,
-              sub_blocks: int | None = None, num_warps: int | None = None, stash: bool | None = None) -> torch.Tensor:
+              sub_blocks: int | None = None, num_warps: int | None = None, stash: bool | None = None,
+              atomic: bool | None = None) -> torch.Tensor:
     """dL/d(params) in params' shape and dtype, from dL/d(output). By default one program per tile
-    sums the tile's whole gradient (no atomics; deterministic); ``sub_blocks`` splits a tile over
-    several programs whose partial sums are added afterwards."""
+    sums the tile's whole gradient; ``sub_blocks`` splits a tile over several programs. ``atomic``
+    (default ``default_atomic()``): they all add into the tile's one slot with atomics; else each
+    program has its own slot (read-add-write, deterministic) and the slots are summed afterwards."""
     params = call.params
     stash = default_stash() if stash is None else stash
+    atomic = default_atomic() if atomic is None else atomic
     const = backward_constants(call.const, channels, sub_blocks, block_p=block_p,
-                               fp32_params=params.dtype == torch.float32, stash=stash)
+                               fp32_params=params.dtype == torch.float32, stash=stash, atomic=atomic)
     tile, P = const["TILE"], const["P"]
     groups = triton.cdiv(triton.cdiv(tile * tile, const["BLOCK_P"]), const["SUB_BLOCKS"])
     n_all = call.B * call.h * call.w
-    grad = torch.zeros(groups, n_all, P, device=params.device, dtype=torch.float32)
+    grad = torch.zeros(1 if atomic else groups, n_all, P, device=params.device, dtype=torch.float32)
     scratch = (torch.empty(n_all * groups * (const["N_HIDDEN"] + 1) * const["BLOCK_P"] * const["HID"],
                            device=params.device, dtype=stash_dtype(params.dtype, params.device.type))
                if stash else grad)  # without STASH the pointer is never read
@@ -625,7 +693,7 @@ def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], block_
         **const,
         num_warps=num_warps or BWD_NUM_WARPS,
     )
-    grad = grad.sum(0) if groups > 1 else grad[0]
+    grad = grad.sum(0) if grad.shape[0] > 1 else grad[0]
     grad = grad.view(call.B, call.h, call.w, P).permute(0, 3, 1, 2)  # (B, P, h, w), channels-last memory
     if call.uniform:
         grad = grad.sum(dim=(2, 3), keepdim=True)
@@ -658,7 +726,8 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
                         input_precision: str = "ieee", block_p: int | None = None,
                         sub_blocks: int | None = None, num_warps: int | None = None,
                         bwd_block_p: int | None = None, bwd_sub_blocks: int | None = None,
-                        bwd_num_warps: int | None = None, bwd_stash: bool | None = None) -> torch.Tensor:
+                        bwd_num_warps: int | None = None, bwd_stash: bool | None = None,
+                        bwd_atomic: bool | None = None, dot16: str | None = None) -> torch.Tensor:
     """The pixelwise MLP of ``pixelwise_mlp`` in one kernel, differentiable in ``params``.
 
     labels_or_x: integer class indices (B, H, W) or (B, 1, H, W), taken as the one-hot input of width
@@ -670,20 +739,23 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
                  When params require grad, backward runs the fused backward kernel (``_backward``):
                  it recomputes each layer's input instead of storing activations.
     input_precision: "ieee" (exact fp32, the default) or "tf32" for fp32 parameters.
+    dot16:       bf16 / fp16 parameters: "tf32" (their operands on TF32 tensor cores, exact) or
+                 "native" (16-bit dots); default ``default_dot16()`` ($ASAP_FUSED_DOT16, else "tf32").
     check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
                  a zero row for out-of-range labels, so skipping the check is memory-safe).
     block_p / sub_blocks / num_warps: the forward's launch (pixels per block, blocks per program);
-    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, BWD_NUM_WARPS, default_stash()).
+    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, BWD_NUM_WARPS, default_stash(),
+    default_atomic()).
     Returns (B, channels[-1], H, W).
     """
     if labels_or_x.requires_grad and torch.is_grad_enabled():
         raise ValueError("fused_pixelwise_mlp gives no gradient to its input (label maps and one-hot inputs "
                          "need none); use asap.models.pixelwise.pixelwise_mlp to differentiate through the input")
     call = _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
-                    block_p, sub_blocks)
+                    block_p, sub_blocks, dot16)
     if params.requires_grad and torch.is_grad_enabled():
         backward_options = dict(block_p=bwd_block_p, sub_blocks=bwd_sub_blocks, num_warps=bwd_num_warps,
-                                stash=bwd_stash)
+                                stash=bwd_stash, atomic=bwd_atomic)
         return _FusedPixelwiseMLP.apply(call.x, params, call, channels, out_dtype, num_warps, backward_options)
     return _forward(call, channels, out_dtype, num_warps)
 

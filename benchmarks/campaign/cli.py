@@ -66,6 +66,7 @@ GRADIENT_CASES = ("grad_", "train_generator")  # tests/test_pixelwise_fused.py: 
 NORM_CASES = ("norm_",)                         # the low-res norm kernels' cases
 NORM_TESTS = ("test_norm_kernels",)             # and pytest's, at phase 2's own shapes
 CASE_TEST = "test_kernel_matches_reference_on_gpu["  # pytest's name of a case: <this><case>]
+DIAGNOSTIC_SUFFIXES = ("_native", "_rmw")  # cases of forms that are not the defaults (the test file's)
 
 
 def phase1_checks(phase1: dict | None, selects) -> dict:
@@ -83,10 +84,26 @@ def phase1_checks(phase1: dict | None, selects) -> dict:
     return checks
 
 
+def case_precisions(phase1: dict | None) -> dict:
+    """{case name: precision} of the test file's cases: from phase 1's error table, and from the file
+    itself for cases the table did not reach."""
+    table = (((phase1 or {}).get("result") or {}).get("error_table") or {}).get("cases", {})
+    known = {n: c.get("precision") for n, c in table.items() if c.get("precision")}
+    try:
+        from benchmarks.campaign.correctness import load_test_module
+
+        module = load_test_module()
+        for name, case in {**module.CASES, **module.GPU_ONLY_CASES}.items():
+            known.setdefault(name, case.get("precision"))
+    except Exception:  # noqa: BLE001 - the table alone then
+        pass
+    return known
+
+
 def _gate(phase1, preset, variable: str, what: str, selects) -> dict:
     if preset is not None:
         return {"fused": preset, "env": preset, "why": f"{variable} set by the caller"}
-    checks = phase1_checks(phase1, selects)
+    checks = phase1_checks(phase1, lambda n: not n.endswith(DIAGNOSTIC_SUFFIXES) and selects(n))
     failed = sorted(n for n, ok in checks.items() if not ok)
     if failed:
         return {"fused": False, "env": "0", "why": f"phase 1's {what} failed here: {failed}"}
@@ -106,13 +123,22 @@ def fused_inference_after(phase1: dict | None, preset: str | None = None) -> dic
     return _gate(phase1, preset, "ASAP_FUSED_MLP", "forward checks", _is_forward)
 
 
-def fused_training_after(phase1: dict | None, preset: str | None = None) -> dict:
+def fused_training_after(phase1: dict | None, preset: str | None = None, precision: str | None = None) -> dict:
     """Whether phases 3 and 4 run ASAP-Net's pixelwise MLP in the fused kernel, forward and backward
     (ASAP_FUSED_MLP), from phase 1: off when one of its forward or gradient checks failed on this
     device, so that a kernel that is wrong here cannot spoil the equal-time comparison; "unverified"
-    when none ran. ``preset``: ASAP_FUSED_MLP as the caller set it, which is kept."""
-    return _gate(phase1, preset, "ASAP_FUSED_MLP", "forward and gradient checks",
-                 lambda n: _is_forward(n) or n.startswith(GRADIENT_CASES))
+    when none ran. ``precision`` ("bf16": the trainer's autocast, "fp32"): only the checks of that
+    precision and those of none (a bf16 step never runs the fp32 kernels). ``preset``: ASAP_FUSED_MLP
+    as the caller set it, which is kept."""
+    known = case_precisions(phase1) if precision else {}
+
+    def selects(name: str) -> bool:
+        if not (_is_forward(name) or name.startswith(GRADIENT_CASES)):
+            return False
+        return precision is None or known.get(name) in (None, precision)
+
+    return _gate(phase1, preset, "ASAP_FUSED_MLP",
+                 f"{precision + ' ' if precision else ''}forward and gradient checks", selects)
 
 
 def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
@@ -181,10 +207,18 @@ def run(args) -> int:
             record["fused_inference"] = gate = fused_inference_after(phase1, preset)
             os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every FastGenerator built from here on
             log(f"[campaign] phase 2: the fast path's MLP with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
-        if phase in (3, 4) and device.type == "cuda":
-            record["fused_training"] = gate = fused_training_after(phase1, preset)
+        fused_by_precision = None
+        if phase == 3 and device.type == "cuda":  # each row's precision has its own checks
+            fused_by_precision = {p: fused_training_after(phase1, preset, p) for p in settings.training.precisions}
+            record["fused_training"] = fused_by_precision
+            for p, gate in fused_by_precision.items():
+                log(f"[campaign] phase 3: {p} rows train with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
+        if phase == 4 and device.type == "cuda":
+            precision = "bf16" if settings.quality.train.get("mixed_precision", True) else "fp32"
+            record["fused_training"] = gate = fused_training_after(phase1, preset, precision)
             os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every ASAPNetGenerator built from here on
-            log(f"[campaign] phase {phase}: ASAP-Net trains with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
+            log(f"[campaign] phase {phase}: ASAP-Net trains ({precision}) with ASAP_FUSED_MLP={gate['env']} "
+                f"({gate['why']})")
             if phase == 4 and preset_stash is None:
                 choice = stash_after(phase3, Path(args.data), settings.quality.train)
                 gate["stash"] = choice
@@ -222,7 +256,9 @@ def run(args) -> int:
                     record["result"] = inference.run_phase(settings.inference, device, until, progress)
                 else:
                     from benchmarks.campaign import training_steps
-                    record["result"] = training_steps.run_phase(settings.training, device, until, progress)
+                    record["result"] = training_steps.run_phase(
+                        settings.training, device, until, progress,
+                        fused_env={p: g["env"] for p, g in fused_by_precision.items()} if fused_by_precision else None)
             record["complete"] = True
         except Exception as err:  # the next phases still run; this one says what went wrong
             ok = False

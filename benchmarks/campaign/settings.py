@@ -26,7 +26,7 @@ class CorrectnessSettings:
     pytest_timeout_s: float = 80.0                  # the pytest subprocess is killed after this
     pytest_workers: int = 8                         # pytest-xdist processes (Triton compiles side by side)
     cases: tuple[str, ...] | None = None            # error-table cases; None: every case (GPU)
-    interpreter_cases: tuple[str, ...] = ("index_S8_fp32", "index_S8_bf16", "tent_onehot_f2",
+    interpreter_cases: tuple[str, ...] = ("index_S8_fp32", "index_S8_bf16", "index_S8_fp16", "tent_onehot_f2",
                                           "fast_generator_fp32", "grad_index_S8_bf16",
                                           "norm_chunks_bf16")  # CPU, TRITON_INTERPRET=1
 

@@ -14,6 +14,7 @@ authors' layout, the fused kernel) with the peak memory each adds.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 
@@ -25,9 +26,10 @@ from benchmarks.training import TrainBenchSettings, measure, measure_pixelwise
 
 
 def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, measure_one, out: list,
-                  skipped: list, progress, device: torch.device) -> None:
+                  skipped: list, progress, device: torch.device, fused_env: dict | None = None) -> None:
     """``measure_one(size, batch, precision)`` for every size, batch and precision of ``settings`` into
-    ``out`` (an error becomes the row's "error"); labels past ``until`` go to ``skipped``."""
+    ``out`` (an error becomes the row's "error"); labels past ``until`` go to ``skipped``.
+    ``fused_env``: {precision: ASAP_FUSED_MLP} set before each row of that precision (and recorded)."""
     for size_text in settings.sizes:
         size = tuple(int(v) for v in size_text.split("x"))
         for batch in settings.batches:
@@ -37,6 +39,8 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
                     skipped.append(label)
                     continue
                 t0 = time.perf_counter()
+                if fused_env and precision in fused_env:
+                    os.environ["ASAP_FUSED_MLP"] = fused_env[precision]
                 try:
                     row = measure_one(size, batch, precision)
                 except Exception as err:
@@ -44,13 +48,17 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
                            "error": f"{type(err).__name__}: {str(err)[:400]}"}
                     log(f"[phase 3] {label}: ERROR {row['error'][:200]}")
                 row["wall_s"] = round(time.perf_counter() - t0, 2)
+                if fused_env and precision in fused_env:
+                    row["asap_fused_mlp"] = fused_env[precision]
                 out.append(row)
                 progress()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
 
-def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None) -> dict:
+def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None,
+              fused_env: dict | None = None) -> dict:
+    """The rows; ``fused_env``: {precision: ASAP_FUSED_MLP}, phase 1's verdict for each (the campaign's)."""
     bench = TrainBenchSettings(iters=settings.iters, warmup=settings.warmup, lr_max_width=settings.lr_max_width,
                                ndf=settings.ndf, perceptual=settings.perceptual)
     saved = torch.backends.cudnn.benchmark
@@ -76,8 +84,8 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
     try:
         # First the pixelwise MLP alone (seconds): what the fused backward changes, without the
         # discriminator and the perceptual network around it; then the whole GAN step
-        _measure_each(settings, until, "pixelwise ", pixelwise_row, pixelwise, skipped, progress, device)
-        _measure_each(settings, until, "", step_row, rows, skipped, progress, device)
+        _measure_each(settings, until, "pixelwise ", pixelwise_row, pixelwise, skipped, progress, device, fused_env)
+        _measure_each(settings, until, "", step_row, rows, skipped, progress, device, fused_env)
     finally:
         torch.backends.cudnn.benchmark = saved
     good = [r for r in rows if "error" not in r]
