@@ -179,7 +179,9 @@ def test_no_campaign_files_is_one_line_pointing_to_the_docs(project):  # noqa: F
 def test_the_wide_conv_choice_is_shown_with_both_times():
     from asap.report.campaign import _wide_convs
 
-    assert _wide_convs({"use": "gemm", "ms": {"cudnn": 0.52, "gemm": 0.41}}) == "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms)"
-    assert _wide_convs({"use": "cudnn", "ms": {"gemm": 0.7, "cudnn": 0.5}}) == "cuDNN (0.50 vs cuBLAS GEMM 0.70 ms)"
+    assert _wide_convs({"use": "gemm", "ms": {"cudnn": 0.52, "gemm": 0.41}, "timed": "cuda graph replays"}) \
+        == "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms, graph)"
+    # a record without "timed" was timed eagerly (before the choice moved into graphs)
+    assert _wide_convs({"use": "cudnn", "ms": {"gemm": 0.7, "cudnn": 0.5}}) == "cuDNN (0.50 vs cuBLAS GEMM 0.70 ms, eager)"
     assert _wide_convs({"use": "cudnn", "ms": {}, "error": "RuntimeError: ..."}) == "cuDNN (timing failed)"
     assert _wide_convs(None) == "" and _wide_convs({"use": "other"}) == ""

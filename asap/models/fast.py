@@ -191,8 +191,9 @@ class FastGenerator(nn.Module):
 
     def lowres_for(self, lowres_in: torch.Tensor) -> nn.Module:
         """The low-res stream this input runs through. With ``conv_gemm="auto"`` the first input of each
-        shape times both forms (cuDNN convs, GEMM convs; outside any graph capture: the capture's
-        warm-up calls come first) and keeps the faster, recorded in ``lowres_choice``."""
+        shape times both forms (cuDNN convs, GEMM convs; each in its own CUDA graph on CUDA; outside the
+        fast path's own capture: its warm-up calls come first) and keeps the faster, recorded in
+        ``lowres_choice``."""
         if self.conv_gemm is False:
             return self._lowres
         if self.conv_gemm is True:
@@ -203,8 +204,9 @@ class FastGenerator(nn.Module):
             if lowres_in.is_cuda and torch.cuda.is_current_stream_capturing():
                 return self._lowres  # never time inside a capture (the warm-up has chosen by then)
             try:
-                use, ms = lowres_fused.fastest({"cudnn": self._lowres, "gemm": self.lowres_stream_gemm}, lowres_in)
-                choice = {"use": use, "ms": ms}
+                use, ms, how = lowres_fused.fastest({"cudnn": self._lowres, "gemm": self.lowres_stream_gemm},
+                                                    lowres_in)
+                choice = {"use": use, "ms": ms, "timed": how}
             except Exception as err:  # tuning must never cost the forward: keep the convolutions
                 choice = {"use": "cudnn", "ms": {}, "error": f"{type(err).__name__}: {str(err)[:300]}"}
             self.lowres_choice[key] = choice

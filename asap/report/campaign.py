@@ -141,15 +141,17 @@ def _benchmark_rows(path: Path, record: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _wide_convs(choice) -> str:
-    """A fast row's lr_convs -> "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms)": which form of the low-res stream's
-    wide convs it ran, with both times of the stream it was chosen by."""
+    """A fast row's lr_convs -> "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms, graph)": which form of the low-res
+    stream's wide convs it ran, with both times of the stream it was chosen by and how they were taken
+    (graph replays; "eager" calls, as every record made before the timing moved into graphs)."""
     if not isinstance(choice, dict) or choice.get("use") not in ("cudnn", "gemm"):
         return ""
     ms = choice.get("ms") or {}
     use, other = ("gemm", "cudnn") if choice["use"] == "gemm" else ("cudnn", "gemm")
     names = {"gemm": "cuBLAS GEMM", "cudnn": "cuDNN"}
     if isinstance(ms.get(use), (int, float)) and isinstance(ms.get(other), (int, float)):
-        return f"{names[use]} ({ms[use]:.2f} vs {names[other]} {ms[other]:.2f} ms)"
+        how = "graph" if choice.get("timed") == "cuda graph replays" else "eager"
+        return f"{names[use]} ({ms[use]:.2f} vs {names[other]} {ms[other]:.2f} ms, {how})"
     return names[use] + (" (timing failed)" if choice.get("error") else "")
 
 

@@ -249,7 +249,8 @@ def _log_row(row: dict) -> None:
         split += f" [low-res with PyTorch's norms {row['lr_torch_norm_ms']:.3f}]"
     if row.get("lr_convs"):
         c = row["lr_convs"]
-        split += f" [wide convs as {c['use']}: " + ", ".join(f"{k} {v:.3f}" for k, v in c.get("ms", {}).items()) + "]"
+        split += (f" [wide convs as {c['use']}: " + ", ".join(f"{k} {v:.3f}" for k, v in c.get("ms", {}).items())
+                  + (f", by {c['timed']}" if c.get("timed") else "") + "]")
     log(f"[phase 2] {row['model']:>15} {row['path']:>13} {row['precision']} {row['size']:>9}: "
         f"{row['batch1_ms']['median_ms']:8.3f} ms batch 1{split}, {row['images_per_s']:8.1f} img/s")
 
