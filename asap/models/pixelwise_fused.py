@@ -490,13 +490,18 @@ def default_dot16() -> str:
     return value or DOT16_DEFAULT
 
 
+def _env_bit(name: str, default: bool, one: str, zero: str) -> bool:
+    """$name as 1 / 0 (``one`` / ``zero`` say what each means, for the error), else ``default``."""
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{name}={value!r}: expected 1 ({one}) or 0 ({zero})")
+    return default if value == "" else value == "1"
+
+
 def default_atomic() -> bool:
     """Whether the backward accumulates with atomics: $ASAP_FUSED_BWD_ATOMIC (0 / 1), else BWD_ATOMIC."""
-    value = os.environ.get(BWD_ATOMIC_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{BWD_ATOMIC_ENV}={value!r}: expected 1 (atomic adds into one slot per tile) or 0 "
-                         "(one slot per program, read-add-write)")
-    return BWD_ATOMIC if value == "" else value == "1"
+    return _env_bit(BWD_ATOMIC_ENV, BWD_ATOMIC, "atomic adds into one slot per tile",
+                    "one slot per program, read-add-write")
 
 
 def kernel_precision(params_dtype: torch.dtype, input_precision: str = "ieee", dot16: str | None = None) -> str:
@@ -529,11 +534,8 @@ BWD_STASH_ENV = "ASAP_FUSED_BWD_STASH"
 
 def default_stash() -> bool:
     """Whether the backward stashes activations: $ASAP_FUSED_BWD_STASH (0 / 1), else BWD_STASH."""
-    value = os.environ.get(BWD_STASH_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{BWD_STASH_ENV}={value!r}: expected 0 (recompute the activations in the fused "
-                         "backward) or 1 (keep them in a scratch buffer)")
-    return BWD_STASH if value == "" else value == "1"
+    return _env_bit(BWD_STASH_ENV, BWD_STASH, "keep the activations in a scratch buffer",
+                    "recompute the activations in the fused backward")
 
 
 def backward_constants(const: dict, channels: list[int], sub_blocks: int | None = None, *,
