@@ -131,7 +131,7 @@ def test_training_gates_read_the_checks_of_their_precision_and_not_the_diagnosti
     """What the H200 showed: the fp32 backward wrong where the bf16 one may be right (phase 4 trains in
     bf16), and forms that are not the defaults (16-bit dots as such, read-add-write) failing: a
     failure counts against the precision it ran in, and a diagnostic's against nothing."""
-    from benchmarks.campaign.cli import fused_inference_after, fused_training_after
+    from benchmarks.campaign.cli import DIAGNOSTIC_SUFFIXES, fused_inference_after, fused_training_after
     from benchmarks.campaign.correctness import case_order, load_test_module
 
     phase1 = json.loads(json.dumps(smoke["phases"][1]))
@@ -149,6 +149,7 @@ def test_training_gates_read_the_checks_of_their_precision_and_not_the_diagnosti
     assert all(fused_training_after(clean, precision=p)["env"] == "auto" for p in ("bf16", "fp32", None))
     # the error table runs the default path's cases first, the diagnostics last
     module = load_test_module()
+    assert DIAGNOSTIC_SUFFIXES == module.DIAGNOSTIC_SUFFIXES  # the gates and the test file name them alike
     order = case_order(module, None)
     first_diagnostic = next(i for i, n in enumerate(order) if n.endswith(module.DIAGNOSTIC_SUFFIXES))
     assert order[first_diagnostic:] and all(n.endswith(module.DIAGNOSTIC_SUFFIXES) for n in order[first_diagnostic:])

@@ -84,20 +84,12 @@ def phase1_checks(phase1: dict | None, selects) -> dict:
     return checks
 
 
-def case_precisions(phase1: dict | None) -> dict:
-    """{case name: precision} of the test file's cases: from phase 1's error table, and from the file
-    itself for cases the table did not reach."""
-    table = (((phase1 or {}).get("result") or {}).get("error_table") or {}).get("cases", {})
-    known = {n: c.get("precision") for n, c in table.items() if c.get("precision")}
-    try:
-        from benchmarks.campaign.correctness import load_test_module
+def case_precisions() -> dict:
+    """{case name: precision} of the test file's cases (the file phase 1 ran)."""
+    from benchmarks.campaign.correctness import load_test_module
 
-        module = load_test_module()
-        for name, case in {**module.CASES, **module.GPU_ONLY_CASES}.items():
-            known.setdefault(name, case.get("precision"))
-    except Exception:  # noqa: BLE001 - the table alone then
-        pass
-    return known
+    module = load_test_module()
+    return {name: case.get("precision") for name, case in {**module.CASES, **module.GPU_ONLY_CASES}.items()}
 
 
 def _gate(phase1, preset, variable: str, what: str, selects) -> dict:
@@ -130,7 +122,7 @@ def fused_training_after(phase1: dict | None, preset: str | None = None, precisi
     when none ran. ``precision`` ("bf16": the trainer's autocast, "fp32"): only the checks of that
     precision and those of none (a bf16 step never runs the fp32 kernels). ``preset``: ASAP_FUSED_MLP
     as the caller set it, which is kept."""
-    known = case_precisions(phase1) if precision else {}
+    known = case_precisions() if precision else {}
 
     def selects(name: str) -> bool:
         if not (_is_forward(name) or name.startswith(GRADIENT_CASES)):
@@ -217,9 +209,9 @@ def run(args) -> int:
             precision = "bf16" if settings.quality.train.get("mixed_precision", True) else "fp32"
             record["fused_training"] = gate = fused_training_after(phase1, preset, precision)
             os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every ASAPNetGenerator built from here on
-            log(f"[campaign] phase {phase}: ASAP-Net trains ({precision}) with ASAP_FUSED_MLP={gate['env']} "
+            log(f"[campaign] phase 4: ASAP-Net trains ({precision}) with ASAP_FUSED_MLP={gate['env']} "
                 f"({gate['why']})")
-            if phase == 4 and preset_stash is None:
+            if preset_stash is None:
                 choice = stash_after(phase3, Path(args.data), settings.quality.train)
                 gate["stash"] = choice
                 if choice["env"] is not None:

@@ -39,8 +39,9 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
                     skipped.append(label)
                     continue
                 t0 = time.perf_counter()
-                if fused_env and precision in fused_env:
-                    os.environ["ASAP_FUSED_MLP"] = fused_env[precision]
+                fused = (fused_env or {}).get(precision)
+                if fused is not None:
+                    os.environ["ASAP_FUSED_MLP"] = fused
                 try:
                     row = measure_one(size, batch, precision)
                 except Exception as err:
@@ -48,8 +49,8 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
                            "error": f"{type(err).__name__}: {str(err)[:400]}"}
                     log(f"[phase 3] {label}: ERROR {row['error'][:200]}")
                 row["wall_s"] = round(time.perf_counter() - t0, 2)
-                if fused_env and precision in fused_env:
-                    row["asap_fused_mlp"] = fused_env[precision]
+                if fused is not None:
+                    row["asap_fused_mlp"] = fused
                 out.append(row)
                 progress()
                 if device.type == "cuda":
