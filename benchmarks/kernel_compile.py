@@ -113,7 +113,7 @@ def mlp(classes: int, tile: int, precision: str, *, dense: bool = False, positio
             f"{f' hidden {hidden}' if hidden != 64 else ''}{f' {sub_blocks} sub-blocks' if sub_blocks else ''}"
             f"{'' if atomic or not grad else ' read-add-write'}")
     return Variant(name, "mlp-grad" if grad else "mlp", _signature(fn, pointers, constants), constants,
-                   num_warps=pf.BWD_NUM_WARPS if grad else 4)
+                   num_warps=pf.backward_warps(constants["BLOCK_P"]) if grad else 4)
 
 
 def tent(classes: int, factor: int, precision: str, block: int = 64) -> Variant:

@@ -88,6 +88,16 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _round_tf32(a):
+        # Round-to-nearest-even fp32 -> TF32 (10-bit mantissa), kept in fp32. Triton's "tf32" dots
+        # on the H200 (triton 3.6) kept 4x the mean error of cuBLAS's TF32 matmuls (9.7e-4 against
+        # 2.6e-4 on index_S16_tf32): the operands' low bits dropped, not rounded. Rounded here, the
+        # tensor cores see exact TF32 values, whatever their own conversion does.
+        bits = a.to(tl.uint32, bitcast=True)
+        bits = (bits + 0xFFF + ((bits >> 13) & 1)) & 0xFFFFE000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _mm(a, b, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
         # a @ b with a rounded to b's dtype (the parameters': every b is a weight block), products
         # accumulated in fp32 (tensor cores on GPU).
@@ -99,6 +109,8 @@ if triton is not None:
             # fp32 parameters: TF32 tensor cores. bf16 / fp16 parameters (DOT16 = "tf32"): the operands
             # rounded to the parameters' dtype, then multiplied on TF32 tensor cores, where a bf16 or
             # fp16 value is exact (10-bit mantissa), so every product equals the 16-bit dot's.
+            if b.dtype == tl.float32:  # fp32 parameters: both operands rounded to TF32 by hand
+                return tl.dot(_round_tf32(a.to(tl.float32)), _round_tf32(b), input_precision="tf32")
             return tl.dot(a.to(b.dtype).to(tl.float32), b.to(tl.float32), input_precision="tf32")
         return tl.dot(a.to(b.dtype), b, input_precision=INPUT_PRECISION)
 
@@ -108,7 +120,9 @@ if triton is not None:
         # matmul under autocast does the same), products accumulated in fp32.
         if UPCAST:
             return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
-        if INPUT_PRECISION == "tf32":  # as in _mm: 16-bit operands are exact in TF32
+        if INPUT_PRECISION == "tf32":  # as in _mm: 16-bit operands are exact in TF32, fp32 ones rounded
+            if DT == tl.float32:
+                return tl.dot(_round_tf32(a.to(tl.float32)), _round_tf32(b.to(tl.float32)), input_precision="tf32")
             return tl.dot(a.to(DT).to(tl.float32), b.to(DT).to(tl.float32), input_precision="tf32")
         return tl.dot(a.to(DT), b.to(DT), input_precision=INPUT_PRECISION)
 
@@ -524,6 +538,30 @@ def kernel_precision(params_dtype: torch.dtype, input_precision: str = "ieee", d
 # warps, 168 B with 32 pixels and 8 warps (fp32/tf32x3: 2808 B and 656 B).
 BWD_BLOCK_P = 32
 BWD_NUM_WARPS = 8
+# ... except for blocks of 16 pixels (tiles of 2x2 and 4x4, or a caller's bwd_block_p=16): there, with
+# fp32 parameters (tf32x3 dots), 8 warps gave wrong weight gradients of the hidden layers on the H200
+# (triton 3.6; O(1) off, sometimes an illegal memory access), 4 warps the right ones (a second H200
+# run, benchmarks/diag_fused_bwd.py). So such blocks run 4 warps, and 8 are refused.
+BWD_NUM_WARPS_16 = 4
+
+
+def backward_block_p(tile: int, block_p: int | None = None) -> int:
+    """The backward's pixels per block: ``block_p``, default BWD_BLOCK_P (at most the tile, at least 16)."""
+    block_p = block_p or max(16, min(tile * tile, BWD_BLOCK_P))
+    if block_p < 16 or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
+    return block_p
+
+
+def backward_warps(block_p: int, num_warps: int | None = None) -> int:
+    """The backward's warps for blocks of ``block_p`` pixels: ``num_warps`` (default BWD_NUM_WARPS, or
+    BWD_NUM_WARPS_16 for 16-pixel blocks); more than 4 with 16-pixel blocks is refused (see above)."""
+    if block_p < 32:
+        if num_warps and num_warps > BWD_NUM_WARPS_16:
+            raise ValueError(f"bwd_num_warps={num_warps} with {block_p}-pixel blocks: at most {BWD_NUM_WARPS_16} "
+                             "(8 warps gave wrong gradients on an H200); use bwd_block_p >= 32 for more")
+        return num_warps or BWD_NUM_WARPS_16
+    return num_warps or BWD_NUM_WARPS
 # Recompute (False) or stash (True) the activations inside the backward: not yet timed against each
 # other (phase 3 of the GPU campaign times both, and phase 4 trains with the faster, through
 # $ASAP_FUSED_BWD_STASH = 0 / 1, which overrides this default). The stashing one builds to a smaller
@@ -552,9 +590,7 @@ def backward_constants(const: dict, channels: list[int], sub_blocks: int | None 
     bwd = {k: v for k, v in const.items() if k != "ROUND_OUT"}
     if fp32_params and bwd["INPUT_PRECISION"] == "ieee" and not interpret_mode():
         bwd["INPUT_PRECISION"] = "tf32x3"
-    block_p = block_p or max(16, min(const["TILE"] ** 2, BWD_BLOCK_P))
-    if block_p < 16 or block_p & (block_p - 1):
-        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
+    block_p = backward_block_p(const["TILE"], block_p)
     bwd["BLOCK_P"] = block_p
     bwd["SUB_BLOCKS"] = sub_blocks or -(-const["TILE"] ** 2 // block_p)
     bwd["P"] = num_mlp_params(channels)
@@ -693,7 +729,7 @@ def _backward(call: _Launch, grad_out: torch.Tensor, channels: list[int], block_
         call.w, call.h * call.w, n_all,
         *call.x.stride(), *_param_strides(call), *grad_out.stride(),
         **const,
-        num_warps=num_warps or BWD_NUM_WARPS,
+        num_warps=backward_warps(const["BLOCK_P"], num_warps),
     )
     grad = grad.sum(0) if grad.shape[0] > 1 else grad[0]
     grad = grad.view(call.B, call.h, call.w, P).permute(0, 3, 1, 2)  # (B, P, h, w), channels-last memory
@@ -746,7 +782,8 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     check_labels: verify the indices lie in 0..num_classes-1 (a device sync; the kernel itself reads
                  a zero row for out-of-range labels, so skipping the check is memory-safe).
     block_p / sub_blocks / num_warps: the forward's launch (pixels per block, blocks per program);
-    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, BWD_NUM_WARPS, default_stash(),
+    bwd_*: the backward's (defaults BWD_BLOCK_P, one program per tile, ``backward_warps``: BWD_NUM_WARPS,
+    or 4 for 16-pixel blocks, where 8 are refused, default_stash(),
     default_atomic()).
     Returns (B, channels[-1], H, W).
     """
@@ -756,6 +793,7 @@ def fused_pixelwise_mlp(labels_or_x: torch.Tensor, params: torch.Tensor, channel
     call = _prepare(labels_or_x, params, channels, tile, positional, num_classes, check_labels, input_precision,
                     block_p, sub_blocks, dot16)
     if params.requires_grad and torch.is_grad_enabled():
+        backward_warps(backward_block_p(tile, bwd_block_p), bwd_num_warps)  # a refused launch fails here, not in backward
         backward_options = dict(block_p=bwd_block_p, sub_blocks=bwd_sub_blocks, num_warps=bwd_num_warps,
                                 stash=bwd_stash, atomic=bwd_atomic)
         return _FusedPixelwiseMLP.apply(call.x, params, call, channels, out_dtype, num_warps, backward_options)
