@@ -108,11 +108,20 @@ def _is_forward(name: str) -> bool:
     return not name.startswith(GRADIENT_CASES + NORM_CASES + NORM_TESTS)  # the MLP forward, tent, fast path
 
 
-def fused_inference_after(phase1: dict | None, preset: str | None = None) -> dict:
+def _of_precision(precision: str | None, selects):
+    """``selects`` narrowed to the cases of ``precision`` and those of none (None: every case)."""
+    known = case_precisions() if precision else {}
+    return lambda name: selects(name) and (precision is None or known.get(name) in (None, precision))
+
+
+def fused_inference_after(phase1: dict | None, preset: str | None = None, precision: str | None = None) -> dict:
     """Whether phase 2's fast path runs the pixelwise MLP in the fused kernel (ASAP_FUSED_MLP, read by
     FastGenerator): off when one of phase 1's forward checks failed on this device (a kernel that
-    faults would take the phase's CUDA context with it)."""
-    return _gate(phase1, preset, "ASAP_FUSED_MLP", "forward checks", _is_forward)
+    faults would take the phase's CUDA context with it). ``precision`` ("fp32", "bf16"): only the
+    checks of that precision and those of none. On the H200 a tf32 forward case alone once turned
+    the fused MLP off for the bf16 rows as well, which use no fp32 TF32 dot."""
+    return _gate(phase1, preset, "ASAP_FUSED_MLP", f"{precision + ' ' if precision else ''}forward checks",
+                 _of_precision(precision, _is_forward))
 
 
 def fused_training_after(phase1: dict | None, preset: str | None = None, precision: str | None = None) -> dict:
@@ -122,15 +131,9 @@ def fused_training_after(phase1: dict | None, preset: str | None = None, precisi
     when none ran. ``precision`` ("bf16": the trainer's autocast, "fp32"): only the checks of that
     precision and those of none (a bf16 step never runs the fp32 kernels). ``preset``: ASAP_FUSED_MLP
     as the caller set it, which is kept."""
-    known = case_precisions() if precision else {}
-
-    def selects(name: str) -> bool:
-        if not (_is_forward(name) or name.startswith(GRADIENT_CASES)):
-            return False
-        return precision is None or known.get(name) in (None, precision)
-
     return _gate(phase1, preset, "ASAP_FUSED_MLP",
-                 f"{precision + ' ' if precision else ''}forward and gradient checks", selects)
+                 f"{precision + ' ' if precision else ''}forward and gradient checks",
+                 _of_precision(precision, lambda n: _is_forward(n) or n.startswith(GRADIENT_CASES)))
 
 
 def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
@@ -195,11 +198,12 @@ def run(args) -> int:
             os.environ["ASAP_FUSED_NORM"] = norm_gate["env"]  # read by every FastGenerator built from here on
             log(f"[campaign] phase {phase}: the fast path's low-res norms with ASAP_FUSED_NORM={norm_gate['env']} "
                 f"({norm_gate['why']})")
-        if phase == 2 and device.type == "cuda":
-            record["fused_inference"] = gate = fused_inference_after(phase1, preset)
-            os.environ["ASAP_FUSED_MLP"] = gate["env"]  # read by every FastGenerator built from here on
-            log(f"[campaign] phase 2: the fast path's MLP with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
         fused_by_precision = None
+        if phase == 2 and device.type == "cuda":  # each row's precision has its own checks
+            fused_by_precision = {p: fused_inference_after(phase1, preset, p) for p in settings.inference.precisions}
+            record["fused_inference"] = fused_by_precision
+            for p, gate in fused_by_precision.items():
+                log(f"[campaign] phase 2: the fast path's {p} MLP with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
         if phase == 3 and device.type == "cuda":  # each row's precision has its own checks
             fused_by_precision = {p: fused_training_after(phase1, preset, p) for p in settings.training.precisions}
             record["fused_training"] = fused_by_precision
@@ -245,7 +249,9 @@ def run(args) -> int:
                     record["result"] = correctness.run_phase(settings.correctness, device, until, progress)
                 elif phase == 2:
                     from benchmarks.campaign import inference
-                    record["result"] = inference.run_phase(settings.inference, device, until, progress)
+                    record["result"] = inference.run_phase(
+                        settings.inference, device, until, progress,
+                        fused_env={p: g["env"] for p, g in fused_by_precision.items()} if fused_by_precision else None)
                 else:
                     from benchmarks.campaign import training_steps
                     record["result"] = training_steps.run_phase(

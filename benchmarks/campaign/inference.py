@@ -17,6 +17,7 @@ is skipped, and named in ``skipped_for_time``, once the phase's time is up.
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -81,7 +82,10 @@ def _timing(fn, inputs, settings: InferenceSettings, device, batch: int, baselin
 # ----------------------------------------------------------------------------------------------
 
 def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, copy: dict, until: float,
-                 skipped: list, done) -> None:
+                 skipped: list, done, fused_env: dict | None = None) -> None:
+    """ASAP-Net's rows at ``size``: the reference and the fast path per precision. ``fused_env``:
+    {precision: ASAP_FUSED_MLP}, set before each fast row of that precision (FastGenerator reads it)
+    and recorded in the row."""
     from asap.models.asapnet import asapnet
     from asap.models.fast import FastGenerator
     from asap.models.pixelwise import pixelwise_mlp
@@ -130,6 +134,10 @@ def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, c
                     elem = 2 if precision == "bf16" else 4
                     row["hr_min_bytes"] = mlp_bytes(1, H, W, S, P, hr_in.shape[1] * 4, elem, elem)
             else:
+                fused = (fused_env or {}).get(precision)
+                if fused is not None:
+                    os.environ["ASAP_FUSED_MLP"] = fused
+                    row["asap_fused_mlp"] = fused
                 fast = FastGenerator(model, precision, compile=path == "fast-compiled")
                 row.update(fused_kernel=fast.fused, fused_norm=fast.fused_norm, cuda_graph=fast.cuda_graph,
                            compiled=path == "fast-compiled")
@@ -310,7 +318,9 @@ def speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run_phase(settings: InferenceSettings, device: torch.device, until: float, on_progress=None) -> dict:
+def run_phase(settings: InferenceSettings, device: torch.device, until: float, on_progress=None,
+              fused_env: dict | None = None) -> dict:
+    """The rows; ``fused_env``: {precision: ASAP_FUSED_MLP}, phase 1's verdict for each (the campaign's)."""
     saved_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its kernels
     try:
@@ -326,7 +336,7 @@ def run_phase(settings: InferenceSettings, device: torch.device, until: float, o
                 on_progress({"copy_bandwidth": copy, "rows": rows, "skipped_for_time": skipped})
 
         for size in settings.sizes:
-            asapnet_rows(size, settings, device, copy, until, skipped, done)
+            asapnet_rows(size, settings, device, copy, until, skipped, done, fused_env)
         for size in settings.sizes:
             baseline_rows(size, settings, device, until, skipped, done)
     finally:
