@@ -154,6 +154,10 @@ def test_phase2_runtimes_join_fig1_and_the_fast_path_speedups(gpu_project, drawn
         assert (cell["path"], cell["size"]) == (row["path"], row["size"])
         assert close(cell["low-res ms"], row["lr_ms"], 2) and close(cell["MLP ms"], row["hr_ms"], 2)
         assert cell["wide convs"] == "n/a"  # on a CPU the fast path keeps the convolutions without timing
+        # which kernels a fast row ran, from the row's own record (phase 1 may have turned them off)
+        ran = [name for name, on in (("fused Triton MLP", row.get("fused_kernel")),
+                                     ("norm kernels", row.get("fused_norm"))) if on]
+        assert cell["kernels"] == ("n/a" if row["path"] == "reference" else ", ".join(ran) or "none")
         if row["path"] == "reference":
             assert cell["low-res ms, PyTorch norms"] == "n/a"
         else:

@@ -143,10 +143,12 @@ def inference_table(inference: pd.DataFrame) -> str:
     # "low-res ms": the low-res stream timed apart (GPU campaign); "PyTorch norms": the same stream with
     # torch's InstanceNorm + ReLU instead of the fast path's norm kernels, in the same run
     # "wide convs": whether the fast path ran the low-res stream's 1024-wide convs as cuDNN convolutions
-    # or cuBLAS GEMMs, as it chose by timing both (the stream's two times)
-    return md_table(["device", "size", "path", "precision", "median ms", "p10 ms", "p90 ms", "MLP ms", "low-res ms",
-                     "low-res ms, PyTorch norms", "wide convs", "max abs diff", "measured"],
-                    [[r.device, r.size, r.path, r.precision, fmt(r.median_ms), fmt(r.p10_ms), fmt(r.p90_ms),
+    # or cuBLAS GEMMs, as it chose by timing both (the stream's two times); "kernels": which Triton
+    # kernels a fast row ran (a campaign whose phase 1 failed a check turns them off: PyTorch's then)
+    return md_table(["device", "size", "path", "kernels", "precision", "median ms", "p10 ms", "p90 ms", "MLP ms",
+                     "low-res ms", "low-res ms, PyTorch norms", "wide convs", "max abs diff", "measured"],
+                    [[r.device, r.size, r.path, "n/a" if r.path == "reference" else (r.note or "none"),
+                      r.precision, fmt(r.median_ms), fmt(r.p10_ms), fmt(r.p90_ms),
                       fmt(r.mlp_ms), fmt(r.lowres_ms), fmt(r.lowres_torch_norm_ms), r.wide_convs or "n/a",
                       fmt(r.max_abs_diff, 4), r.created or NOT_RECORDED]
                      for r in inference.itertuples()])
