@@ -230,6 +230,25 @@ def test_phase2_runs_the_fused_mlp_only_where_phase1_checked_the_forward(smoke):
     assert "bf16 forward checks passed" in fused_inference_after(tf32, precision="bf16")["why"]
 
 
+def test_a_second_call_takes_its_gates_from_the_first_calls_files(smoke, tmp_path):
+    """--phases 4 --gates-from DIR: phase 1's and phase 3's records of an earlier call, of the same
+    commit only (their checks were of the kernels of that commit)."""
+    from benchmarks.campaign.cli import load_gates
+    from benchmarks.campaign.common import phase_file
+
+    commit = smoke["phases"][1]["env"]["commit"]
+    phase1, phase3 = load_gates(smoke["out"], commit, (4,))
+    assert phase1 == smoke["phases"][1] and phase3 == smoke["phases"][3]
+    assert load_gates(smoke["out"], commit, (3, 4)) == (smoke["phases"][1], None)  # this run times phase 3 itself
+    with pytest.raises(SystemExit, match="made at commit .* this run is at deadbeef: its checks are not"):
+        load_gates(smoke["out"], {**commit, "commit": "deadbeef"}, (4,))
+    with pytest.raises(SystemExit, match=f"no {phase_file(1)} or {phase_file(3)} in"):
+        load_gates(tmp_path, commit, (4,))
+    (tmp_path / phase_file(1)).write_text("{not json")
+    with pytest.raises(SystemExit, match="is not a readable phase record"):
+        load_gates(tmp_path, commit, (4,))
+
+
 def test_phase4_trains_with_the_backward_phase3_timed_faster(tmp_path):
     from benchmarks.campaign.cli import stash_after
 

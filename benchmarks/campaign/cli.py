@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import json
 import os
 import sys
 import time
@@ -168,6 +169,33 @@ def stash_after(phase3: dict | None, data: Path, train: dict) -> dict:
                    f"{ms['fused_stash']:.3f} ms"}
 
 
+def load_gates(folder: str | Path, commit: dict, phases: tuple) -> tuple[dict | None, dict | None]:
+    """Phase 1's and phase 3's records from an earlier call's results ``folder``, for the gates of a run
+    that does not run them itself (e.g. ``--phases 4 --budget-s 100`` in a second device call): phase 1
+    says which kernels may run, phase 3 which fused backward phase 4 trains with. Refused when they
+    come from another commit (their checks were of other kernels) or when neither is there."""
+    folder = Path(folder)
+    records = {}
+    for phase in (1, 3):
+        path = folder / phase_file(phase)
+        if phase in phases or not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--gates-from: {path} is not a readable phase record ({err})")
+        theirs = ((record.get("env") or {}).get("commit") or {}).get("commit")
+        if theirs != commit.get("commit") or commit.get("commit") in (None, "unknown"):
+            raise SystemExit(f"--gates-from: {path} was made at commit {theirs}, this run is at "
+                             f"{commit.get('commit')}: its checks are not of these kernels (pack again and "
+                             "rerun phase 1, or run from that commit)")
+        records[phase] = record
+    if not records:
+        raise SystemExit(f"--gates-from: no {phase_file(1)} or {phase_file(3)} in {folder} for the phases "
+                         f"this run skips")
+    return records.get(1), records.get(3)
+
+
 def run(args) -> int:
     clock = Clock(args.deadline_s or (240.0 if args.smoke else 540.0), start=args.t0)
     if args.smoke:
@@ -190,9 +218,15 @@ def run(args) -> int:
         f"results in {out}")
     ok = True
     phase1, phase3, preset = None, None, os.environ.get("ASAP_FUSED_MLP")
+    if getattr(args, "gates_from", None):
+        phase1, phase3 = load_gates(args.gates_from, commit, phases)
+        log(f"[campaign] gates from {args.gates_from}: "
+            f"{', '.join(phase_file(p) for p, r in ((1, phase1), (3, phase3)) if r)}")
     preset_stash, preset_norm = os.environ.get("ASAP_FUSED_BWD_STASH"), os.environ.get("ASAP_FUSED_NORM")
     for phase in phases:
         record = _record(settings, phase, env, clock)
+        if getattr(args, "gates_from", None):
+            record["gates_from"] = str(args.gates_from)
         if phase in (2, 4) and device.type == "cuda":
             record["fused_norm"] = norm_gate = fused_norm_after(phase1, preset_norm)
             os.environ["ASAP_FUSED_NORM"] = norm_gate["env"]  # read by every FastGenerator built from here on
@@ -297,6 +331,9 @@ def main(argv=None, t0: float | None = None) -> int:
     r.add_argument("--commit-file", default=str(CARRY / COMMIT_FILE), help="commit record where there is no git")
     r.add_argument("--device", default="auto", help="auto | cuda | cpu")
     r.add_argument("--compile", action="store_true", help="phase 2: also a torch.compile'd fast path (slow to build)")
+    r.add_argument("--gates-from", default=None,
+                   help="folder with an earlier call's phase1 / phase3 files (same commit): the gates of "
+                        "phases this run skips, e.g. --phases 4 --budget-s 100 in a second call")
 
     p = sub.add_parser("pack", help="write .carry/: what the device call carries")
     p.add_argument("--data", default="data/prepared/facades-256x256", help="prepared dataset to pack")
