@@ -365,16 +365,12 @@ def emulated_grad(x, params, grad_out, channels, S, positional, dtype):
     lands several times farther from it than EMULATION_TOL."""
     from einops import rearrange
 
-    from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, tile_encoding
+    from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout
 
     r = lambda v: v.to(dtype).double()  # noqa: E731 - one rounding, as the kernel's operand cast
     B, _, H, W = x.shape
     h, w = H // S, W // S
-    tiles = rearrange(x.double(), "b c (h s1) (w s2) -> b h w (s1 s2) c", s1=S, s2=S)
-    if positional:
-        enc = tile_encoding(S, device=x.device, dtype=torch.float64)
-        tiles = torch.cat([tiles, enc.expand(B, h, w, *enc.shape)], dim=-1)
-    grid = rearrange(params.double().expand(B, -1, h, w), "b p h w -> b h w p")
+    tiles, grid = tiles_and_grid(x, params, S, positional)
     dy = r(rearrange(grad_out.to(dtype), "b c (h s1) (w s2) -> b h w (s1 s2) c", s1=S, s2=S))
     layers = mlp_layout(channels)
     weights = [grid[..., l.weight].reshape(B, h, w, l.nci, l.nco) for l in layers]
@@ -398,6 +394,21 @@ def emulated_grad(x, params, grad_out, channels, S, positional, dtype):
     return flat.to(dtype).float()
 
 
+def tiles_and_grid(x, params, S, positional):
+    """float64 (B, h, w, S*S, C [+ E]) pixels of each tile (with the encoding) and (B, h, w, P) params."""
+    from einops import rearrange
+
+    from asap.models.pixelwise import tile_encoding
+
+    B, _, H, W = x.shape
+    h, w = H // S, W // S
+    tiles = rearrange(x.double(), "b c (h s1) (w s2) -> b h w (s1 s2) c", s1=S, s2=S)
+    if positional:
+        enc = tile_encoding(S, device=x.device, dtype=torch.float64)
+        tiles = torch.cat([tiles, enc.expand(B, h, w, *enc.shape)], dim=-1)
+    return tiles, rearrange(params.double().expand(B, -1, h, w), "b p h w -> b h w p")
+
+
 # A pre-activation this close to LeakyReLU's kink (relative to the layer's largest) takes a slope of 1
 # or 0.01 by rounding alone: on the H200 one such pixel of 65536 put a 3.4e-3 (relative max) error on
 # grad_train_256_S16_fp32 through the kernel's tf32x3 dots, and none through its "ieee" ones or the
@@ -410,15 +421,11 @@ def kink_pixels(x, params, channels, S, positional, margin=KINK_MARGIN):
     largest) of zero, from the reference MLP in float64."""
     from einops import rearrange
 
-    from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, tile_encoding
+    from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout
 
     B, _, H, W = x.shape
     h, w = H // S, W // S
-    v = rearrange(x.double(), "b c (h s1) (w s2) -> b h w (s1 s2) c", s1=S, s2=S)
-    if positional:
-        enc = tile_encoding(S, device=x.device, dtype=torch.float64)
-        v = torch.cat([v, enc.expand(B, h, w, *enc.shape)], dim=-1)
-    grid = rearrange(params.double().expand(B, -1, h, w), "b p h w -> b h w p")
+    v, grid = tiles_and_grid(x, params, S, positional)
     near = torch.zeros(v.shape[:-1], dtype=torch.bool, device=x.device)
     for layer in mlp_layout(channels)[:-1]:
         a = v @ grid[..., layer.weight].reshape(B, h, w, layer.nci, layer.nco) + grid[..., layer.bias][..., None, :]
