@@ -64,13 +64,11 @@ def _make(case, torch, device):
     from asap.models.pixelwise import mlp_channels
 
     B, S, H, W, C = case["B"], case["S"], case["H"], case["W"], case["C"]
+    from benchmarks.campaign.correctness import load_test_module
+
     gen = torch.Generator().manual_seed(1234 + S * 7 + C)
     channels = mlp_channels(C + 4 * int(math.log2(S)), 64, 5, 3)
-    chunks = []
-    for nci, nco in zip(channels[:-1], channels[1:]):
-        chunks.append(0.1 * torch.randn(B, nco, H // S, W // S, generator=gen))
-        chunks.append(torch.randn(B, nci * nco, H // S, W // S, generator=gen) * (1.5 / math.sqrt(nci)))
-    params = torch.cat(chunks, dim=1)
+    params = load_test_module().make_params(B, channels, H // S, W // S, gen)  # the test cases' O(1) MLPs
     labels = torch.randint(0, C, (B, H, W), generator=gen)
     onehot = torch.nn.functional.one_hot(labels, C).permute(0, 3, 1, 2).float()
     grad_out = torch.randn(B, 3, H, W, generator=gen)

@@ -218,31 +218,29 @@ def run(args) -> int:
         f"results in {out}")
     ok = True
     phase1, phase3, preset = None, None, os.environ.get("ASAP_FUSED_MLP")
-    if getattr(args, "gates_from", None):
-        phase1, phase3 = load_gates(args.gates_from, commit, phases)
-        log(f"[campaign] gates from {args.gates_from}: "
+    gates_from = getattr(args, "gates_from", None)
+    if gates_from:
+        phase1, phase3 = load_gates(gates_from, commit, phases)
+        log(f"[campaign] gates from {gates_from}: "
             f"{', '.join(phase_file(p) for p, r in ((1, phase1), (3, phase3)) if r)}")
     preset_stash, preset_norm = os.environ.get("ASAP_FUSED_BWD_STASH"), os.environ.get("ASAP_FUSED_NORM")
     for phase in phases:
         record = _record(settings, phase, env, clock)
-        if getattr(args, "gates_from", None):
-            record["gates_from"] = str(args.gates_from)
+        if gates_from:
+            record["gates_from"] = str(gates_from)
         if phase in (2, 4) and device.type == "cuda":
             record["fused_norm"] = norm_gate = fused_norm_after(phase1, preset_norm)
             os.environ["ASAP_FUSED_NORM"] = norm_gate["env"]  # read by every FastGenerator built from here on
             log(f"[campaign] phase {phase}: the fast path's low-res norms with ASAP_FUSED_NORM={norm_gate['env']} "
                 f"({norm_gate['why']})")
-        fused_by_precision = None
-        if phase == 2 and device.type == "cuda":  # each row's precision has its own checks
-            fused_by_precision = {p: fused_inference_after(phase1, preset, p) for p in settings.inference.precisions}
-            record["fused_inference"] = fused_by_precision
-            for p, gate in fused_by_precision.items():
-                log(f"[campaign] phase 2: the fast path's {p} MLP with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
-        if phase == 3 and device.type == "cuda":  # each row's precision has its own checks
-            fused_by_precision = {p: fused_training_after(phase1, preset, p) for p in settings.training.precisions}
-            record["fused_training"] = fused_by_precision
-            for p, gate in fused_by_precision.items():
-                log(f"[campaign] phase 3: {p} rows train with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
+        fused_env = None  # phases 2 and 3: {precision: ASAP_FUSED_MLP}, each row's precision on its own checks
+        if phase in (2, 3) and device.type == "cuda":
+            after, key, part = ((fused_inference_after, "fused_inference", settings.inference) if phase == 2 else
+                                (fused_training_after, "fused_training", settings.training))
+            record[key] = gates = {p: after(phase1, preset, p) for p in part.precisions}
+            fused_env = {p: g["env"] for p, g in gates.items()}
+            for p, gate in gates.items():
+                log(f"[campaign] phase {phase}: {p} rows with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
         if phase == 4 and device.type == "cuda":
             precision = "bf16" if settings.quality.train.get("mixed_precision", True) else "fp32"
             record["fused_training"] = gate = fused_training_after(phase1, preset, precision)
@@ -283,14 +281,11 @@ def run(args) -> int:
                     record["result"] = correctness.run_phase(settings.correctness, device, until, progress)
                 elif phase == 2:
                     from benchmarks.campaign import inference
-                    record["result"] = inference.run_phase(
-                        settings.inference, device, until, progress,
-                        fused_env={p: g["env"] for p, g in fused_by_precision.items()} if fused_by_precision else None)
+                    record["result"] = inference.run_phase(settings.inference, device, until, progress, fused_env)
                 else:
                     from benchmarks.campaign import training_steps
-                    record["result"] = training_steps.run_phase(
-                        settings.training, device, until, progress,
-                        fused_env={p: g["env"] for p, g in fused_by_precision.items()} if fused_by_precision else None)
+                    record["result"] = training_steps.run_phase(settings.training, device, until, progress,
+                                                                fused_env=fused_env)
             record["complete"] = True
         except Exception as err:  # the next phases still run; this one says what went wrong
             ok = False
