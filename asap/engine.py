@@ -13,6 +13,13 @@ asap/training.py builds a trainer for any architecture from typed config and run
 checkpoints; the Ray Train stage (pipelines/train.py) wraps the same loop. Data order and flips are a
 pure function of (seed, step, rank), so a resumed run sees exactly the batches the uninterrupted run
 would have seen.
+
+One step is device work only (``GANTrainer.update``): both optimisers are PyTorch's fused Adam, which
+skips its update on the device when told the step's losses are not finite (``found_inf``, as GradScaler
+uses it), so the step needs no host sync before its updates; the host reads the losses once, after.
+That is what lets ``cuda_graph`` capture the whole step (G and D forward, backward and Adam updates)
+as one CUDA graph and replay it: at batch 1 the eager step is bound by its ~1,000 kernel launches
+(30 ms for 256x256 on an H200, of which the GPU is busy a fraction), which a replay issues at once.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     checkpoint_every_s: float | None = None  # also checkpoint after this many training seconds
     sample_every: int = 100
+    cuda_graph: bool = False        # CUDA, one process: after GRAPH_WARMUP_STEPS eager steps, replay the whole
+                                    # step as one CUDA graph (ignored on CPU, like mixed_precision)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "ndf", "d_layers", "d_scales", "log_every",
@@ -72,6 +81,7 @@ class TrainConfig:
             require(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                   and v > 0),
                     f"train.{name} must be null (off) or a number of seconds > 0, got {v!r}")
+        require(isinstance(self.cuda_graph, bool), f"train cuda_graph must be true or false, got {self.cuda_graph!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +89,11 @@ class TrainConfig:
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the step was not applied, so the last checkpoint stays good."""
+
+
+LOSS_NAMES = ("G_total", "G_gan", "G_feat", "G_vgg", "D")
+GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: cuDNN, cuBLAS and Triton choose
+                        # and compile their kernels there, not while the graph is being recorded
 
 
 def linear_decay(progress: float, decay_from: float) -> float:
@@ -141,12 +156,28 @@ class GANTrainer:
         self.g_model = wrap(self.generator) if wrap else self.generator
         self.d_model = wrap(self.discriminator) if wrap else self.discriminator
         self.perceptual = perceptual.to(self.device) if perceptual is not None else None
-        betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
+        betas = (float(config.beta1), float(config.beta2))
+        # fused: one kernel per update, and `found_inf` skips it on the device (see `update`)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas, fused=True)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas, fused=True)
         self.step = 0
         self.elapsed_s = 0.0  # wall-clock seconds spent in train_loop, over every resume
         self.amp = config.mixed_precision and self.device.type == "cuda"
+        self.graphed = config.cuda_graph and self.device.type == "cuda"
+        if self.graphed and any(isinstance(m, nn.parallel.DistributedDataParallel) for m in (self.g_model, self.d_model)):
+            raise ValueError("train.cuda_graph captures the step of one process; it cannot capture DDP's gradient "
+                             "all-reduce: set train.cuda_graph false for a run with several workers")
+        self._lrs = {"lr_G": config.lr_g, "lr_D": config.lr_d}
+        self._captured_at, self._graph_error = None, None
+        self._reset_graph()
+
+    def _reset_graph(self) -> None:
+        """Forget the captured step (a new one is captured after GRAPH_WARMUP_STEPS eager steps)."""
+        self.graph = None
+        self._eager_steps = 0
+        self._capturing = False
+        self._static: dict[str, torch.Tensor] = {}
+        self._stream = None
 
     # -- budget and schedule ---------------------------------------------------------------------
     def progress(self) -> float:
@@ -167,9 +198,13 @@ class GANTrainer:
     def set_learning_rates(self) -> None:
         """LRs for the next update from the fraction done (identical on every rank: see agree_elapsed)."""
         factor = linear_decay(self.progress(), self.config.decay_from)
-        for opt, base in ((self.opt_g, self.config.lr_g), (self.opt_d, self.config.lr_d)):
+        for name, opt, base in (("lr_G", self.opt_g, self.config.lr_g), ("lr_D", self.opt_d, self.config.lr_d)):
+            self._lrs[name] = lr = base * factor
             for group in opt.param_groups:
-                group["lr"] = base * factor
+                if torch.is_tensor(group["lr"]):  # a captured step reads its LR from this tensor
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
 
     def agree_elapsed(self, seconds: float) -> float:
         """Under DDP every rank must stop, and checkpoint, at the same step and use the same LR: take
@@ -202,41 +237,113 @@ class GANTrainer:
         real_out = [[f[n:] for f in scale] for scale in out]
         return fake_out, real_out
 
-    def train_step(self, batch: dict) -> dict[str, float]:
-        self.set_learning_rates()
-        x, real = self.inputs(batch)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+    def update(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """One G update, then one D update (SPADE's order), as device work only: no host sync, so that
+        a CUDA graph can hold it. Returns a (7,) fp32 tensor: the LOSS_NAMES values, then whether the
+        G update and the D update were skipped (1.0) because a loss was not finite: a non-finite G
+        loss skips both, a non-finite D loss the D update (the fused optimisers' ``found_inf``)."""
+        autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                        cache_enabled=not self._capturing)  # a graph must not keep autocast's cast cache
+        with torch.autocast(**autocast):
             fake = self.g_model(x)
             fake_out, real_out = self.discriminate(x, fake, real)
             g_gan = hinge_g_loss(fake_out)
             g_feat = feature_matching_loss(fake_out, real_out, self.loss.lambda_feat)
-            g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else torch.zeros((), device=self.device)
+            g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else g_gan.new_zeros(())
             g_total = g_gan + g_feat + g_vgg
-        self._check_finite(step=self.step, G_total=g_total, G_gan=g_gan, G_feat=g_feat, G_vgg=g_vgg)
+        g_losses = torch.stack([v.detach().float() for v in (g_total, g_gan, g_feat, g_vgg)])
+        g_skip = (~torch.isfinite(g_losses).all()).float()
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
+        self.opt_g.found_inf = g_skip
         self.opt_g.step()
 
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(**autocast):
             fake_out, real_out = self.discriminate(x, fake.detach(), real)
             d_loss = hinge_d_loss(real_out, fake_out)
-        self._check_finite(step=self.step, D=d_loss)
+        d = d_loss.detach().float().reshape(1)
+        d_skip = torch.maximum(g_skip, (~torch.isfinite(d).all()).float())
         self.opt_d.zero_grad(set_to_none=True)  # also drops D grads accumulated by the G step
         d_loss.backward()
+        self.opt_d.found_inf = d_skip
         self.opt_d.step()
+        return torch.cat([g_losses, d, g_skip.reshape(1), d_skip.reshape(1)])
 
-        self.step += 1
-        return {"G_total": g_total.item(), "G_gan": g_gan.item(), "G_feat": float(g_feat.detach()),
-                "G_vgg": float(g_vgg.detach()), "D": d_loss.item(),
-                "lr_G": self.opt_g.param_groups[0]["lr"], "lr_D": self.opt_d.param_groups[0]["lr"]}
-
-    @staticmethod
-    def _check_finite(step: int, **losses):
-        bad = {k: v.detach().item() for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
-        if bad:
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One step on ``batch``: eager, or the captured graph replayed (``cuda_graph``). The losses are
+        read once, after the updates; a non-finite one raises NonFiniteLossError, its update skipped."""
+        self.set_learning_rates()
+        x, real = self.inputs(batch)
+        out = self._graph_step(x, real) if self.graphed else self.update(x, real)
+        values = out.tolist()  # the step's one host sync
+        losses = dict(zip(LOSS_NAMES, values[:len(LOSS_NAMES)]))
+        if values[-2] or values[-1]:
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             raise NonFiniteLossError(
-                f"non-finite loss at step {step}: {bad}. The step was not applied; the last checkpoint "
-                "is intact. Lower the learning rates or switch mixed_precision off, then resume.")
+                f"non-finite loss at step {self.step}: {bad}. The step was not applied"
+                f"{'' if values[-2] else ' to D (G was updated)'}; the last checkpoint is intact. Lower the "
+                "learning rates or switch mixed_precision off, then resume.")
+        self.step += 1
+        return {**losses, **self._lrs}
+
+    # -- the captured step (cuda_graph) -----------------------------------------------------------
+    def _graph_step(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        if self._stream is None:  # warm-up and capture on one stream: cuBLAS keeps a workspace per stream
+            self._stream = torch.cuda.Stream(self.device)
+        if self.graph is None and self._eager_steps < GRAPH_WARMUP_STEPS:
+            self._eager_steps += 1
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                out = self.update(x, real)
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+            return out
+        if self.graph is None or self._static["x"].shape != x.shape or self._static["real"].shape != real.shape:
+            try:
+                self._capture(x, real)
+            except Exception as err:  # train on, eagerly, and say so (graph_status records it)
+                self._uncapture(f"{type(err).__name__}: {str(err)[:300]}")
+                return self.update(x, real)
+        self._static["x"].copy_(x, non_blocking=True)
+        self._static["real"].copy_(real, non_blocking=True)
+        self.graph.replay()
+        return self._static["out"]
+
+    def _capture(self, x: torch.Tensor, real: torch.Tensor) -> None:
+        """Record ``update`` on static input buffers as one CUDA graph. The LRs become device tensors the
+        graph reads (set_learning_rates fills them), the optimisers capturable; nothing runs yet."""
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["capturable"] = True
+                if not torch.is_tensor(group["lr"]):
+                    group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
+        self.graph = None
+        self._static = {"x": x.detach().clone(), "real": real.detach().clone()}
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.device)
+        self._capturing = True
+        try:
+            with torch.cuda.graph(graph, stream=self._stream):
+                self._static["out"] = self.update(self._static["x"], self._static["real"])
+        finally:
+            self._capturing = False
+        self.graph = graph
+        self._captured_at = self.step
+
+    def _uncapture(self, error: str) -> None:
+        """After a failed capture: the eager step from here on, with float LRs again."""
+        import warnings
+
+        for opt in (self.opt_g, self.opt_d):
+            _fused_after_load(opt)
+        self.graphed, self.graph, self._static, self._graph_error = False, None, {}, error
+        warnings.warn(f"train.cuda_graph: the step could not be captured ({error}); training goes on eagerly",
+                      RuntimeWarning, stacklevel=3)
+
+    def graph_status(self) -> dict:
+        """Whether the step ran as a CUDA graph: requested (train.cuda_graph), active (on CUDA, not given
+        up), the step at which it was captured, and the error that made it give up."""
+        return {"requested": self.config.cuda_graph, "active": self.graphed,
+                "captured_at_step": self._captured_at, "error": self._graph_error}
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -266,8 +373,11 @@ class GANTrainer:
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        for opt in (self.opt_g, self.opt_d):
+            _fused_after_load(opt)
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
+        self._reset_graph()  # the captured step read the old tensors
 
     def save(self, path) -> None:
         with atomic_path(path) as tmp:
@@ -275,6 +385,20 @@ class GANTrainer:
 
     def load(self, path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+def _fused_after_load(opt: torch.optim.Adam) -> None:
+    """``load_state_dict`` takes the saved groups' flags: a checkpoint of the earlier, unfused optimiser
+    (or of a captured run, whose LRs were device tensors) comes back as it was saved. Make the groups
+    fused again, uncaptured with float LRs, and put each step count where the fused kernel reads it."""
+    for group in opt.param_groups:
+        group.update(fused=True, foreach=None, capturable=False)
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = float(group["lr"])
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if state and "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
 
 
 # ----------------------------------------------------------------------------------------------

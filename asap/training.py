@@ -49,6 +49,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # Keys of params.yaml's `train` section that say how a run is executed, not what it computes
 # (RunnerConfig); the rest is TrainConfig.
 CADENCE_KEYS = ("log_every", "checkpoint_every", "checkpoint_every_s", "sample_every")
+EXECUTION_KEYS = ("cuda_graph",)  # how a step runs, not what it computes: not part of a run's identity
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,12 @@ def split_train_section(section: dict | None) -> tuple[TrainConfig, RunnerConfig
     runner_keys = {f for f in RunnerConfig.__dataclass_fields__}
     runner = from_dict(RunnerConfig, {k: section.pop(k) for k in list(section) if k in runner_keys},
                        "params.yaml train")
-    return from_dict(TrainConfig, section, "params.yaml train"), runner
+    tcfg = from_dict(TrainConfig, section, "params.yaml train")
+    if tcfg.cuda_graph and runner.num_workers > 1:
+        raise ConfigError(f"params.yaml train.cuda_graph captures the step of one process, but train.num_workers "
+                          f"is {runner.num_workers} (DDP, whose gradient all-reduce a graph cannot hold): set "
+                          "cuda_graph false, or num_workers 1")
+    return tcfg, runner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +228,7 @@ class TrainingRun:
 
     def identity(self) -> dict:
         """What shapes the weights: the run's checkpoints are valid for exactly this (cadence aside)."""
-        train = {k: v for k, v in self.train.to_dict().items() if k not in CADENCE_KEYS}
+        train = {k: v for k, v in self.train.to_dict().items() if k not in CADENCE_KEYS + EXECUTION_KEYS}
         return {"dataset": self.dataset, "arch": self.arch, "generator": self.generator, "train": train,
                 "loss": self.loss.to_dict(), "world_size": self.world_size}
 
@@ -433,7 +439,8 @@ def _train_locked(run: TrainingRun, run_dir: Path, *, device, keep_checkpoints, 
     summary = {"name": run.name, "arch": run.arch, "steps": trainer.step, "train_seconds": round(trainer.elapsed_s, 2),
                "time_budget_s": run.train.time_budget_s, "stopped_by": trainer.stopped_by(),
                "this_session_s": round(time.perf_counter() - t0, 2), "resumed_from_step": resumed_step,
-               "generator": str(out), **{f"final_{k}": v for k, v in last.items()}}
+               "generator": str(out), "cuda_graph": trainer.graph_status(),
+               **{f"final_{k}": v for k, v in last.items()}}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     printer(f"[train] {run.name}: {trainer.step} steps in {trainer.elapsed_s:.1f} s (stopped by "
             f"{summary['stopped_by'].replace('_', ' ')}); wrote {out}", flush=True)
