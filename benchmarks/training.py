@@ -3,7 +3,7 @@ step written the authors' way, measured in the same run.
 
     python -m benchmarks.training --out metrics/training-cpu.json                        # CPU, 256x256
     python -m benchmarks.training --device cuda --sizes 256x256,512x512 --batches 1,8 \\
-        --precisions bf16,fp32 --lr-max-width 1024 --ndf 64 --out metrics/training-h200.json
+        --precisions bf16,fp32 --lr-max-width 1024 --ndf 64 --cuda-graph --out metrics/training-h200.json
 
 "The authors' way" (github.com/tamarott/ASAPNet, described, not copied): the label map enters as a
 full-resolution one-hot tensor, the positional encoding is concatenated at full resolution, and the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import statistics
@@ -36,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asap.engine import TrainConfig
+from asap.engine import GRAPH_WARMUP_STEPS, TrainConfig
 from asap.losses import GANLossConfig
 from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling, fused_mlp_default
 from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, num_mlp_params, pixelwise_mlp, positional_encoding
@@ -157,7 +158,7 @@ def _timed(fn, n: int, warmup: int, device: torch.device, deadline: float | None
 
 def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: torch.device,
                settings: TrainBenchSettings, deadline: float | None = None,
-               check_layouts: bool = False) -> dict:
+               check_layouts: bool = False, graphed: bool = False) -> dict:
     """Seconds per timed train_step (synchronised) of the trainer build_trainer makes for ``run``;
     ``authors`` swaps in the authors' generator layout. Random labels and images (the step's cost does
     not depend on them). Stops early, returning fewer times, once ``deadline`` (perf_counter) passes.
@@ -165,7 +166,11 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
     difference between the two layouts' outputs on the trainer's own initial generator,
     "generator_times": seconds of the generator's forward + backward alone, the part of the step the
     layout changes (the trainer's own generator module and autocast; a fixed random dL/d(image)),
-    "fused_mlp": whether ours ran the pixelwise MLP in the fused kernel}."""
+    "fused_mlp": whether ours ran the pixelwise MLP in the fused kernel, "graph": the trainer's
+    graph_status()}. ``graphed``: the step replayed as one CUDA graph (train.cuda_graph; its eager
+    warm-up steps and the capture are among the untimed ones), and no generator-alone times."""
+    if graphed:
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, cuda_graph=True))
     with torch.device(device):  # parameters initialised where they train: 80 M of them init slowly on a CPU
         trainer = build_trainer(run, device, wrap=authors_wrap if authors else None)
     (h, w), b = size, run.train.batch_size
@@ -186,44 +191,56 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
         fake.backward(grad_image.to(fake.dtype))
         trainer.generator.zero_grad(set_to_none=True)
 
+    warmup = max(settings.warmup, GRAPH_WARMUP_STEPS + 2) if graphed else settings.warmup
     with fp32_mode("bf16" if run.train.mixed_precision else "fp32", device):
-        times = _timed(lambda: trainer.train_step(batch), settings.iters, settings.warmup, device, deadline)
+        times = _timed(lambda: trainer.train_step(batch), settings.iters, warmup, device, deadline)
         # the steps above already ran these shapes: one untimed pass is warm-up enough
-        generator_times = _timed(generator_pass, settings.iters, min(1, settings.warmup), device, deadline)
+        generator_times = ([] if graphed else
+                           _timed(generator_pass, settings.iters, min(1, settings.warmup), device, deadline))
     amp = trainer.amp
     x, _ = trainer.inputs(batch)  # did the generator's pixelwise MLP run in the fused kernel (CUDA, "auto")?
     g = trainer.generator
     fused = (not authors and isinstance(g, ASAPNetGenerator) and g.uses_fused_mlp(x[:, :g.config.hr_in_channels]))
+    graph = trainer.graph_status()
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"times": times, "amp": amp, "max_diff": max_diff, "generator_times": generator_times,
-            "fused_mlp": fused}
+            "fused_mlp": fused, "graph": graph}
 
 
 def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
-            device: torch.device, deadline: float | None = None, log=print) -> dict:
+            device: torch.device, deadline: float | None = None, log=print, graphed: bool = False) -> dict:
     """One row: ours and the authors' way at one size, batch and precision, in this run: the whole GAN
     step, and the generator's forward + backward alone (where the two ways differ). The row also says
     how much of the authors' step their generator takes, and so the most any generator could gain
-    (Amdahl: 1 / (1 - share), were ours free)."""
+    (Amdahl: 1 / (1 - share), were ours free). ``graphed`` (CUDA): ours also with the whole step
+    replayed as one CUDA graph ("ours_graphed", "speedup_graphed"); "speedup_best" is the faster of ours."""
     run = make_run(size, batch, precision, settings)
     size_text = f"{size[0]}x{size[1]}"
     row = {"size": size_text, "batch": batch, "precision": precision}
-    for name, authors in (("ours", False), ("authors_way", True)):
-        got = step_times(run, size, authors, device, settings, deadline, check_layouts=not authors)
+    ways = [("ours", False, False)] + ([("ours_graphed", False, True)] if graphed and device.type == "cuda" else [])
+    for name, authors, graph in ways + [("authors_way", True, False)]:
+        got = step_times(run, size, authors, device, settings, deadline, check_layouts=name == "ours", graphed=graph)
         if got["max_diff"] is not None:
             row["max_abs_output_diff"] = got["max_diff"]
         med = statistics.median(got["times"])
-        gen_med = statistics.median(got["generator_times"])
+        gen_med = statistics.median(got["generator_times"]) if got["generator_times"] else None
         row[name] = {"step_s_median": med, "step_s_all": got["times"], "images_per_s": batch / med,
                      "autocast_bf16": got["amp"], "fused_mlp": got["fused_mlp"], "generator_s_median": gen_med,
                      "generator_s_all": got["generator_times"]}
+        if graph:
+            row[name]["graph"] = got["graph"]
         log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
-            f"(median step {med * 1000:.1f} ms over {len(got['times'])}; generator forward+backward "
-            f"{gen_med * 1000:.1f} ms)")
+            f"(median step {med * 1000:.1f} ms over {len(got['times'])}"
+            + (f"; generator forward+backward {gen_med * 1000:.1f} ms)" if gen_med is not None else
+               f"; graph {'captured at step ' + str(got['graph']['captured_at_step']) if got['graph']['active'] else 'NOT used: ' + str(got['graph']['error'])})"))
     ours, theirs = row["ours"], row["authors_way"]
     row["speedup"] = ours["images_per_s"] / theirs["images_per_s"]
+    row["speedup_best"] = row["speedup"]
+    if "ours_graphed" in row and row["ours_graphed"]["graph"]["active"]:
+        row["speedup_graphed"] = row["ours_graphed"]["images_per_s"] / theirs["images_per_s"]
+        row["speedup_best"] = max(row["speedup"], row["speedup_graphed"])
     row["generator_speedup"] = theirs["generator_s_median"] / ours["generator_s_median"]
     share = theirs["generator_s_median"] / theirs["step_s_median"]
     row["authors_generator_share"] = share
@@ -302,6 +319,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr-max-width", type=int, default=256, help="paper: 1024")
     ap.add_argument("--ndf", type=int, default=32, help="paper: 64")
     ap.add_argument("--perceptual", default="auto", help="auto | vgg19 | hed-vgg16 | off")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="CUDA: also time ours with the whole step replayed as one CUDA graph (train.cuda_graph)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
@@ -319,7 +338,7 @@ def main(argv=None) -> dict:
                 print(f"[bench-train] {size_text} batch {batch} {precision} pixelwise MLP forward+backward: "
                       + ", ".join(f"{k} {v:.2f} ms" for k, v in p["ms"].items()))
                 pixelwise.append(p)
-                rows.append(measure(size, batch, precision, settings, device))
+                rows.append(measure(size, batch, precision, settings, device, graphed=args.cuda_graph))
     report = {"benchmark": "training-step", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "setup": "asap.training.build_trainer",
               "settings": {**asdict(settings), "sizes": args.sizes, "batches": args.batches,

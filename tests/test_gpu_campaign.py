@@ -97,9 +97,11 @@ def test_phase1_runs_the_gpu_tests_and_the_interpreter_cases(smoke):
     junit = result["pytest"]["junit"]
     # every gpu-marked test was run: as many as pytest itself collects with -m gpu
     collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu",
-                                "tests/test_pixelwise_fused.py"], cwd=REPO, capture_output=True, text=True)
+                                "tests/test_pixelwise_fused.py", "tests/test_graphed_step.py"], cwd=REPO,
+                               capture_output=True, text=True)
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
     assert junit["total"] == len(ids) >= len(cases.CASES) + len(cases.GPU_ONLY_CASES) + 1
+    assert sum(i.startswith("tests/test_graphed_step.py::test_graphed_step") for i in ids) == 4  # the graph's too
     assert junit["skipped"] == junit["total"] and result["pytest"]["returncode"] == 0  # no CUDA here
     # with pytest-xdist installed (the test extra; the GPU machine has it) the tests ran in 2 workers
     workers = 2 if importlib.util.find_spec("xdist") else 0
@@ -173,6 +175,43 @@ def test_phases_2_and_4_run_the_norm_kernels_only_where_phase1_checked_them(smok
     assert "test_norm_kernels_at_the_campaign_shapes[1024x1024]" in fused_norm_after(failed_test)["why"]
     assert fused_norm_after(None)["why"].startswith("unverified")
     assert fused_norm_after(broken, preset="1")["env"] == "1"
+
+
+def test_phases_3_and_4_graph_the_training_step_only_where_phase1_passed_its_tests(smoke):
+    """The graphed-step tests (tests/test_graphed_step.py) skip on a CPU: unverified is off. Passed on
+    the device, they turn it on; one failure turns it off, and no kernel gate reads them."""
+    from benchmarks.campaign.cli import cuda_graph_after, fused_inference_after, fused_training_after
+
+    phase1 = smoke["phases"][1]
+    names = [t["name"] for t in phase1["result"]["pytest"]["junit"]["tests"]]
+    assert sum(n.startswith("test_graphed_step") for n in names) == 4  # collected, skipped here (no CUDA)
+    gate = cuda_graph_after(phase1)
+    assert gate["cuda_graph"] is False and gate["why"].startswith("unverified")
+    passed = json.loads(json.dumps(phase1))
+    for t in passed["result"]["pytest"]["junit"]["tests"]:
+        if t["name"].startswith("test_graphed_step"):
+            t["outcome"] = "passed"
+    assert cuda_graph_after(passed) == {"cuda_graph": True, "env": None,
+                                        "why": "phase 1's 4 graphed-step tests passed"}
+    failed = json.loads(json.dumps(passed))
+    failed["result"]["pytest"]["junit"]["tests"].append(
+        {"name": "test_graphed_step_matches_eager[bf16]", "outcome": "failed"})
+    gate = cuda_graph_after(failed)
+    assert gate["cuda_graph"] is False and "test_graphed_step_matches_eager[bf16]" in gate["why"]
+    # a failed graph test is not a kernel check
+    assert fused_inference_after(failed)["env"] == fused_training_after(failed)["env"] == "auto"
+    assert cuda_graph_after(failed, preset="1")["cuda_graph"] is True
+    assert cuda_graph_after(passed, preset="0")["cuda_graph"] is False
+
+
+def test_phase2_times_the_baselines_in_bf16_at_every_size_before_fp32():
+    """The first H200 run spent 57 s autotuning SPADE's fp32 convs at 512x1024 and skipped 19 baseline
+    rows, bf16 ones among them: bf16 rows come first now."""
+    from benchmarks.campaign.inference import baseline_order
+    from benchmarks.campaign.settings import InferenceSettings
+
+    order = baseline_order(InferenceSettings(sizes=("256x512", "1024x1024"), precisions=("fp32", "bf16")))
+    assert order == [("bf16", "256x512"), ("bf16", "1024x1024"), ("fp32", "256x512"), ("fp32", "1024x1024")]
 
 
 def test_a_fast_path_that_draws_other_images_is_not_timed_as_best():

@@ -66,6 +66,7 @@ def preflight(args, phases: tuple[int, ...]) -> None:
 GRADIENT_CASES = ("grad_", "train_generator")  # tests/test_pixelwise_fused.py: the fused backward's cases
 NORM_CASES = ("norm_",)                         # the low-res norm kernels' cases
 NORM_TESTS = ("test_norm_kernels",)             # and pytest's, at phase 2's own shapes
+GRAPH_TESTS = ("test_graphed_step",)            # tests/test_graphed_step.py: the trainer's step as a CUDA graph
 CASE_TEST = "test_kernel_matches_reference_on_gpu["  # pytest's name of a case: <this><case>]
 DIAGNOSTIC_SUFFIXES = ("_native", "_rmw")  # cases of forms that are not the defaults (the test file's)
 
@@ -106,7 +107,7 @@ def _gate(phase1, preset, variable: str, what: str, selects) -> dict:
 
 
 def _is_forward(name: str) -> bool:
-    return not name.startswith(GRADIENT_CASES + NORM_CASES + NORM_TESTS)  # the MLP forward, tent, fast path
+    return not name.startswith(GRADIENT_CASES + NORM_CASES + NORM_TESTS + GRAPH_TESTS)  # MLP forward, tent, fast path
 
 
 def _of_precision(precision: str | None, selects):
@@ -143,6 +144,26 @@ def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
     wrong here times nothing and scores nothing; "unverified" when none ran. ``preset``: the caller's
     ASAP_FUSED_NORM, which is kept."""
     return _gate(phase1, preset, "ASAP_FUSED_NORM", "norm checks", lambda n: n.startswith(NORM_CASES + NORM_TESTS))
+
+
+CUDA_GRAPH_ENV = "ASAP_CAMPAIGN_CUDA_GRAPH"  # 0 / 1: the caller's choice for phases 3 and 4, kept
+
+
+def cuda_graph_after(phase1: dict | None, preset: str | None = None) -> dict:
+    """Whether phase 3 also times ours with the whole training step as one CUDA graph, and phase 4
+    trains every generator that way (train.cuda_graph): only where phase 1's graphed-step tests ran
+    and passed on this device (the captured step equal to the eager one, a non-finite step skipped).
+    Unlike the kernels' gates, "unverified" means off. ``preset``: $ASAP_CAMPAIGN_CUDA_GRAPH."""
+    if preset is not None:
+        on = preset.strip().lower() in ("1", "true", "yes", "on")
+        return {"cuda_graph": on, "env": preset, "why": f"{CUDA_GRAPH_ENV}={preset} set by the caller"}
+    checks = phase1_checks(phase1, lambda n: n.startswith(GRAPH_TESTS))
+    failed = sorted(n for n, ok in checks.items() if not ok)
+    if failed:
+        return {"cuda_graph": False, "env": None, "why": f"phase 1's graphed-step tests failed here: {failed}"}
+    if not checks:
+        return {"cuda_graph": False, "env": None, "why": "unverified: phase 1 ran no graphed-step test on this device"}
+    return {"cuda_graph": True, "env": None, "why": f"phase 1's {len(checks)} graphed-step tests passed"}
 
 
 def stash_after(phase3: dict | None, data: Path, train: dict) -> dict:
@@ -224,6 +245,7 @@ def run(args) -> int:
         log(f"[campaign] gates from {gates_from}: "
             f"{', '.join(phase_file(p) for p, r in ((1, phase1), (3, phase3)) if r)}")
     preset_stash, preset_norm = os.environ.get("ASAP_FUSED_BWD_STASH"), os.environ.get("ASAP_FUSED_NORM")
+    preset_graph = os.environ.get(CUDA_GRAPH_ENV)
     for phase in phases:
         record = _record(settings, phase, env, clock)
         if gates_from:
@@ -241,6 +263,11 @@ def run(args) -> int:
             fused_env = {p: g["env"] for p, g in gates.items()}
             for p, gate in gates.items():
                 log(f"[campaign] phase {phase}: {p} rows with ASAP_FUSED_MLP={gate['env']} ({gate['why']})")
+        graph_gate = None  # phases 3 and 4: the training step as one CUDA graph, where phase 1 verified it
+        if phase in (3, 4) and device.type == "cuda":
+            record["cuda_graph"] = graph_gate = cuda_graph_after(phase1, preset_graph)
+            log(f"[campaign] phase {phase}: training steps {'also ' if phase == 3 else ''}as one CUDA graph: "
+                f"{'yes' if graph_gate['cuda_graph'] else 'no'} ({graph_gate['why']})")
         if phase == 4 and device.type == "cuda":
             precision = "bf16" if settings.quality.train.get("mixed_precision", True) else "fp32"
             record["fused_training"] = gate = fused_training_after(phase1, preset, precision)
@@ -271,7 +298,8 @@ def run(args) -> int:
 
                 log(f"[campaign] phase 4: {budget:.0f} s per generator ({note})")
                 record["result"] = quality.run_phase(settings.quality, budget, Path(args.data), out, device,
-                                                     commit, on_progress=progress)
+                                                     commit, on_progress=progress,
+                                                     cuda_graph=bool(graph_gate and graph_gate["cuda_graph"]))
             else:
                 until = clock.until(settings.caps[phase], reserve_s=settings.phase4_reserve() if later4 else 0.0)
                 record["until_s"] = round(until - clock.start, 1)
@@ -285,7 +313,8 @@ def run(args) -> int:
                 else:
                     from benchmarks.campaign import training_steps
                     record["result"] = training_steps.run_phase(settings.training, device, until, progress,
-                                                                fused_env=fused_env)
+                                                                fused_env=fused_env,
+                                                                graphed=bool(graph_gate and graph_gate["cuda_graph"]))
             record["complete"] = True
         except Exception as err:  # the next phases still run; this one says what went wrong
             ok = False

@@ -1,5 +1,6 @@
 """Phase 1: correctness on the device. The `gpu`-marked tests of tests/test_pixelwise_fused.py (the
-fused kernel and the fast path against the reference, per precision) run in a pytest subprocess
+fused kernel and the fast path against the reference, per precision) and tests/test_graphed_step.py
+(the training step captured as one CUDA graph against the eager step) run in a pytest subprocess
 whose JUnit XML is summarised; then every case of that file runs once more in this process to record
 its error against its tolerance (pytest says pass/fail, the table says by how much).
 
@@ -31,7 +32,8 @@ import torch
 from benchmarks.campaign.common import REPO, log
 from benchmarks.campaign.settings import CorrectnessSettings
 
-TEST_FILE = "tests/test_pixelwise_fused.py"
+TEST_FILE = "tests/test_pixelwise_fused.py"  # its cases also make the error table
+TEST_FILES = (TEST_FILE, "tests/test_graphed_step.py")  # pytest -m gpu runs these
 
 
 def junit_summary(path: Path) -> dict:
@@ -78,13 +80,13 @@ MAX_WORKER_RESTARTS = 100
 
 
 def run_pytest(timeout_s: float, device: torch.device, workers: int = 0) -> dict:
-    """``pytest -m gpu tests/test_pixelwise_fused.py`` in a subprocess (``-n workers`` unless 0), summarised."""
+    """``pytest -m gpu`` on TEST_FILES in a subprocess (``-n workers`` unless 0), summarised."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     if device.type == "cuda":
         env.pop("TRITON_INTERPRET", None)  # the real kernels, not the interpreter
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", TEST_FILE, "-v", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", *TEST_FILES, "-v", "-p", "no:cacheprovider",
                f"--junitxml={xml}"] + (["-n", str(workers), "--max-worker-restart", str(MAX_WORKER_RESTARTS)]
                                         if workers else [])
         t0 = time.perf_counter()
@@ -233,7 +235,7 @@ def _main(request: dict) -> None:
 def run_phase(settings: CorrectnessSettings, device: torch.device, until: float, on_progress=None) -> dict:
     pytest_s = max(10.0, min(settings.pytest_timeout_s, until - time.perf_counter() - 5.0))
     workers = xdist_workers(settings.pytest_workers)
-    log(f"[phase 1] pytest -m gpu {TEST_FILE} (timeout {pytest_s:.0f} s, "
+    log(f"[phase 1] pytest -m gpu {' '.join(TEST_FILES)} (timeout {pytest_s:.0f} s, "
         f"{f'{workers} xdist workers' if workers else 'one process'})")
     tests = run_pytest(pytest_s, device, workers)
     junit = tests.get("junit", {})

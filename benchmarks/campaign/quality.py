@@ -34,14 +34,16 @@ from benchmarks.campaign.settings import QualitySettings
 NO_CHECKPOINTS = 10**9  # checkpoint/sample cadence beyond any budget: only the final step's are written
 
 
-def campaign_params(settings: QualitySettings, budget_s: float, params_path: Path | None = None) -> dict:
-    """params.yaml's model / train / loss sections with the campaign's overrides, and its generators."""
+def campaign_params(settings: QualitySettings, budget_s: float, params_path: Path | None = None,
+                    cuda_graph: bool = False) -> dict:
+    """params.yaml's model / train / loss sections with the campaign's overrides, and its generators;
+    ``cuda_graph``: every generator trains with its step replayed as one CUDA graph."""
     path = params_path or REPO / "params.yaml"
     base = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
     train = {**(base.get("train") or {}), **settings.train,
              "name": "asapnet", "time_budget_s": float(budget_s), "steps": NO_CHECKPOINTS, "num_workers": 1,
              "checkpoint_every": NO_CHECKPOINTS, "checkpoint_every_s": None, "sample_every": NO_CHECKPOINTS,
-             "keep_checkpoints": 1}
+             "keep_checkpoints": 1, "cuda_graph": bool(cuda_graph)}
     return {"model": {**(base.get("model") or {}), **settings.model}, "train": train,
             "loss": {**(base.get("loss") or {}), **settings.loss}, "baselines": dict(settings.baselines)}
 
@@ -139,12 +141,12 @@ def warm_up(device: torch.device) -> None:
 
 
 def run_phase(settings: QualitySettings, budget_s: float, data_root: Path, out_dir: Path, device: torch.device,
-              commit: dict, on_progress=None) -> dict:
+              commit: dict, on_progress=None, cuda_graph: bool = False) -> dict:
     from asap.models.checkpoint import load_generator
     from asap.training import TrainingRun, train
 
     data_root = Path(data_root)
-    params = campaign_params(settings, budget_s)
+    params = campaign_params(settings, budget_s, cuda_graph=cuda_graph)
     stems, labels = test_labels(data_root)
     info = json.loads((data_root / "dataset.json").read_text())
     scratch = scratch_folder()

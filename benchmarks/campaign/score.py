@@ -147,7 +147,8 @@ def score(run_dir: str | Path, data_root: str | Path | None = None, segmenter: s
     generators, n_scored = {}, None
     for name, entry in result4.get("generators", {}).items():
         record = {k: entry.get(k) for k in ("arch", "params", "latency_train_size", "translate_s", "wall_s")}
-        record.update({k: (entry.get("summary") or {}).get(k) for k in ("steps", "train_seconds", "stopped_by")})
+        record.update({k: (entry.get("summary") or {}).get(k)
+                       for k in ("steps", "train_seconds", "stopped_by", "cuda_graph")})
         if "images" not in entry:
             generators[name] = {**record, "error": entry.get("error", "no images")}
             continue

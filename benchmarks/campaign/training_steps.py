@@ -7,7 +7,10 @@ Both trainers come from asap.training.build_trainer (benchmarks/training.py), wi
 Triton kernel, forward and backward (ASAPNetGenerator.fused_mlp "auto"). The issue's target: ours >= 2x
 the authors' way at equal batch and resolution; each row states its speedup, the generator's forward +
 backward alone (the only part the two ways differ in), the generator's share of the authors' step and
-the bound that share puts on the step's speedup; ``targets`` gives the worst of each. Before the steps,
+the bound that share puts on the step's speedup (for the eager step: a graph also removes launch time
+outside the generator); ``targets`` gives the worst of each. Where phase 1 verified it, ours is also
+timed with the whole step (G and D forward, backward, both Adam updates) replayed as one CUDA graph
+(train.cuda_graph, "ours_graphed"): at batch 1 the eager step is bound by its kernel launches. Before the steps,
 ``pixelwise`` times the pixelwise MLP alone, forward + backward, three ways (reference layout, the
 authors' layout, the fused kernel) with the peak memory each adds.
 """
@@ -58,8 +61,9 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
 
 
 def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None,
-              fused_env: dict | None = None) -> dict:
-    """The rows; ``fused_env``: {precision: ASAP_FUSED_MLP}, phase 1's verdict for each (the campaign's)."""
+              fused_env: dict | None = None, graphed: bool = False) -> dict:
+    """The rows; ``fused_env``: {precision: ASAP_FUSED_MLP}, phase 1's verdict for each (the campaign's);
+    ``graphed``: ours also with the whole step replayed as one CUDA graph (phase 1 verified it)."""
     bench = TrainBenchSettings(iters=settings.iters, warmup=settings.warmup, lr_max_width=settings.lr_max_width,
                                ndf=settings.ndf, perceptual=settings.perceptual)
     saved = torch.backends.cudnn.benchmark
@@ -80,7 +84,7 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
 
     def step_row(size, batch, precision):
         return measure(size, batch, precision, bench, device, deadline=until,
-                       log=lambda m: log(m.replace("[bench-train]", "[phase 3]")))
+                       log=lambda m: log(m.replace("[bench-train]", "[phase 3]")), graphed=graphed)
 
     try:
         # First the pixelwise MLP alone (seconds): what the fused backward changes, without the
@@ -94,12 +98,13 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
     for r in good:  # ours in bf16 against the authors' fp32 step (their code has no mixed precision)
         if r["precision"] == "bf16" and (r["size"], r["batch"]) in fp32_authors:
             r["speedup_vs_authors_fp32"] = r["ours"]["images_per_s"] / fp32_authors[(r["size"], r["batch"])]
-    worst = min((r["speedup"] for r in good), default=None)
+    worst = min((r.get("speedup_best", r["speedup"]) for r in good), default=None)
     worst_g = min((r["generator_speedup"] for r in good), default=None)
     bound = min((r["step_speedup_bound"] for r in good if r.get("step_speedup_bound")), default=None)
     worst_p = min((r["fused_vs_authors"] for r in pixelwise if r.get("fused_vs_authors")), default=None)
     return {"settings_bench": asdict(bench), "pixelwise": pixelwise, "rows": rows, "skipped_for_time": skipped,
             "targets": {
+                # ours: the faster of the eager step and the step replayed as one CUDA graph
                 "ours >= 2x the authors' way at equal batch, size and precision (worst row)": {
                     "measured": worst, "target": 2.0, "met": None if worst is None else worst >= 2.0,
                     # the layouts differ in the generator only: were ours free, the step could gain at
