@@ -204,6 +204,14 @@ def test_phases_3_and_4_graph_the_training_step_only_where_phase1_passed_its_tes
     assert cuda_graph_after(passed, preset="0")["cuda_graph"] is False
 
 
+def test_phase3_gets_more_time_in_a_call_without_phase4():
+    from benchmarks.campaign.settings import real_settings
+
+    settings = real_settings()
+    assert settings.cap(3, (1, 2, 3, 4)) == 60.0 and settings.cap(3, (1, 2, 3)) == 100.0
+    assert settings.cap(2, (1, 2, 3)) == settings.cap(2, (1, 2, 3, 4)) == 120.0
+
+
 def test_phase2_times_the_baselines_in_bf16_at_every_size_before_fp32():
     """The first H200 run spent 57 s autotuning SPADE's fp32 convs at 512x1024 and skipped 19 baseline
     rows, bf16 ones among them: bf16 rows come first now."""

@@ -301,7 +301,7 @@ def run(args) -> int:
                                                      commit, on_progress=progress,
                                                      cuda_graph=bool(graph_gate and graph_gate["cuda_graph"]))
             else:
-                until = clock.until(settings.caps[phase], reserve_s=settings.phase4_reserve() if later4 else 0.0)
+                until = clock.until(settings.cap(phase, phases), reserve_s=settings.phase4_reserve() if later4 else 0.0)
                 record["until_s"] = round(until - clock.start, 1)
                 log(f"[campaign] phase {phase} ({PHASES[phase]}): until {record['until_s']} s")
                 if phase == 1:
