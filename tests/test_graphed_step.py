@@ -158,6 +158,41 @@ def test_cuda_graph_is_ignored_on_cpu_and_validated():
 # CUDA: the captured step against the eager one
 # ----------------------------------------------------------------------------------------------
 
+def assert_moved_alike(init: dict, a: dict, b: dict, rel: float):
+    """Two runs from the same start moved the models' weights alike: the distance between them is at
+    most ``rel`` of the distance each moved. (Not element by element: Adam moves a parameter by about
+    its LR whatever its gradient's size, so a gradient at rounding level may flip its sign between
+    two runs; a step not applied, stale data or a stale LR moves the aggregate.)"""
+    def flat(state):
+        tensors = {**{f"g.{k}": v for k, v in state["g"].items()},
+                   **{f"d.{k}": v for k, v in state["d"].items() if not k.endswith(("_u", "_v"))}}
+        return torch.cat([v.detach().double().flatten().cpu() for _, v in sorted(tensors.items())
+                          if v.is_floating_point()])
+
+    start, x, y = flat(init), flat(a), flat(b)
+    moved = (x - start).norm()
+    assert moved > 0
+    assert (x - y).norm() <= rel * moved, ((x - y).norm().item(), moved.item())
+
+
+def test_moved_alike_tells_a_stale_learning_rate_from_the_same_run():
+    """The gpu tests' criterion, on the CPU: the same run twice passes at 1e-3; a run whose LR stopped
+    following the schedule after 3 of 7 steps (what a graph that baked the LR in would do) fails."""
+    data = batches(GRAPH_WARMUP_STEPS + 4)
+    cfg = dict(steps=20, decay_from=0.0, lr_g=1e-3, lr_d=4e-3)
+    a, b, stale = make_trainer(**cfg), make_trainer(**cfg), make_trainer(**cfg)
+    init = snapshot(a)
+    for i, batch in enumerate(data):
+        a.train_step(batch)
+        b.train_step(batch)
+        if i >= GRAPH_WARMUP_STEPS:
+            stale.set_learning_rates = lambda: None  # keeps the LR of step 3 from here on
+        stale.train_step(batch)
+    assert_moved_alike(init, snapshot(a), snapshot(b), rel=1e-3)
+    with pytest.raises(AssertionError):
+        assert_moved_alike(init, snapshot(a), snapshot(stale), rel=1e-2)
+
+
 @pytest.fixture
 def same_arithmetic():
     """TF32 off and cuDNN's deterministic algorithms, so eager and graphed run the same arithmetic;
@@ -185,6 +220,7 @@ def _pair(**train):
 def test_graphed_step_matches_eager(mixed_precision, same_arithmetic):
     eager, graphed = _pair(mixed_precision=mixed_precision)
     assert graphed.graphed and not eager.graphed
+    init = snapshot(eager)
     data = batches(GRAPH_WARMUP_STEPS + 4, size=GPU_SIZE)
     for i, batch in enumerate(data):
         a, b = eager.train_step(batch), graphed.train_step(batch)
@@ -192,8 +228,8 @@ def test_graphed_step_matches_eager(mixed_precision, same_arithmetic):
             assert graphed.graph is not None  # captured, then replayed with new data and new LRs
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=2e-3 if mixed_precision else 1e-4, abs=1e-5), (i, k)
-    tol = dict(rtol=2e-2, atol=2e-4) if mixed_precision else dict(rtol=1e-4, atol=1e-5)
-    assert_same_weights(snapshot(eager), snapshot(graphed), **tol)
+    assert_moved_alike(init, snapshot(eager), snapshot(graphed), rel=1e-2 if mixed_precision else 1e-3)
+    assert int(graphed.opt_g.state_dict()["state"][0]["step"]) == len(data)
     assert graphed.opt_g.param_groups[0]["lr"].item() == pytest.approx(eager.opt_g.param_groups[0]["lr"])
 
 
@@ -238,6 +274,7 @@ class HostReadingGenerator(torch.nn.Module):
 @pytest.mark.gpu
 def test_graphed_step_that_cannot_be_captured_trains_on_eagerly(same_arithmetic):
     eager, graphed = _pair(mixed_precision=False)
+    init = snapshot(eager)
     for t in (eager, graphed):
         t.g_model = HostReadingGenerator(t.generator)
     data = batches(GRAPH_WARMUP_STEPS + 3, size=GPU_SIZE)
@@ -248,4 +285,4 @@ def test_graphed_step_that_cannot_be_captured_trains_on_eagerly(same_arithmetic)
     status = graphed.graph_status()
     assert status["requested"] and not status["active"] and status["error"] and graphed.graph is None
     assert graphed.step == len(data)
-    assert_same_weights(snapshot(eager), snapshot(graphed), rtol=1e-4, atol=1e-5)
+    assert_moved_alike(init, snapshot(eager), snapshot(graphed), rel=1e-3)
