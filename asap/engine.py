@@ -387,6 +387,19 @@ class GANTrainer:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
 
+def describe_graph(status: dict | None) -> str:
+    """``GANTrainer.graph_status()`` as one line for a run's records (MLflow tag, provenance)."""
+    if not status:
+        return "not recorded"
+    if status.get("error"):
+        return f"requested; eager after a failed capture: {status['error']}"
+    if status.get("active"):
+        at = status.get("captured_at_step")
+        return (f"one CUDA graph from step {at + 1}" if at is not None else
+                f"requested; eager (the run ended before the capture after {GRAPH_WARMUP_STEPS} warm-up steps)")
+    return "requested; eager (not on CUDA)" if status.get("requested") else "off"
+
+
 def _fused_after_load(opt: torch.optim.Adam) -> None:
     """``load_state_dict`` takes the saved groups' flags: a checkpoint of the earlier, unfused optimiser
     (or of a captured run, whose LRs were device tensors) comes back as it was saved. Make the groups

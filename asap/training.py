@@ -38,7 +38,7 @@ import torch
 
 from asap.config import ConfigError, from_dict, require
 from asap.data.prepared import DatasetInfo
-from asap.engine import GANTrainer, TrainConfig, train_loop
+from asap.engine import GANTrainer, TrainConfig, describe_graph, train_loop
 from asap.files import exclusive
 from asap.losses import GANLossConfig, build_perceptual_loss
 from asap.models.checkpoint import ARCHS, arch_classes, build_generator, save_generator
@@ -435,6 +435,7 @@ def _train_locked(run: TrainingRun, run_dir: Path, *, device, keep_checkpoints, 
     save_generator(out, trainer.generator, meta=generator_meta(run, trainer.step, trainer.elapsed_s,
                                                                run_name=run.run_name(),
                                                                train_device=device_slug(device_info(device)),
+                                                               cuda_graph=describe_graph(trainer.graph_status()),
                                                                **(meta or {})))
     summary = {"name": run.name, "arch": run.arch, "steps": trainer.step, "train_seconds": round(trainer.elapsed_s, 2),
                "time_budget_s": run.train.time_budget_s, "stopped_by": trainer.stopped_by(),

@@ -177,7 +177,8 @@ def train_worker(config: dict) -> None:
         metrics = {"step": step, "elapsed_s": trainer.elapsed_s, **{k: float(v) for k, v in last.items()}}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                write_checkpoint(trainer, Path(d), run_name=job.run_name, device=train_device, world_size=world)
+                write_checkpoint(trainer, Path(d), run_name=job.run_name, device=train_device, world_size=world,
+                                 cuda_graph=trainer.graph_status())
             # every rank reports (a barrier); only rank 0 hands over the checkpoint
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
 
@@ -275,6 +276,7 @@ def fit(job: Job, storage_path: Path, callbacks=None):
 
 def export_generator(result, job: Job, out: Path) -> dict:
     """Final Ray checkpoint -> models/<name>/generator.pt; returns the saved meta."""
+    from asap.engine import describe_graph
     from asap.models.checkpoint import build_generator, save_generator
     from asap.training import generator_meta
 
@@ -287,7 +289,8 @@ def export_generator(result, job: Job, out: Path) -> dict:
     generator.load_state_dict(state["generator"])
     meta = generator_meta(job.run, int(state["step"]), float(state["elapsed_s"]), run_name=job.run_name,
                           git_commit=job.git_commit, mlflow_run_id=job.mlflow_run_id,
-                          train_device=written.get("device", "unknown"))
+                          train_device=written.get("device", "unknown"),
+                          cuda_graph=describe_graph(written.get("cuda_graph")))
     save_generator(out, generator, meta=meta)
     return meta
 
@@ -341,6 +344,7 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
                             if k in MEASURED and isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
+        mlflow.set_tag("cuda_graph", metrics.get("cuda_graph", "not recorded"))  # how the steps ran
         earlier = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
                    if v.tags.get("weights_sha1") == sha1]
         if earlier:
@@ -421,8 +425,9 @@ def finish(job: Job, result, out: Path, result_path: Path, t0: float, storage: P
     provenance = {"name": run.name, "arch": run.arch, "dataset": run.dataset, "train_seed": run.train.seed,
                   "stopped_by": meta["stopped_by"], "train_device": meta["train_device"], "run_name": job.run_name,
                   "mlflow_run_id": job.mlflow_run_id, "git_commit": job.git_commit,
-                  "generator": str(Path("models") / run.name / out.name)}
-    log_final_model(job.mlflow_run_id, out, {**metrics, "stopped_by": meta["stopped_by"]})
+                  "generator": str(Path("models") / run.name / out.name), "cuda_graph": meta["cuda_graph"]}
+    log_final_model(job.mlflow_run_id, out, {**metrics, "stopped_by": meta["stopped_by"],
+                                             "cuda_graph": meta["cuda_graph"]})
     import mlflow
     mlflow.MlflowClient(job.tracking_uri).set_terminated(job.mlflow_run_id, "FINISHED")
     sidecar = result_path.parent / "provenance" / result_path.name

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from asap.config import ConfigError
-from asap.engine import GRAPH_WARMUP_STEPS, NonFiniteLossError, TrainConfig
+from asap.engine import GRAPH_WARMUP_STEPS, NonFiniteLossError, TrainConfig, describe_graph
 from asap.losses import GANLossConfig
 from asap.models.asapnet import asapnet
 from asap.training import TrainingRun, build_trainer, split_train_section
@@ -144,6 +144,8 @@ def test_cuda_graph_is_ignored_on_cpu_and_validated():
     assert not trainer.graphed
     trainer.train_step(batches(1)[0])
     assert trainer.step == 1 and trainer.graph is None
+    assert describe_graph(trainer.graph_status()) == "requested; eager (not on CUDA)"
+    assert describe_graph(make_trainer().graph_status()) == "off" and describe_graph(None) == "not recorded"
     with pytest.raises(ConfigError, match="train cuda_graph must be true or false, got 'yes'"):
         TrainConfig(cuda_graph="yes")
     with pytest.raises(ConfigError, match=r"train.cuda_graph captures the step of one process.*num_workers is 2"):
@@ -226,6 +228,7 @@ def test_graphed_step_matches_eager(mixed_precision, same_arithmetic):
         a, b = eager.train_step(batch), graphed.train_step(batch)
         if i == GRAPH_WARMUP_STEPS:
             assert graphed.graph is not None  # captured, then replayed with new data and new LRs
+            assert describe_graph(graphed.graph_status()) == f"one CUDA graph from step {i + 1}"
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=2e-3 if mixed_precision else 1e-4, abs=1e-5), (i, k)
     assert_moved_alike(init, snapshot(eager), snapshot(graphed), rel=1e-2 if mixed_precision else 1e-3)
@@ -284,5 +287,6 @@ def test_graphed_step_that_cannot_be_captured_trains_on_eagerly(same_arithmetic)
             assert b["G_total"] == pytest.approx(a["G_total"], rel=1e-4)
     status = graphed.graph_status()
     assert status["requested"] and not status["active"] and status["error"] and graphed.graph is None
+    assert describe_graph(status).startswith("requested; eager after a failed capture: ")
     assert graphed.step == len(data)
     assert_moved_alike(init, snapshot(eager), snapshot(graphed), rel=1e-3)
