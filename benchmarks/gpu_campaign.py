@@ -77,11 +77,14 @@ campaign writes at most 7 so the console log fits):
                         "targets": {name: {"measured", "target", "met", "ratio_to_target"}},
                         "median_ms": {"<model>/<path>/<precision>": {size: ms}}, "skipped_for_time", "row_errors"}
     result of phase 3: {"rows": [{"size", "batch", "precision", "max_abs_output_diff", "speedup",
-                                  "speedup_vs_authors_fp32" (bf16 rows), "generator_speedup",
+                                  "speedup_graphed" (ours as one CUDA graph), "speedup_best" (the
+                                  faster of ours: the target's), "speedup_vs_authors_fp32" (bf16 rows),
+                                  "generator_speedup",
                                   "authors_generator_share", "step_speedup_bound",
-                                  "ours"/"authors_way": {"step_s_median", "step_s_all", "images_per_s",
-                                                         "autocast_bf16", "fused_mlp", "generator_s_median",
-                                                         "generator_s_all"}, "wall_s"}],
+                                  "ours"/"ours_graphed"/"authors_way": {"step_s_median", "step_s_all",
+                                                         "images_per_s", "autocast_bf16", "fused_mlp",
+                                                         "generator_s_median", "generator_s_all",
+                                                         "graph" (ours_graphed: graph_status)}, "wall_s"}],
                         "pixelwise": [{"size", "batch", "precision", "S", "ms": {"reference", "authors_way",
                                        "fused", "fused_stash" (CUDA)}, "peak_mb": {...} (CUDA), "fused_best",
                                        "fused_vs_authors", "fused_vs_reference" (with the faster fused)}],
@@ -91,12 +94,15 @@ campaign writes at most 7 so the console log fits):
     trainer's autocast) failed on the device, and "stash": {"env", "why"}, the fused backward it
     trained with (ASAP_FUSED_BWD_STASH), the faster in phase 3's pixelwise row at its size, batch and
     precision; phase 3's has "fused_training": {precision: {"fused", "env", "why"}}, and each of its
-    rows "asap_fused_mlp", the value it ran with.
+    rows "asap_fused_mlp", the value it ran with. Both have "cuda_graph": {"cuda_graph", "env", "why"}:
+    whether phase 3 also timed ours as one CUDA graph and phase 4 trained every generator that way
+    (train.cuda_graph), on only where phase 1's graphed-step tests passed on the device.
     result of phase 4 (the record also has "budget_s_requested", "budget_s", "budget_note"):
                        {"dataset", "budget_s", "test_images", "params" (the resolved params sections),
                         "generators": {name: {"arch", "config" (asap.training.TrainingRun.to_dict),
                                               "summary" (asap.training.train's summary: steps, train_seconds,
-                                              stopped_by, final losses), "params", "train_call_s",
+                                              stopped_by, cuda_graph (graph_status), final losses),
+                                              "params", "train_call_s",
                                               "translate_s", "image_mean", "image_std",
                                               "latency_train_size": {"reference_fp32_ms", "reference_bf16_ms",
                                                   "fast_fp32_ms", "fast_bf16_ms" (ASAP-Net, with their
