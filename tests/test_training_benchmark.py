@@ -62,3 +62,22 @@ def test_authors_way_trains_the_generator_build_trainer_made():
     got = step_times(run, (32, 32), False, torch.device("cpu"), settings, check_layouts=True)
     assert len(got["times"]) == 1 and len(got["generator_times"]) == 1
     assert not got["amp"] and got["max_diff"] < 1e-5
+
+
+def test_a_failing_graphed_way_costs_its_own_numbers_not_the_rows(monkeypatch):
+    """Phase 3 times ours as one CUDA graph beside the eager ways; when that new way raises, the row
+    keeps ours and the authors' way and says what failed (a fault injected in place of the timing)."""
+    import benchmarks.training as bt
+
+    def timing(run, size, authors, device, settings, deadline=None, check_layouts=False, graphed=False):
+        if graphed:
+            raise RuntimeError("capture failed")
+        return {"times": [0.2 if authors else 0.1], "amp": False, "max_diff": None, "generator_times": [0.05],
+                "fused_mlp": False, "graph": {}}
+
+    monkeypatch.setattr(bt, "step_times", timing)
+    cuda = type("Device", (), {"type": "cuda"})()  # the ways list asks only for the device's type
+    row = bt.measure((32, 32), 1, "bf16", bt.TrainBenchSettings(iters=1, warmup=0), cuda, graphed=True,
+                     log=lambda *a: None)
+    assert row["ours_graphed"] == {"error": "RuntimeError: capture failed"}
+    assert row["speedup"] == row["speedup_best"] == 2.0 and "speedup_graphed" not in row
