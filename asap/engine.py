@@ -164,7 +164,8 @@ class GANTrainer:
         self.elapsed_s = 0.0  # wall-clock seconds spent in train_loop, over every resume
         self.amp = config.mixed_precision and self.device.type == "cuda"
         self.graphed = config.cuda_graph and self.device.type == "cuda"
-        if self.graphed and any(isinstance(m, nn.parallel.DistributedDataParallel) for m in (self.g_model, self.d_model)):
+        ddp = nn.parallel.DistributedDataParallel
+        if self.graphed and any(isinstance(m, ddp) for m in (self.g_model, self.d_model)):
             raise ValueError("train.cuda_graph captures the step of one process; it cannot capture DDP's gradient "
                              "all-reduce: set train.cuda_graph false for a run with several workers")
         self._lrs = {"lr_G": config.lr_g, "lr_D": config.lr_d}

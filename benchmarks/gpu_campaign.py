@@ -27,7 +27,8 @@ phase file lists the modules it imported. `--smoke` runs every phase on a CPU in
 toy sizes (the Triton kernels through TRITON_INTERPRET=1); tests/test_gpu_campaign.py runs it.
 
 Time (the real run): a global deadline (540 s from the start) with per-phase caps (1: 100 s, 2: 120 s,
-3: 60 s, or 100 s in a run without phase 4, e.g. the first of two calls); a phase stops starting measurements at its cap, or earlier so that phase 4 keeps its minimum
+3: 60 s, or 100 s in a run without phase 4, e.g. the first of two calls);
+a phase stops starting measurements at its cap, or earlier so that phase 4 keeps its minimum
 (3 x (30 s + 20 s)). Phase 4 gives each generator ``--budget-s`` (default 100), or less, the same for
 all three, when the deadline would not fit three of it; its file says which. Expect about 60 s for
 phase 1 (Triton compiles), 90 s for phase 2, 50 s for phase 3, and 3 x (budget + ~20 s) for phase 4.

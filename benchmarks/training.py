@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asap.engine import GRAPH_WARMUP_STEPS, TrainConfig
+from asap.engine import GRAPH_WARMUP_STEPS, TrainConfig, describe_graph
 from asap.losses import GANLossConfig
 from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling, fused_mlp_default
 from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, num_mlp_params, pixelwise_mlp, positional_encoding
@@ -243,7 +243,7 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
         log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
             f"(median step {med * 1000:.1f} ms over {len(got['times'])}"
             + (f"; generator forward+backward {gen_med * 1000:.1f} ms)" if gen_med is not None else
-               f"; graph {'captured at step ' + str(got['graph']['captured_at_step']) if got['graph']['active'] else 'NOT used: ' + str(got['graph']['error'])})"))
+               f"; {describe_graph(got['graph'])})"))
     ours, theirs = row["ours"], row["authors_way"]
     row["speedup"] = ours["images_per_s"] / theirs["images_per_s"]
     row["speedup_best"] = row["speedup"]

@@ -25,8 +25,9 @@ TINY_G = dict(lr_width=8, lr_max_width=16, lr_depth=1, mlp_width=16)
 def make_trainer(device="cpu", size=32, num_classes=5, perceptual="off", **train):
     cfg = TrainConfig(**{"steps": 100, "ndf": 8, "d_layers": 2, "log_every": 1, "checkpoint_every": 1000,
                          "sample_every": 1000, **train})
-    run = TrainingRun(name="test", arch="asapnet", generator=asapnet(num_classes, size, size, **TINY_G).config.to_dict(),
-                      train=cfg, loss=GANLossConfig(perceptual=perceptual), dataset="synthetic", data_root="")
+    generator = asapnet(num_classes, size, size, **TINY_G).config.to_dict()
+    run = TrainingRun(name="test", arch="asapnet", generator=generator, train=cfg,
+                      loss=GANLossConfig(perceptual=perceptual), dataset="synthetic", data_root="")
     return build_trainer(run, device)
 
 

@@ -33,8 +33,8 @@ QUALITY_COLUMNS = ["file", "device", "slug", "smoke", "name", "arch", "fid", "ki
                    "real_pixel_acc", "real_miou", "commit", "error"]
 TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal", "met", "ratio_to_target"]
 TRAINING_COLUMNS = ["file", "device", "size", "batch", "precision", "ours_images_per_s", "authors_images_per_s",
-                    "speedup", "graphed_images_per_s", "speedup_graphed", "speedup_vs_authors_fp32", "generator_speedup", "authors_generator_share",
-                    "step_speedup_bound", "error"]
+                    "speedup", "graphed_images_per_s", "speedup_graphed", "speedup_vs_authors_fp32",
+                    "generator_speedup", "authors_generator_share", "step_speedup_bound", "error"]
 PIXELWISE_COLUMNS = ["file", "device", "size", "batch", "precision", "S", "reference_ms", "authors_ms", "fused_ms",
                      "fused_stash_ms", "fused_vs_authors", "fused_vs_reference", "reference_peak_mb", "authors_peak_mb",
                      "fused_peak_mb", "fused_stash_peak_mb",
@@ -341,8 +341,8 @@ def training_table(training: pd.DataFrame) -> str:
     from asap.report.tables import fmt, md_table
 
     return md_table(["device", "size", "batch", "precision", "ours images/s", "authors' way images/s", "speed-up",
-                     "ours graphed images/s", "graphed speed-up", "bf16 ours vs authors' fp32", "generator fwd+bwd speed-up", "generator share of authors' step",
-                     "step speed-up bound"],
+                     "ours graphed images/s", "graphed speed-up", "bf16 ours vs authors' fp32",
+                     "generator fwd+bwd speed-up", "generator share of authors' step", "step speed-up bound"],
                     [[t["device"], t["size"], fmt(t["batch"], 0), t["precision"], fmt(t["ours_images_per_s"], 2),
                       fmt(t["authors_images_per_s"], 2), fmt(t["speedup"], 2) if not t["error"] else t["error"][:80],
                       fmt(t["graphed_images_per_s"], 2), fmt(t["speedup_graphed"], 2),
@@ -373,8 +373,12 @@ def budget_line(quality: pd.DataFrame) -> str:
     for file, q in quality.groupby("file", sort=False):
         steps = ", ".join(f"{r['name']} {r['steps']:.0f}" for _, r in q.iterrows() if r["steps"] == r["steps"])
         secs = q["budget_s"].dropna()
-        graphed = ("every step as one CUDA graph" if q["graphed"].all() else
-                   f"as one CUDA graph: {', '.join(q.loc[q['graphed'], 'name'])}" if q["graphed"].any() else "eager steps")
+        if q["graphed"].all():
+            graphed = "every step as one CUDA graph"
+        elif q["graphed"].any():
+            graphed = f"as one CUDA graph: {', '.join(q.loc[q['graphed'], 'name'])}"
+        else:
+            graphed = "eager steps"
         parts.append(f"{q['device'].iloc[0]}: {f'{secs.iloc[0]:g} s' if not secs.empty else '?'} of training per "
                      f"generator (steps {steps or 'not recorded'}; {graphed}), {q['num_images'].max():.0f} test images")
     return "; ".join(parts)
