@@ -24,6 +24,7 @@ kernels (on an H200: 30.7 ms for one 256x256 image, 37.9 ms for eight), which a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -230,9 +231,10 @@ class GANTrainer:
                                       edge.to(self.device) if edge is not None else None)
         return x, real
 
-    def discriminate(self, x, fake, real):
-        """D on fake and real in one pass (cat along the batch, as SPADE), split back per scale."""
-        out = self.d_model(torch.cat([torch.cat([x, fake], 1), torch.cat([x, real], 1)], 0))
+    def discriminate(self, x, fake, real, model: nn.Module | None = None):
+        """D (``model``, default the wrapped one) on fake and real in one pass (cat along the batch, as
+        SPADE), split back per scale."""
+        out = (model or self.d_model)(torch.cat([torch.cat([x, fake], 1), torch.cat([x, real], 1)], 0))
         n = fake.shape[0]
         fake_out = [[f[:n] for f in scale] for scale in out]
         real_out = [[f[n:] for f in scale] for scale in out]
@@ -247,7 +249,11 @@ class GANTrainer:
                         cache_enabled=not self._capturing)  # a graph must not keep autocast's cast cache
         with torch.autocast(**autocast):
             fake = self.g_model(x)
-            fake_out, real_out = self.discriminate(x, fake, real)
+            # The G step needs D's gradient with respect to its input, not to its weights (the D step
+            # zeroes those): D's weights leave the graph, which saves their gradients (a third of D's
+            # work here) and, under DDP, their all-reduce. The raw D, so DDP's wrapper sees only D steps.
+            with frozen(self.discriminator):
+                fake_out, real_out = self.discriminate(x, fake, real, self.discriminator)
             g_gan = hinge_g_loss(fake_out)
             g_feat = feature_matching_loss(fake_out, real_out, self.loss.lambda_feat)
             g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else g_gan.new_zeros(())
@@ -291,6 +297,10 @@ class GANTrainer:
     def _graph_step(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         if self._stream is None:  # warm-up and capture on one stream: cuBLAS keeps a workspace per stream
             self._stream = torch.cuda.Stream(self.device)
+        if self.graph is not None and (self._static["x"].shape != x.shape or self._static["real"].shape != real.shape):
+            # a batch of another shape: cuDNN, cuBLAS and Triton choose their kernels for it in eager
+            # warm-up steps first, then it is captured anew (the old graph and its memory are let go)
+            self.graph, self._static, self._eager_steps = None, {}, 0
         if self.graph is None and self._eager_steps < GRAPH_WARMUP_STEPS:
             self._eager_steps += 1
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -298,7 +308,7 @@ class GANTrainer:
                 out = self.update(x, real)
             torch.cuda.current_stream(self.device).wait_stream(self._stream)
             return out
-        if self.graph is None or self._static["x"].shape != x.shape or self._static["real"].shape != real.shape:
+        if self.graph is None:
             try:
                 self._capture(x, real)
             except Exception as err:  # train on, eagerly, and say so (graph_status records it)
@@ -310,13 +320,9 @@ class GANTrainer:
         return self._static["out"]
 
     def _capture(self, x: torch.Tensor, real: torch.Tensor) -> None:
-        """Record ``update`` on static input buffers as one CUDA graph. The LRs become device tensors the
-        graph reads (set_learning_rates fills them), the optimisers capturable; nothing runs yet."""
-        for opt in (self.opt_g, self.opt_d):
-            for group in opt.param_groups:
-                group["capturable"] = True
-                if not torch.is_tensor(group["lr"]):
-                    group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
+        """Record ``update`` on static input buffers as one CUDA graph (``_capturable_optimisers``
+        first); nothing runs yet."""
+        self._capturable_optimisers()
         self.graph = None
         self._static = {"x": x.detach().clone(), "real": real.detach().clone()}
         graph = torch.cuda.CUDAGraph()
@@ -329,6 +335,15 @@ class GANTrainer:
             self._capturing = False
         self.graph = graph
         self._captured_at = self.step
+
+    def _capturable_optimisers(self) -> None:
+        """What a graph replays must not change between steps: the LRs become device tensors the graph
+        reads (set_learning_rates fills them) instead of floats it would keep, the optimisers capturable."""
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["capturable"] = True
+                if not torch.is_tensor(group["lr"]):
+                    group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
 
     def _uncapture(self, error: str) -> None:
         """After a failed capture: the eager step from here on, with float LRs again."""
@@ -386,6 +401,20 @@ class GANTrainer:
 
     def load(self, path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """``module``'s parameters out of autograd's graph for what runs inside (requires_grad off, then
+    restored): a backward through the outputs computes no gradient for them."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def describe_graph(status: dict | None) -> str:

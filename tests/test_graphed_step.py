@@ -9,15 +9,24 @@ machine has no archive) and import nothing beyond torch and asap.
 
 import copy
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from asap.config import ConfigError
 from asap.engine import GRAPH_WARMUP_STEPS, NonFiniteLossError, TrainConfig, describe_graph
 from asap.losses import GANLossConfig
 from asap.models.asapnet import asapnet
 from asap.training import TrainingRun, build_trainer, split_train_section
+from host_sync import StepRecorder, changing_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_G = dict(lr_width=8, lr_max_width=16, lr_depth=1, mlp_width=16)
 
@@ -74,28 +83,45 @@ def test_non_finite_loss_skips_both_updates_on_the_device():
     assert trainer.step == 2 and float(trainer.opt_g.state_dict()["state"][0]["step"]) == 2
 
 
+def _adam_first_update(p0: torch.Tensor, grad: torch.Tensor | None, lr: float) -> torch.Tensor:
+    """Adam's first update written out: betas (0, 0.9), bias-corrected, eps 1e-8."""
+    g = grad if grad is not None else torch.zeros_like(p0)
+    m, v = g, (1 - 0.9) * g * g                      # beta1 = 0: m is the gradient
+    return p0 - lr * m / ((v / (1 - 0.9)).sqrt() + 1e-8)
+
+
 def test_step_equals_a_hand_written_adam_update():
-    """The generator's first update, recomputed here: the same losses' gradients through autograd and
-    Adam written out (betas (0, 0.9), bias-corrected), against what the fused optimiser did."""
+    """Both first updates, recomputed here: the losses' gradients through autograd (D's weights in the
+    graph of the G loss, as the authors' step has them) and Adam written out, against what the fused
+    optimisers did. D's forwards run in the trainer's order (G step, then D step): its spectral norms
+    advance their power iteration in each."""
+    from asap.losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
+
     trainer = make_trainer(lr_g=1e-3, lr_d=4e-3)
     batch = batches(1)[0]
     g0 = {n: p.detach().clone() for n, p in trainer.generator.named_parameters()}
+    d0 = {n: p.detach().clone() for n, p in trainer.discriminator.named_parameters()}
     twin = make_trainer(lr_g=1e-3, lr_d=4e-3)  # same seed: the same initial weights
     x, real = twin.inputs(batch)
     fake = twin.generator(x)
     fake_out, real_out = twin.discriminate(x, fake, real)
-    from asap.losses import feature_matching_loss, hinge_g_loss
     g_total = hinge_g_loss(fake_out) + feature_matching_loss(fake_out, real_out, twin.loss.lambda_feat)
-    grads = dict(zip([n for n, _ in twin.generator.named_parameters()],
-                     torch.autograd.grad(g_total, list(twin.generator.parameters()), allow_unused=True)))
+    g_names, g_params = zip(*twin.generator.named_parameters())
+    grads_g = dict(zip(g_names, torch.autograd.grad(g_total, g_params, allow_unused=True)))
+    fake_out, real_out = twin.discriminate(x, fake.detach(), real)
+    d_loss = hinge_d_loss(real_out, fake_out)
+    d_names, d_params = zip(*twin.discriminator.named_parameters())
+    grads_d = dict(zip(d_names, torch.autograd.grad(d_loss, d_params, allow_unused=True)))
+
     losses = trainer.train_step(batch)
     assert losses["G_total"] == pytest.approx(g_total.item(), rel=1e-6)
-    eps, beta2, lr = 1e-8, 0.9, 1e-3
+    assert losses["D"] == pytest.approx(d_loss.item(), rel=1e-6)
     for name, p in trainer.generator.named_parameters():
-        g = grads[name] if grads[name] is not None else torch.zeros_like(p)
-        m, v = g, (1 - beta2) * g * g                      # beta1 = 0: m is the gradient
-        expected = g0[name] - lr * m / ((v / (1 - beta2)).sqrt() + eps)
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(p.detach(), _adam_first_update(g0[name], grads_g[name], 1e-3),
+                                   rtol=1e-5, atol=1e-6, msg=name)
+    for name, p in trainer.discriminator.named_parameters():
+        torch.testing.assert_close(p.detach(), _adam_first_update(d0[name], grads_d[name], 4e-3),
+                                   rtol=1e-5, atol=1e-6, msg=name)
 
 
 def _unfused_step(old, batch) -> None:
@@ -155,6 +181,111 @@ def test_cuda_graph_is_ignored_on_cpu_and_validated():
                       train=TrainConfig(), loss=GANLossConfig(perceptual="off"), dataset="s", data_root="")
     graphed = dataclasses.replace(run, train=TrainConfig(cuda_graph=True))
     assert run.digest() == graphed.digest()  # how a step runs is not what it computes: the same run folder
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: what a capture cannot hold (tests/host_sync.py), and what the G step no longer computes
+# ----------------------------------------------------------------------------------------------
+
+def test_the_recorder_sees_what_a_capture_cannot_hold():
+    """The recorder the next tests rely on, on each kind of host read it must report, and on work that
+    is none (a graph holds torch.where, full, arithmetic)."""
+    t = torch.randn(6)
+    reads = {"item": lambda: t.sum().item(), "bool": lambda: bool(t.sum() > 0),
+             "if any": lambda: 1 if (t > 0).any() else 0, "float": lambda: float(t[0]),
+             "tensor from Python": lambda: torch.tensor([0.5, 1.0]), "boolean mask": lambda: t[t > 0],
+             "nonzero": lambda: t.nonzero(), "tolist": lambda: t.tolist(), "cpu": lambda: t.cpu(),
+             "numpy": lambda: t.numpy(), "unique": lambda: t.round().unique(),
+             "repeat_interleave": lambda: torch.repeat_interleave(torch.tensor([1, 2]))}
+    for what, fn in reads.items():
+        with StepRecorder() as rec:
+            fn()
+        assert rec.host_reads, what
+    with StepRecorder() as rec:
+        torch.where(t > 0, t, 0.0) * torch.full((), 2.0) + t.square().mean()
+    assert rec.host_reads == [] and len(rec.ops) >= 5
+    assert torch.Tensor.tolist is not None and "reading" not in torch.Tensor.tolist.__name__  # restored
+
+
+def _recorded_steps(trainer, n: int, size: int, num_classes: int = 5) -> list[StepRecorder]:
+    records = []
+    for batch in batches(n, size=size, num_classes=num_classes):
+        trainer.set_learning_rates()
+        x, real = trainer.inputs(batch)
+        with StepRecorder() as rec:
+            trainer.update(x, real)
+        trainer.step += 1
+        records.append(rec)
+    return records
+
+
+BASELINES_TINY = {"pix2pixhd": {"width_mult": 0.125}, "spade": {"width_mult": 0.125}}
+
+
+@pytest.mark.parametrize("arch", ["asapnet", "pix2pixhd", "spade"])
+def test_the_step_reads_nothing_back_and_replays_the_same_numbers(arch):
+    """Each generator's whole step (G, D, the perceptual HED VGG16, both backwards, both fused Adam
+    updates) as a graph would record it: no host read; and two later steps run the same ops with the same
+    Python numbers once the optimisers are capturable, while the LR decays every step. Without that
+    (floats for the LRs) the record finds exactly the two updates' LRs changing: what a graph would have
+    frozen."""
+    size, classes = 64, 5
+    cfg = TrainConfig(steps=10, decay_from=0.0, ndf=8, d_layers=2)
+    generator = (asapnet(classes, size, size, **TINY_G).config.to_dict() if arch == "asapnet"
+                 else {"num_classes": classes, **BASELINES_TINY[arch]})
+    run = TrainingRun(name="t", arch=arch, generator=generator, train=cfg,
+                      loss=GANLossConfig(perceptual="hed-vgg16"), dataset="synthetic", data_root="")
+    trainer = build_trainer(run)
+    first, second, third = _recorded_steps(trainer, 3, size, classes)
+    assert first.host_reads == second.host_reads == third.host_reads == []
+    changing = changing_scalars(second, third)
+    assert len(changing) == 2 and all("aten._fused_adam_" in c and "'lr'" in c for c in changing), changing
+    trainer._capturable_optimisers()
+    second, third = _recorded_steps(trainer, 2, size, classes)
+    assert second.host_reads == [] and changing_scalars(second, third) == []
+    assert trainer.opt_g.param_groups[0]["lr"].item() == pytest.approx(run.train.lr_g * (1 - 4 / 10))
+
+
+def test_the_fused_step_reads_nothing_back_on_the_host():
+    """The same, through the fused Triton MLP (forward and backward) in Triton's interpreter, in a
+    process of its own (tests/host_sync.py)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "host_sync.py"), "--fused"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["fused"] and result["ops"] > 100
+    assert result["host_reads"] == []
+
+
+class WeightGradCounter(TorchDispatchMode):
+    """Counts the convolutions whose weight gradient a backward computes (convolution_backward's
+    output_mask [input, weight, bias])."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight_grads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.convolution_backward and args[-1][1]:
+            self.weight_grads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_g_step_computes_no_discriminator_weight_gradient():
+    """A step computes each conv's weight gradient once: G's in the G step, D's in the D step; not D's
+    in the G step as well (the D step zeroes them). Counted from the modules, against the backward's
+    own record. The G step's numbers are unchanged: test_step_equals_a_hand_written_adam_update."""
+    trainer = make_trainer()
+    convs = {name: sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+             for name, model in (("g", trainer.generator), ("d", trainer.discriminator))}
+    assert convs["g"] > 0 and convs["d"] > 0
+    trainer.set_learning_rates()
+    x, real = trainer.inputs(batches(1)[0])
+    with WeightGradCounter() as counter:
+        trainer.update(x, real)
+    assert counter.weight_grads == convs["g"] + convs["d"]
+    assert all(p.requires_grad for p in trainer.discriminator.parameters())  # restored after the G step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,6 +366,25 @@ def test_graphed_step_matches_eager(mixed_precision, same_arithmetic):
     assert_moved_alike(init, snapshot(eager), snapshot(graphed), rel=1e-2 if mixed_precision else 1e-3)
     assert int(graphed.opt_g.state_dict()["state"][0]["step"]) == len(data)
     assert graphed.opt_g.param_groups[0]["lr"].item() == pytest.approx(eager.opt_g.param_groups[0]["lr"])
+
+
+@pytest.mark.gpu
+def test_graphed_step_warms_up_again_for_a_new_batch_shape(same_arithmetic):
+    """Batches of 1, then of 2: the graph of the first shape is let go, the new shape runs its eager
+    warm-up steps and is captured anew, and the run stays with the eager one all along."""
+    eager, graphed = _pair(mixed_precision=False)
+    init = snapshot(eager)
+    ones = batches(GRAPH_WARMUP_STEPS + 2, size=GPU_SIZE)
+    twos = batches(GRAPH_WARMUP_STEPS + 2, size=GPU_SIZE, batch=2, seed=1)
+    for i, batch in enumerate(ones + twos):
+        a, b = eager.train_step(batch), graphed.train_step(batch)
+        assert b["G_total"] == pytest.approx(a["G_total"], rel=1e-4), i
+        new_shape_steps = i - len(ones)
+        if 0 <= new_shape_steps < GRAPH_WARMUP_STEPS:
+            assert graphed.graph is None, i  # warming up at the new shape
+    assert graphed.graph is not None and graphed._static["x"].shape[0] == 2
+    assert graphed.graph_status()["captured_at_step"] == len(ones) + GRAPH_WARMUP_STEPS
+    assert_moved_alike(init, snapshot(eager), snapshot(graphed), rel=1e-3)
 
 
 @pytest.mark.gpu
