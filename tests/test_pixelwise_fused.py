@@ -717,6 +717,22 @@ def test_gemm_conv_equals_the_conv(kernel, padding, bias):
         GemmConv(torch.nn.Conv2d(16, 24, 3, stride=2, padding=1))
 
 
+def test_gemm_conv_follows_its_conv_after_an_in_place_update():
+    """The reordered weight is a copy: after the conv's weight changes in place (an optimiser step,
+    load_state_dict) GemmConv must compute the new conv, and rewrite its copy in place (a CUDA graph
+    reads that buffer), not hand back the old function."""
+    from asap.models.lowres_fused import GemmConv
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1).double()
+    gemm = GemmConv(conv)
+    x = torch.randn(1, 8, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    buffer = gemm.weight_t.data_ptr()
+    with torch.no_grad():
+        conv.weight.mul_(-2.0).add_(0.1)
+    assert (gemm(x) - conv(x)).abs().max().item() < 1e-12
+    assert gemm.weight_t.data_ptr() == buffer and not gemm.refresh()  # rewritten once, in place
+
+
 def test_fast_generator_with_gemm_convs_equals_the_model():
     """conv_gemm=True runs the wide blocks and the final 1x1 conv as GEMMs (the narrow and strided convs
     stay convolutions), same function; "auto" on the CPU keeps the convolutions; an "auto" stream times
@@ -744,6 +760,10 @@ def test_fast_generator_with_gemm_convs_equals_the_model():
         assert choice["ms"][choice["use"]] == min(choice["ms"].values())
         tuned(labels)
         assert len(tuned.lowres_choice) == 1  # timed once per shape
+        # weights loaded into the fast generator afterwards reach its GEMMs (their weight copies)
+        other = asapnet(4, 64, 64, downsampling=16, lr_width=8, lr_max_width=256, lr_depth=2).eval()
+        fast.lowres_stream.load_state_dict(other.lowres_stream.state_dict())
+        assert (fast(labels) - other(labels)).abs().max().item() < 1e-5
     with pytest.raises(ValueError, match="conv_gemm must be True, False or 'auto'"):
         FastGenerator(model, conv_gemm="sometimes")
 

@@ -249,6 +249,10 @@ class FastGenerator(nn.Module):
                 self._raise_bad_labels(x)
             return out
         key = (tuple(x.shape), x.dtype, x.device, None if edges is None else (tuple(edges.shape), edges.dtype))
+        if self.lowres_stream_gemm is not None:  # a replay runs no Python: bring the GEMMs' weights up to date
+            for m in self.lowres_stream_gemm:
+                if isinstance(m, lowres_fused.GemmConv):
+                    m.refresh()
         entry = self._graphs.get(key)
         if entry is None:
             self.config.check_size(x.shape[-2], x.shape[-1])  # clear error before any capture

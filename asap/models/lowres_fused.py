@@ -264,7 +264,7 @@ class GemmConv(nn.Module):
     split the long K = 9216 across them. Which one is faster is measured, not assumed:
     ``FastGenerator`` times both forms of the stream for each input shape and keeps the faster. Same
     function as the conv (shares its parameters; the reordered weight is a cached copy in the conv's
-    dtype).
+    dtype, rewritten in place when the conv's weight has changed since: ``refresh``).
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -278,10 +278,31 @@ class GemmConv(nn.Module):
         self.taps = k[0]
         self.pad = p[0]
         # (C_out, C_in, kh, kw) -> (kh * kw * C_in, C_out): the im2col matrix's column order below
-        self.register_buffer("weight_t", conv.weight.detach().permute(2, 3, 1, 0)
-                             .reshape(-1, conv.out_channels).contiguous(), persistent=False)
+        self.register_buffer("weight_t", self._reordered(), persistent=False)
+        self._weight_version = conv.weight._version
+
+    def _reordered(self) -> torch.Tensor:
+        w = self.conv.weight.detach()
+        return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
+
+    def refresh(self) -> bool:
+        """Rewrite the cached weight if the conv's weight changed since it was made (an in-place update:
+        ``load_state_dict``, an optimiser step, a cast): in place, so a CUDA graph that reads it stays
+        valid. A host-side version check, no device work when nothing changed. True if it rewrote."""
+        w = self.conv.weight
+        if w._version == self._weight_version and w.dtype == self.weight_t.dtype and w.device == self.weight_t.device:
+            return False
+        new = self._reordered()
+        if new.dtype == self.weight_t.dtype and new.device == self.weight_t.device:
+            with torch.no_grad():
+                self.weight_t.copy_(new)
+        else:  # a cast or a move made a new weight: a new buffer (a graph captured before is stale anyway)
+            self.weight_t = new
+        self._weight_version = w._version
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.refresh()
         B, C, H, W = x.shape
         nhwc = x.permute(0, 2, 3, 1)
         if not nhwc.is_contiguous():
