@@ -279,9 +279,17 @@ class GANTrainer:
     def train_step(self, batch: dict) -> dict[str, float]:
         """One step on ``batch``: eager, or the captured graph replayed (``cuda_graph``). The losses are
         read once, after the updates; a non-finite one raises NonFiniteLossError, its update skipped."""
+        return self.finish(self.launch(batch))
+
+    def launch(self, batch: dict) -> torch.Tensor:
+        """The first half of ``train_step``: the step's device work queued (on a GPU the host is free
+        until ``finish``: train_loop reads the next batch meanwhile). Returns what ``finish`` takes."""
         self.set_learning_rates()
         x, real = self.inputs(batch)
-        out = self._graph_step(x, real) if self.graphed else self.update(x, real)
+        return self._graph_step(x, real) if self.graphed else self.update(x, real)
+
+    def finish(self, out: torch.Tensor) -> dict[str, float]:
+        """The second half of ``train_step``: wait for the step, read its losses, count it."""
         values = out.tolist()  # the step's one host sync
         losses = dict(zip(LOSS_NAMES, values[:len(LOSS_NAMES)]))
         if values[-2] or values[-1]:
@@ -495,10 +503,17 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
     trainer.discriminator.train()
     spent_before, t0 = trainer.elapsed_s, time.perf_counter()
     last_checkpoint_s = trainer.elapsed_s
+    def batch_at(step: int) -> dict:
+        return collate(dataset, *batch_plan(step, len(dataset), c.batch_size, c.seed, rank, world, c.flip))
+
+    upcoming = None
     while not trainer.done():
-        idx, flips = batch_plan(trainer.step, len(dataset), c.batch_size, c.seed, rank, world, c.flip)
-        batch = collate(dataset, idx, flips)
-        losses = trainer.train_step(batch)
+        batch = upcoming if upcoming is not None else batch_at(trainer.step)
+        pending = trainer.launch(batch)
+        # the next step's batch is read while the device runs this one (a pure function of the step
+        # number, so resuming reads the same batches)
+        upcoming = batch_at(trainer.step + 1)
+        losses = trainer.finish(pending)
         trainer.elapsed_s = trainer.agree_elapsed(spent_before + time.perf_counter() - t0)
         step, final = trainer.step, trainer.done()
         if step % c.log_every == 0 or final:

@@ -1,6 +1,7 @@
 """In-process GAN training: LR schedule, data order, exact resume, overfitting one real facades pair,
 and a non-finite loss stopping the run without touching the weights."""
 
+import dataclasses
 import io
 import zipfile
 from pathlib import Path
@@ -100,6 +101,28 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b)
     assert straight.opt_g.state_dict()["state"][0]["step"] == resumed.opt_g.state_dict()["state"][0]["step"] == 4
     assert straight.opt_g.param_groups[0]["lr"] == resumed.opt_g.param_groups[0]["lr"]
+
+
+def test_loop_trains_each_step_on_its_planned_batch_while_reading_the_next():
+    """The loop reads step k+1's batch while step k runs on the device: every step must still get
+    batch_plan's batch for its own number, and a sample its own step's batch."""
+    data = [facades_pair(f"cmp_b{i:04d}", 32) for i in range(61, 66)]
+    trainer = make_trainer(size=32, steps=6)
+    launched, sampled = [], []
+    launch = trainer.launch
+
+    def recording_launch(batch):
+        launched.append((trainer.step, batch["label"].clone()))
+        return launch(batch)
+
+    trainer.launch = recording_launch
+    trainer.config = dataclasses.replace(trainer.config, sample_every=1)
+    train_loop(trainer, data, on_sample=lambda step, batch: sampled.append((step, batch["label"].clone())),
+               printer=lambda *a, **k: None)
+    assert [s for s, _ in launched] == list(range(6)) and [s for s, _ in sampled] == list(range(1, 7))
+    for (step, got), (after, sample) in zip(launched, sampled):
+        want = collate(data, *batch_plan(step, len(data), 1, trainer.config.seed))["label"]
+        assert torch.equal(got, want) and torch.equal(sample, want), step
 
 
 def test_in_process_loop_overfits_one_real_pair():
