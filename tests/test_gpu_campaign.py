@@ -101,7 +101,7 @@ def test_phase1_runs_the_gpu_tests_and_the_interpreter_cases(smoke):
                                capture_output=True, text=True)
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
     assert junit["total"] == len(ids) >= len(cases.CASES) + len(cases.GPU_ONLY_CASES) + 1
-    assert sum(i.startswith("tests/test_graphed_step.py::test_graphed_step") for i in ids) == 4  # the graph's too
+    assert sum(i.startswith("tests/test_graphed_step.py::test_graphed_step") for i in ids) >= 5  # the graph's too
     assert junit["skipped"] == junit["total"] and result["pytest"]["returncode"] == 0  # no CUDA here
     # with pytest-xdist installed (the test extra; the GPU machine has it) the tests ran in 2 workers
     workers = 2 if importlib.util.find_spec("xdist") else 0
@@ -184,7 +184,8 @@ def test_phases_3_and_4_graph_the_training_step_only_where_phase1_passed_its_tes
 
     phase1 = smoke["phases"][1]
     names = [t["name"] for t in phase1["result"]["pytest"]["junit"]["tests"]]
-    assert sum(n.startswith("test_graphed_step") for n in names) == 4  # collected, skipped here (no CUDA)
+    graphed = sum(n.startswith("test_graphed_step") for n in names)
+    assert graphed >= 5  # collected, skipped here (no CUDA)
     gate = cuda_graph_after(phase1)
     assert gate["cuda_graph"] is False and gate["why"].startswith("unverified")
     passed = json.loads(json.dumps(phase1))
@@ -192,7 +193,7 @@ def test_phases_3_and_4_graph_the_training_step_only_where_phase1_passed_its_tes
         if t["name"].startswith("test_graphed_step"):
             t["outcome"] = "passed"
     assert cuda_graph_after(passed) == {"cuda_graph": True, "env": None,
-                                        "why": "phase 1's 4 graphed-step tests passed"}
+                                        "why": f"phase 1's {graphed} graphed-step tests passed"}
     failed = json.loads(json.dumps(passed))
     failed["result"]["pytest"]["junit"]["tests"].append(
         {"name": "test_graphed_step_matches_eager[bf16]", "outcome": "failed"})
