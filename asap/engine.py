@@ -20,6 +20,9 @@ uses it), so the step needs no host sync before its updates; the host reads the 
 That is what lets ``cuda_graph`` capture the whole step (G and D forward, backward and Adam updates)
 as one CUDA graph and replay it: at batch 1 the eager step is bound by launching its many small
 kernels (on an H200: 30.7 ms for one 256x256 image, 37.9 ms for eight), which a replay issues at once.
+The G step keeps D's weights out of autograd's graph (``frozen``: it needs D's input gradient only),
+and the loop reads the next batch between queueing a step (``launch``) and reading its losses
+(``finish``), while the device works.
 """
 
 from __future__ import annotations
@@ -503,6 +506,7 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
     trainer.discriminator.train()
     spent_before, t0 = trainer.elapsed_s, time.perf_counter()
     last_checkpoint_s = trainer.elapsed_s
+
     def batch_at(step: int) -> dict:
         return collate(dataset, *batch_plan(step, len(dataset), c.batch_size, c.seed, rank, world, c.flip))
 
