@@ -28,9 +28,13 @@ and the loop reads the next batch between queueing a step (``launch``) and readi
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -98,6 +102,28 @@ class NonFiniteLossError(RuntimeError):
 LOSS_NAMES = ("G_total", "G_gan", "G_feat", "G_vgg", "D")
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: cuDNN, cuBLAS and Triton choose
                         # and compile their kernels there, not while the graph is being recorded
+
+
+# The source files under asap/ that shape what training computes (models, losses, data, the loop):
+# what a run's ``code_history`` records, so its records say which code made its weights.
+TRAINING_CODE = ("engine.py", "losses.py", "training.py", "weights.py", "images.py", "config.py", "models", "data")
+
+
+@functools.lru_cache(maxsize=1)
+def training_code() -> dict[str, str]:
+    """{"asap/<file>": first 12 hex digits of its SHA-1} for the TRAINING_CODE files, as they are now."""
+    root = Path(__file__).resolve().parent
+    files = {}
+    for entry in TRAINING_CODE:
+        path = root / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            files[f"asap/{f.relative_to(root).as_posix()}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:12]
+    return files
+
+
+def code_sha1(files: dict[str, str]) -> str:
+    """One digest of a ``training_code()`` map."""
+    return hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def linear_decay(progress: float, decay_from: float) -> float:
@@ -174,6 +200,8 @@ class GANTrainer:
                              "all-reduce: set train.cuda_graph false for a run with several workers")
         self._lrs = {"lr_G": config.lr_g, "lr_D": config.lr_d}
         self._captured_at, self._graph_error = None, None
+        # which code trained which steps: [{"from_step", "code_sha1", "files"}], carried by checkpoints
+        self.code_history: list[dict] = []
         self._reset_graph()
 
     def _reset_graph(self) -> None:
@@ -372,6 +400,38 @@ class GANTrainer:
         return {"requested": self.config.cuda_graph, "active": self.graphed,
                 "captured_at_step": self._captured_at, "error": self._graph_error}
 
+    # -- which code trains -------------------------------------------------------------------------
+    def record_code(self) -> None:
+        """Before training on from ``step``: a new ``code_history`` entry if the training code is not
+        the code of the last entry (a fresh run, or a resume after the code changed)."""
+        files = training_code()
+        if not self.code_history or self.code_history[-1]["files"] != files:
+            self.code_history.append({"from_step": self.step, "code_sha1": code_sha1(files), "files": files})
+
+    def code_changes(self) -> list[str] | None:
+        """The training-code files that differ from the code that trained the last recorded steps
+        (changed, added or removed); None when the run records no code (a fresh run, or a checkpoint
+        written before runs recorded it)."""
+        if not self.code_history:
+            return None
+        then, now = self.code_history[-1]["files"], training_code()
+        return sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
+
+    def describe_code_change(self, run_folder) -> str | None:
+        """One line for a resumed run whose training code changed since its checkpoint; None if not."""
+        changed = self.code_changes()
+        if not changed:
+            return None
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        then = ("the run is finished: its weights stay those of the earlier code" if self.done() else
+                f"the steps from {self.step + 1} on run the code as it is now")
+        return (f"the training code changed since this run's checkpoint of step {self.step} ({shown}); {then}. "
+                f"To train the run afresh with this code, remove {run_folder}")
+
+    def code_record(self) -> list[dict]:
+        """``code_history`` without the per-file digests: for a run's records (provenance, meta)."""
+        return [{"from_step": e["from_step"], "code_sha1": e["code_sha1"]} for e in self.code_history]
+
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything to resume: models, optimisers, step and seconds spent (plain tensors and numbers).
@@ -382,7 +442,8 @@ class GANTrainer:
                 "arch": arch_of(self.generator),
                 "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "generator_config": self.generator.config.to_dict(), "train_config": self.config.to_dict()}
+                "generator_config": self.generator.config.to_dict(), "train_config": self.config.to_dict(),
+                "code_history": self.code_history}
 
     def load_state_dict(self, state: dict) -> None:
         from asap.models.checkpoint import arch_of
@@ -404,6 +465,7 @@ class GANTrainer:
             _fused_after_load(opt)
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
+        self.code_history = [dict(e) for e in state.get("code_history", [])]  # older checkpoints: none
         self._reset_graph()  # the captured step read the old tensors
 
     def save(self, path) -> None:
@@ -510,6 +572,8 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
     def batch_at(step: int) -> dict:
         return collate(dataset, *batch_plan(step, len(dataset), c.batch_size, c.seed, rank, world, c.flip))
 
+    if not trainer.done():
+        trainer.record_code()
     upcoming = None
     while not trainer.done():
         batch = upcoming if upcoming is not None else batch_at(trainer.step)

@@ -402,6 +402,9 @@ def _train_locked(run: TrainingRun, run_dir: Path, *, device, keep_checkpoints, 
     if resumed is not None:
         printer(f"[train] resuming {run.name} from step {trainer.step} ({trainer.elapsed_s:.0f} s spent) "
                 f"of {resumed}", flush=True)
+        note = trainer.describe_code_change(run_dir)
+        if note:
+            printer(f"[train] note: {note}", flush=True)
     _trim_metrics(metrics_file, trainer.step)
     budget = (f"{run.train.time_budget_s:g} s (at most {run.train.steps} steps)"
               if run.train.time_budget_s is not None else f"{run.train.steps} steps")
@@ -436,11 +439,12 @@ def _train_locked(run: TrainingRun, run_dir: Path, *, device, keep_checkpoints, 
                                                                run_name=run.run_name(),
                                                                train_device=device_slug(device_info(device)),
                                                                cuda_graph=describe_graph(trainer.graph_status()),
+                                                               code_history=trainer.code_record(),
                                                                **(meta or {})))
     summary = {"name": run.name, "arch": run.arch, "steps": trainer.step, "train_seconds": round(trainer.elapsed_s, 2),
                "time_budget_s": run.train.time_budget_s, "stopped_by": trainer.stopped_by(),
                "this_session_s": round(time.perf_counter() - t0, 2), "resumed_from_step": resumed_step,
-               "generator": str(out), "cuda_graph": trainer.graph_status(),
+               "generator": str(out), "cuda_graph": trainer.graph_status(), "code_history": trainer.code_record(),
                **{f"final_{k}": v for k, v in last.items()}}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     printer(f"[train] {run.name}: {trainer.step} steps in {trainer.elapsed_s:.1f} s (stopped by "

@@ -150,6 +150,9 @@ def train_worker(config: dict) -> None:
         if rank == 0:
             print(f"[train] resuming {job.run_name} from step {trainer.step} ({trainer.elapsed_s:.0f} s spent)",
                   flush=True)
+            note = trainer.describe_code_change(Path(config["storage"]) / job.run_name)
+            if note:
+                print(f"[train] note: {note}", flush=True)
 
     logger = None
     if rank == 0 and job.mlflow_run_id:  # off the training path: a dead server never stalls a step
@@ -287,10 +290,12 @@ def export_generator(result, job: Job, out: Path) -> dict:
         written = json.loads((Path(d) / "meta.json").read_text())
     generator = build_generator(job.run.arch, job.run.generator)
     generator.load_state_dict(state["generator"])
+    # which code trained which steps (none recorded by checkpoints written before runs recorded it)
+    code = [{"from_step": e["from_step"], "code_sha1": e["code_sha1"]} for e in state.get("code_history", [])]
     meta = generator_meta(job.run, int(state["step"]), float(state["elapsed_s"]), run_name=job.run_name,
                           git_commit=job.git_commit, mlflow_run_id=job.mlflow_run_id,
                           train_device=written.get("device", "unknown"),
-                          cuda_graph=describe_graph(written.get("cuda_graph")))
+                          cuda_graph=describe_graph(written.get("cuda_graph")), code_history=code)
     save_generator(out, generator, meta=meta)
     return meta
 
@@ -345,6 +350,8 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
                             if k in MEASURED and isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
         mlflow.set_tag("cuda_graph", metrics.get("cuda_graph", "not recorded"))  # how the steps ran
+        code = metrics.get("code_history")  # which code (asap.engine.training_code) trained which steps
+        mlflow.set_tag("code_history", json.dumps(code) if code else "not recorded")
         earlier = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
                    if v.tags.get("weights_sha1") == sha1]
         if earlier:
@@ -425,9 +432,10 @@ def finish(job: Job, result, out: Path, result_path: Path, t0: float, storage: P
     provenance = {"name": run.name, "arch": run.arch, "dataset": run.dataset, "train_seed": run.train.seed,
                   "stopped_by": meta["stopped_by"], "train_device": meta["train_device"], "run_name": job.run_name,
                   "mlflow_run_id": job.mlflow_run_id, "git_commit": job.git_commit,
-                  "generator": str(Path("models") / run.name / out.name), "cuda_graph": meta["cuda_graph"]}
+                  "generator": str(Path("models") / run.name / out.name), "cuda_graph": meta["cuda_graph"],
+                  "code_history": meta["code_history"] or "not recorded (checkpoint older than the record)"}
     log_final_model(job.mlflow_run_id, out, {**metrics, "stopped_by": meta["stopped_by"],
-                                             "cuda_graph": meta["cuda_graph"]})
+                                             "cuda_graph": meta["cuda_graph"], "code_history": meta["code_history"]})
     import mlflow
     mlflow.MlflowClient(job.tracking_uri).set_terminated(job.mlflow_run_id, "FINISHED")
     sidecar = result_path.parent / "provenance" / result_path.name

@@ -79,6 +79,9 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert provenance["train_device"] == meta["train_device"] == "cpu" and provenance["dataset"] == "facades-64x64"
     assert provenance["run_name"] == meta["run_name"] and provenance["generator"] == "models/asapnet/generator.pt"
     assert provenance["cuda_graph"] == meta["cuda_graph"] == "off"  # how the steps ran (train.cuda_graph)
+    from asap.engine import code_sha1, training_code
+    code = [{"from_step": 0, "code_sha1": code_sha1(training_code())}]  # one code trained every step
+    assert provenance["code_history"] == meta["code_history"] == code
 
     client, runs = mlflow_run(project, "facades-64x64")
     assert len(runs) == 1
@@ -87,6 +90,7 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert run.data.params["model.lr_max_width"] == "16" and len(run.data.params["dataset.manifest_sha1"]) == 40
     assert run.data.params["train.lr_d"] == "0.0004"
     assert run.data.params["train.cuda_graph"] == "False" and run.data.tags["cuda_graph"] == "off"
+    assert json.loads(run.data.tags["code_history"]) == code
     # the resolved config that ran: S from the image size, the global batch, the worker count
     assert run.data.params["model.downsampling"] == "4" and run.data.params["arch"] == "asapnet"
     assert run.data.params["train.num_workers"] == "2" and run.data.params["train.global_batch"] == "2"

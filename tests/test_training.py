@@ -4,6 +4,7 @@ round trips; bad params named before anything starts; no Ray, MLflow or DVC on t
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,46 @@ sys.exit(code)
     helped = subprocess.run([PYTHON, "-m", "asap.cli", "train", "--help"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert helped.returncode == 0 and "--time-budget" in helped.stdout
+
+
+def test_a_run_records_which_code_trained_which_steps(tmp_path, facades64, monkeypatch):
+    """A run records the training code it ran (asap.engine.training_code: each file's SHA-1, checked
+    here with hashlib), carried by its checkpoints. Resumed after a code change, it names the changed
+    files, and the steps from there on get their own entry; a finished run resumed after a change says
+    its weights stay those of the earlier code, and its record does not change."""
+    import hashlib
+
+    from asap import engine
+    from asap.models.checkpoint import load_generator
+
+    now = engine.training_code()
+    assert now["asap/engine.py"] == hashlib.sha1((REPO / "asap" / "engine.py").read_bytes()).hexdigest()[:12]
+    assert "asap/models/asapnet.py" in now and "asap/losses.py" in now
+    assert not any(f.startswith(("asap/report/", "asap/cli.py")) for f in now)  # not what training computes
+    run = TrainingRun.from_params(params(steps=4), facades64, "asapnet")  # checkpoints at steps 2 and 4
+    first = train(run, tmp_path / "r", printer=quiet)
+    assert first["code_history"] == [{"from_step": 0, "code_sha1": engine.code_sha1(now)}]
+
+    # back to the checkpoint of step 2, then the code changes: steps 3 and 4 run the new code
+    shutil.rmtree(tmp_path / "r" / "checkpoints" / "step_0000004")
+    edited = {**now, "asap/losses.py": "0" * 12}
+    monkeypatch.setattr(engine, "training_code", lambda: edited)
+    lines = []
+    second = train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    (note,) = [line for line in lines if "note:" in line]
+    assert ("the training code changed since this run's checkpoint of step 2 (asap/losses.py); the steps from 3 "
+            f"on run the code as it is now. To train the run afresh with this code, remove {tmp_path / 'r'}") in note
+    history = [{"from_step": 0, "code_sha1": engine.code_sha1(now)}, {"from_step": 2, "code_sha1": engine.code_sha1(edited)}]
+    assert second["code_history"] == history
+    assert load_generator(tmp_path / "r" / "generator.pt")[1]["code_history"] == history
+
+    # the code changes back; the run is finished: nothing trains, the record stays
+    monkeypatch.undo()
+    lines.clear()
+    third = train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any("(asap/losses.py); the run is finished: its weights stay those of the earlier code" in line
+               for line in lines), lines
+    assert third["code_history"] == history and third["steps"] == 4
 
 
 def test_a_run_folder_of_another_config_is_refused(tmp_path, facades64):
