@@ -45,6 +45,9 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     assert sorted(c.data.params["sweep.variant"] for c in children) == ["full", "uniform"]
     assert all(c.data.params["sweep.S"] == "4" for c in children)
     assert all("eval_fid" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+    from asap.engine import code_sha1, training_code
+    code = [{"from_step": 0, "code_sha1": code_sha1(training_code())}]  # which code trained each trial
+    assert all(json.loads(c.data.tags["code_history"]) == code for c in children)
     # the parent run shows the sweep: best trial, the table, the figure; each child holds its generator
     parent = parents[0]
     best = table.loc[table["fid"].idxmin()]
