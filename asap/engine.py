@@ -126,6 +126,11 @@ def code_sha1(files: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def code_record(history: list[dict]) -> list[dict]:
+    """A ``code_history`` (as checkpoints carry it) without the per-file digests."""
+    return [{"from_step": e["from_step"], "code_sha1": e["code_sha1"]} for e in history]
+
+
 def linear_decay(progress: float, decay_from: float) -> float:
     """LR multiplier at ``progress`` in [0, 1] of training: 1 until ``decay_from``, then linearly
     down to 0 at 1 (SPADE's schedule, as a function of the fraction of training done)."""
@@ -430,7 +435,7 @@ class GANTrainer:
 
     def code_record(self) -> list[dict]:
         """``code_history`` without the per-file digests: for a run's records (provenance, meta)."""
-        return [{"from_step": e["from_step"], "code_sha1": e["code_sha1"]} for e in self.code_history]
+        return code_record(self.code_history)
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

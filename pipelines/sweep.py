@@ -140,8 +140,7 @@ def run_trial(config: dict) -> None:
         mlflow.log_metrics({f"eval_{k}": float(v) for k, v in row.items()
                             if k in TRIAL_MEASURES and isinstance(v, (int, float)) and v == v})
         mlflow.set_tags({"eval.runtime_threads": row["runtime_threads"], "eval.num_images": row["num_images"],
-                         # which code trained which steps (pipelines.train.export_generator)
-                         "code_history": json.dumps(meta["code_history"]) if meta["code_history"] else "not recorded"})
+                         "code_history": train_stage.code_tag(meta["code_history"])})
     client.log_artifact(job.mlflow_run_id, str(out), artifact_path="checkpoint")  # the trial's generator
     client.set_terminated(job.mlflow_run_id, "FINISHED")
     common.write_json(result_file, row)

@@ -279,7 +279,7 @@ def fit(job: Job, storage_path: Path, callbacks=None):
 
 def export_generator(result, job: Job, out: Path) -> dict:
     """Final Ray checkpoint -> models/<name>/generator.pt; returns the saved meta."""
-    from asap.engine import describe_graph
+    from asap.engine import code_record, describe_graph
     from asap.models.checkpoint import build_generator, save_generator
     from asap.training import generator_meta
 
@@ -291,7 +291,7 @@ def export_generator(result, job: Job, out: Path) -> dict:
     generator = build_generator(job.run.arch, job.run.generator)
     generator.load_state_dict(state["generator"])
     # which code trained which steps (none recorded by checkpoints written before runs recorded it)
-    code = [{"from_step": e["from_step"], "code_sha1": e["code_sha1"]} for e in state.get("code_history", [])]
+    code = code_record(state.get("code_history", []))
     meta = generator_meta(job.run, int(state["step"]), float(state["elapsed_s"]), run_name=job.run_name,
                           git_commit=job.git_commit, mlflow_run_id=job.mlflow_run_id,
                           train_device=written.get("device", "unknown"),
@@ -334,6 +334,11 @@ def mlflow_run(job: Job, storage: Path, parent_run_id: str | None = None, extra_
     return run.info.run_id
 
 
+def code_tag(code: list[dict] | None) -> str:
+    """The MLflow tag ``code_history``: which code (asap.engine.training_code) trained which steps."""
+    return json.dumps(code) if code else "not recorded"
+
+
 def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
     """The run's final records: the measured metrics, the served model (pipelines/serving.py: label map
     in, image out; registered in the Model Registry as ``<generator>-<dataset>``) and the checkpoint.
@@ -350,8 +355,7 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
                             if k in MEASURED and isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
         mlflow.set_tag("cuda_graph", metrics.get("cuda_graph", "not recorded"))  # how the steps ran
-        code = metrics.get("code_history")  # which code (asap.engine.training_code) trained which steps
-        mlflow.set_tag("code_history", json.dumps(code) if code else "not recorded")
+        mlflow.set_tag("code_history", code_tag(metrics.get("code_history")))
         earlier = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
                    if v.tags.get("weights_sha1") == sha1]
         if earlier:

@@ -107,6 +107,7 @@ class FastGenerator(nn.Module):
         self.conv_gemm = conv_gemm
         # The same stream (same modules and norms) with its wide stride-1 convs as GEMMs (GemmConv).
         self.lowres_stream_gemm = lowres_fused.gemm_convs(self.lowres_stream) if conv_gemm else None
+        self._gemm_convs = [m for m in self.lowres_stream_gemm or () if isinstance(m, lowres_fused.GemmConv)]
         self.lowres_choice: dict[tuple, dict] = {}  # input shape -> {"use": "cudnn" | "gemm", "ms": {...}}
 
         reason = pixelwise_fused.unsupported_reason(self.config.mlp_channels, self.config.downsampling)
@@ -249,10 +250,8 @@ class FastGenerator(nn.Module):
                 self._raise_bad_labels(x)
             return out
         key = (tuple(x.shape), x.dtype, x.device, None if edges is None else (tuple(edges.shape), edges.dtype))
-        if self.lowres_stream_gemm is not None:  # a replay runs no Python: bring the GEMMs' weights up to date
-            for m in self.lowres_stream_gemm:
-                if isinstance(m, lowres_fused.GemmConv):
-                    m.refresh()
+        for m in self._gemm_convs:  # a replay runs no Python: bring the GEMMs' weights up to date first
+            m.refresh()
         entry = self._graphs.get(key)
         if entry is None:
             self.config.check_size(x.shape[-2], x.shape[-1])  # clear error before any capture
