@@ -135,6 +135,31 @@ def setup_mlflow(experiment: str) -> str:
         return exp.experiment_id
 
 
+SUPERSEDED_FILTER = "tags.superseded_by IS NULL"  # the MLflow UI's search box: hide retrained runs
+
+
+def supersede_runs(client, experiment_id: str, new_run_id: str, run_name: str, stage: str, why: str) -> list[str]:
+    """A new MLflow run for a run name that already has runs (its run folder was removed and the run
+    trained again, e.g. after a code change; or the folder was lost): tag each earlier run of the same
+    name and stage ``superseded_by`` the new one, with ``why`` at the top of its note, and tag the new
+    run ``supersedes``. The old runs stay (their metrics, models and artifacts are records), but the
+    UI can hide them with ``SUPERSEDED_FILTER``. Returns the superseded run ids, oldest first."""
+    from mlflow.entities import RunTag
+
+    quoted = run_name.replace("\\", "\\\\").replace("'", "\\'")
+    earlier = client.search_runs([experiment_id], f"tags.`mlflow.runName` = '{quoted}' AND tags.stage = '{stage}' "
+                                 f"AND {SUPERSEDED_FILTER}", max_results=1000, order_by=["attributes.start_time ASC"])
+    old = [r for r in earlier if r.info.run_id != new_run_id]
+    for r in old:
+        note = r.data.tags.get("mlflow.note.content", "")
+        head = f"Superseded by run {new_run_id} ({why})."
+        client.log_batch(r.info.run_id, tags=[RunTag("superseded_by", new_run_id),
+                                              RunTag("mlflow.note.content", f"{head}\n\n{note}" if note else head)])
+    if old:
+        client.set_tag(new_run_id, "supersedes", ",".join(r.info.run_id for r in old))
+    return [r.info.run_id for r in old]
+
+
 @contextmanager
 def mlflow_run_failed_on_error(uri: str, run_id: str):
     """A stage that fails (or is interrupted) ends its MLflow run as FAILED instead of leaving it

@@ -315,6 +315,9 @@ def parent_run(uri: str, experiment: str, name: str, storage: Path, sweep: Sweep
     exp = client.get_experiment_by_name(experiment)
     run = client.create_run(exp.experiment_id, run_name=name,
                             tags={**common.run_tags(), "stage": "sweep", "mlflow.runName": name})
+    common.supersede_runs(client, exp.experiment_id, run.info.run_id, name, "sweep",
+                          f"{id_file} named a run this store does not have" if id_file.is_file() else
+                          f"{storage / name} held no record of it: the sweep's folder was removed and it ran again")
     client.log_param(run.info.run_id, "sweep.grid", json.dumps([s["trial"] for s in points]))
     client.log_param(run.info.run_id, "sweep.steps", sweep.steps)
     client.log_param(run.info.run_id, "sweep.time_budget_s", sweep.time_budget_s)

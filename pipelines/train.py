@@ -321,6 +321,13 @@ def mlflow_run(job: Job, storage: Path, parent_run_id: str | None = None, extra_
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=job.run_name, tags=tags)
+    why = (f"{id_file} named a run this store does not have" if id_file.is_file() else
+           f"{storage / job.run_name} held no record of it: the run folder was removed and the run trained again")
+    old = common.supersede_runs(client, experiment_id, run.info.run_id, job.run_name, tags["stage"], why)
+    if old:
+        print(f"[train] MLflow: {job.run_name} logs to a new run {run.info.run_id}; its earlier run(s) "
+              f"{', '.join(old)} are tagged superseded_by it (the UI hides them with: {common.SUPERSEDED_FILTER})",
+              flush=True)
     r = job.runner
     params = {**job.run.flat_params(), "dataset.manifest_sha1": manifest_hash(job.run.data_root),
               "train.num_workers": r.num_workers, "train.cpus_per_worker": r.cpus_per_worker,

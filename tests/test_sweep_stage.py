@@ -74,3 +74,25 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     runs_after = client.search_runs([exp.experiment_id])
     assert len(runs_after) == len(runs)
     assert pd.read_csv(project / "metrics" / "sweep.csv")["fid"].tolist() == table["fid"].tolist()
+
+
+def test_a_sweep_run_again_from_scratch_supersedes_its_earlier_parent_run(tmp_path):
+    """The sweep's parent run is reused while its folder holds the id; a sweep whose folder was removed
+    starts a new parent run and tags the earlier one superseded_by it (real sqlite store, no Ray)."""
+    from pipelines import common
+    from pipelines.sweep import SweepConfig, grid, parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("asapnet-test")
+    sweep, storage = SweepConfig(downsampling=[4]), tmp_path / "sweeps"
+    points = grid(sweep, 4)
+    first = parent_run(uri, "asapnet-test", "sweep-test", storage, sweep, points)
+    assert parent_run(uri, "asapnet-test", "sweep-test", storage, sweep, points) == first
+    (storage / "sweep-test" / "mlflow_parent_run_id").unlink()
+    second = parent_run(uri, "asapnet-test", "sweep-test", storage, sweep, points)
+    assert second != first
+    assert client.get_run(first).data.tags["superseded_by"] == second
+    assert client.get_run(second).data.tags["supersedes"] == first
+    shown = [r.info.run_id for r in client.search_runs([experiment], common.SUPERSEDED_FILTER)]
+    assert shown == [second]

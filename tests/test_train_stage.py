@@ -253,3 +253,46 @@ def test_more_workers_than_the_machine_has_fail_at_once_naming_the_setting(tmp_p
     assert "at most 2 fit" in line
     client, runs = mlflow_run(project, "facades-64x64")
     assert runs == []  # no MLflow run was started for a run that could not start
+
+
+def test_a_retrained_run_supersedes_its_earlier_mlflow_run(tmp_path, facades64, monkeypatch):
+    """Removing a run folder (e.g. after a code change) trains the run again under the same name: a new
+    MLflow run, and the earlier one tagged superseded_by it (kept, with a note saying why), so the UI
+    can hide it. A resume reuses its run; another run name and a sweep trial of the same name are not
+    touched. Real sqlite store, no Ray: the function the stage calls before training."""
+    from dataclasses import replace
+
+    from pipelines import common
+    from pipelines import train as train_stage
+
+    project = make_project(tmp_path / "proj", facades64)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = train_stage.resolve(common.params())
+    job = replace(job, tracking_uri=common.tracking_uri())
+    storage = project / "checkpoints" / "ray"
+    other = replace(job, run_name=job.run_name + "-other")
+
+    first = train_stage.mlflow_run(job, storage)
+    assert train_stage.mlflow_run(job, storage) == first  # a resume: same run, nothing superseded
+    other_id = train_stage.mlflow_run(other, storage)
+    trial_id = train_stage.mlflow_run(job, tmp_path / "sweep-storage", parent_run_id=other_id)  # stage sweep-trial
+    (storage / job.run_name / "mlflow_run_id").unlink()
+    (storage / job.run_name).rmdir()
+    second = train_stage.mlflow_run(job, storage)
+    assert second != first and (storage / job.run_name / "mlflow_run_id").read_text() == second
+
+    client, runs = mlflow_run(project, "facades-64x64")
+    tags = {r.info.run_id: r.data.tags for r in runs}
+    assert tags[first]["superseded_by"] == second and tags[second]["supersedes"] == first
+    assert tags[first]["mlflow.note.content"].startswith(f"Superseded by run {second} (")
+    assert "the run folder was removed" in tags[first]["mlflow.note.content"]
+    assert all("superseded_by" not in tags[i] for i in (second, other_id, trial_id))
+    shown = {r.info.run_id for r in client.search_runs([runs[0].info.experiment_id], common.SUPERSEDED_FILTER)}
+    assert shown == {second, other_id, trial_id}  # the UI's filter hides exactly the superseded run
+
+    (storage / job.run_name / "mlflow_run_id").unlink()  # a third training: only the current run is superseded
+    third = train_stage.mlflow_run(job, storage)
+    tags = {r.info.run_id: r.data.tags for r in mlflow_run(project, "facades-64x64")[1]}
+    assert tags[first]["superseded_by"] == second and tags[second]["superseded_by"] == third
+    assert tags[third]["supersedes"] == second
