@@ -209,6 +209,31 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
             "fused_mlp": fused, "graph": graph}
 
 
+def step_kernels(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
+                 device: torch.device, iters: int) -> dict:
+    """Where our eager training step's time goes: a fresh trainer of ``measure``'s run, ``settings.warmup``
+    steps, then ``iters`` steps under torch.profiler (benchmarks/campaign/breakdown.py). Kept apart from
+    the timed steps so that the profiler cannot touch a timing."""
+    from benchmarks.campaign.breakdown import kernel_breakdown
+
+    run = make_run(size, batch, precision, settings)
+    with torch.device(device):
+        trainer = build_trainer(run, device)
+    (h, w), b = size, run.train.batch_size
+    gen = torch.Generator().manual_seed(settings.seed)
+    data = {"label": torch.randint(1, settings.num_classes, (b, h, w), generator=gen),
+            "image": torch.rand(b, 3, h, w, generator=gen) * 2 - 1}
+    try:
+        with fp32_mode(precision, device):
+            for _ in range(settings.warmup):
+                trainer.train_step(data)
+            return kernel_breakdown(lambda: trainer.train_step(data), iters, device)
+    finally:
+        del trainer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
             device: torch.device, deadline: float | None = None, log=print, graphed: bool = False) -> dict:
     """One row: ours and the authors' way at one size, batch and precision, in this run: the whole GAN

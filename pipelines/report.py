@@ -371,6 +371,12 @@ def gpu_section(rep: Report) -> None:
     if not gpu.training.empty:
         parts += ["**Training step** (phase 3): ours against the authors' way of writing the step, same run, same "
                   "batch and size:", campaign.training_table(gpu.training)]
+    if not gpu.kernels.empty:
+        parts += ["**Where the time goes** (phases 2 and 3, torch.profiler): the same work run eagerly under the "
+                  "profiler, each kernel's own device time summed by kind, per forward or step, beside the time "
+                  "the phase measured for it; what a graph replay's time has beyond its kernels is the device "
+                  "waiting between them. Eager launches and kernel choices can differ from the graph's. On a CPU "
+                  "(smoke) the counts and times are aten ops' CPU self time:", campaign.kernels_table(gpu.kernels)]
     if not gpu.quality.empty:
         q = gpu.quality
         noise_text = (f"Differences to ASAP-Net are marked *{noise.WITHIN}* against the run-to-run noise measured by "

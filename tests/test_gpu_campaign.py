@@ -338,6 +338,37 @@ def test_phase2_times_every_path_and_checks_the_fast_path(smoke):
     assert result["copy_bandwidth"]["gb_per_s"] > 0
 
 
+def test_phase2_says_where_the_fast_paths_time_goes(smoke):
+    """The profiled rows are the fast path's in the profiled precisions, no others; the low-res stream
+    is a part of the forward, so it runs fewer ops, and both run the convolutions."""
+    settings = smoke["phases"][2]["settings"]
+    rows = smoke["phases"][2]["result"]["rows"]
+    profiled = {(r["model"], r["path"], r["precision"]) for r in rows if "kernels" in r}
+    assert profiled == {("asapnet", "fast", p) for p in settings["profile_precisions"]}
+    for row in rows:
+        if "kernels" in row:
+            k = row["kernels"]
+            assert k["forward"]["iters"] == k["lowres"]["iters"] == settings["profile_iters"]
+            assert 0 < k["lowres"]["calls_per_forward"] < k["forward"]["calls_per_forward"]
+            assert "conv / GEMM" in k["forward"]["by_kind_ms"] and "conv / GEMM" in k["lowres"]["by_kind_ms"]
+            assert "pixelwise MLP" not in k["lowres"]["by_kind_ms"]
+
+
+def test_phase3_says_where_our_steps_time_goes(smoke):
+    """Ours' eager step is profiled in the profiled sizes and precisions only: a step runs the
+    convolutions forward and backward and one optimiser update per network."""
+    settings = smoke["phases"][3]["settings"]
+    for row in smoke["phases"][3]["result"]["rows"]:
+        assert "kernels" not in row["authors_way"]
+        if row["size"] in settings["profile_sizes"] and row["precision"] in settings["profile_precisions"]:
+            k = row["ours"]["kernels"]
+            assert k["iters"] == settings["profile_iters"]
+            assert {"conv / GEMM", "conv backward", "optimizer"} <= set(k["by_kind_ms"])
+            assert k["calls_by_kind"]["optimizer"] == 2  # G's and D's fused Adam, once each per step
+        else:
+            assert "kernels" not in row["ours"]
+
+
 def test_phase3_compares_ours_with_the_authors_way(smoke):
     result = smoke["phases"][3]["result"]
     # the pixelwise MLP alone: both autograd layouts timed; the fused kernel needs CUDA

@@ -92,7 +92,8 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
     readme = (gpu_project / "reports" / "README.md").read_text()
     quality = gpu_file(gpu_project, "quality")
     tables = tables_after(readme, "GPU campaign")
-    rows = {r["generator"]: r for r in tables[3]}  # [0] targets, [1] pixelwise, [2] training step, [3] quality
+    rows = {r["generator"]: r for r in tables[4]}  # [0] targets, [1] pixelwise, [2] training step, [3] kernels,
+    #                                                 [4] quality
     assert sorted(rows) == sorted(quality["generators"])
     for name, g in quality["generators"].items():
         row = rows[name]
@@ -123,6 +124,29 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
                len(c.get_paths()[0].vertices) == 5 for o in c.get_offsets()}  # marker "s": a closed square path
     assert squares == {(round(g["latency_train_size"]["best_ms"], 6), round(g["fid"], 6))
                        for g in quality["generators"].values()}
+
+
+def test_where_the_time_goes_is_tabled_from_the_profiles(gpu_project, drawn):
+    """Each profile of phases 2 and 3 is a row: its total and its kinds as the file holds them, beside
+    the time its phase measured for the same work."""
+    readme = (gpu_project / "reports" / "README.md").read_text()
+    rows = tables_after(readme, "GPU campaign")[3]
+    expected = []
+    for r in gpu_file(gpu_project, "inference")["result"]["rows"]:
+        if r.get("kernels"):
+            expected += [(f"fast path {r['size']}, whole forward", r["kernels"]["forward"], r["batch1_ms"]["median_ms"]),
+                         (f"fast path {r['size']}, low-res stream", r["kernels"]["lowres"], r["lr_ms"])]
+    for r in gpu_file(gpu_project, "training")["result"]["rows"]:
+        if r["ours"].get("kernels"):
+            expected.append((f"our step {r['size']} batch {r['batch']}", r["ours"]["kernels"],
+                             r["ours"]["step_s_median"] * 1e3))
+    assert len(expected) >= 3 and [r["what"] for r in rows] == [e[0] for e in expected]
+    for row, (_, k, timed) in zip(rows, expected):
+        assert close(row["kernel time ms"], k["total_ms"], 3)
+        assert close(row["timed ms (how)"].split(" (")[0], timed, 3)
+        assert row["kernels"] == f"{k['calls_per_forward']:.0f} aten ops"  # a CPU's profile counts aten ops
+        for kind, ms in k["by_kind_ms"].items():
+            assert f"{kind} {ms:.3f} ms ({k['calls_by_kind'][kind]:.0f})" in row["by kind: ms (kernels)"]
 
 
 def test_phase2_runtimes_join_fig1_and_the_fast_path_speedups(gpu_project, drawn):

@@ -39,6 +39,8 @@ PIXELWISE_COLUMNS = ["file", "device", "size", "batch", "precision", "S", "refer
                      "fused_stash_ms", "fused_vs_authors", "fused_vs_reference", "reference_peak_mb", "authors_peak_mb",
                      "fused_peak_mb", "fused_stash_peak_mb",
                      "error"]
+KERNEL_COLUMNS = ["file", "device", "phase", "what", "precision", "measured_ms", "measured_as", "total_ms", "unit",
+                  "calls", "by_kind"]
 PHASES = {"correctness": "1 correctness", "inference": "2 inference", "training": "3 training step",
           "quality": "4 equal-time quality"}
 # The targets of issue 13, as the campaign's files name them (phase kind, start of the name, the issue's
@@ -64,6 +66,7 @@ class GpuCampaign:
     training: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAINING_COLUMNS))
     pixelwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PIXELWISE_COLUMNS))
     targets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TARGET_COLUMNS))
+    kernels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_COLUMNS))
 
 
 def num(value) -> float:
@@ -235,12 +238,57 @@ def _pixelwise_rows(path: Path, record: dict, label: str) -> list[dict]:
     return rows
 
 
+def _kernel_row(path: Path, label: str, phase: str, what: str, precision: str, measured_ms, measured_as: str,
+                k: dict) -> dict:
+    """One profile (benchmarks/campaign/breakdown.py) -> a row: its total beside the time the phase
+    measured for the same work, and its kinds as "conv / GEMM 0.610 ms (14), norm 0.080 ms (22)"."""
+    calls = k.get("calls_by_kind") or {}
+    kinds = ", ".join(f"{kind} {ms:.3f} ms" + (f" ({calls[kind]:.0f})" if kind in calls else "")
+                      for kind, ms in (k.get("by_kind_ms") or {}).items())
+    return {"file": path.name, "device": label, "phase": phase, "what": what, "precision": precision,
+            "measured_ms": num(measured_ms), "measured_as": measured_as, "total_ms": num(k.get("total_ms")),
+            "unit": k.get("unit", "kernels"), "calls": num(k.get("calls_per_forward")),
+            "by_kind": kinds if "error" not in k else f"not profiled: {str(k['error'])[:100]}"}
+
+
+def _kernel_rows(path: Path, record: dict, kind: str, label: str) -> list[dict]:
+    """Where the time goes: phase 2's fast-path profiles (forward and low-res stream) and phase 3's
+    profile of our eager training step, each beside the time its phase measured."""
+    rows = []
+    result = record.get("result") or {}
+    if kind == "inference":
+        for r in result.get("rows", []):
+            k = r.get("kernels")
+            if not k or "error" in r:
+                continue
+            if "error" in k:
+                rows.append(_kernel_row(path, label, PHASES[kind], f"fast path {r['size']}", r.get("precision"),
+                                        None, "", k))
+                continue
+            b1 = (r.get("batch1_ms") or {}).get("median_ms")
+            rows.append(_kernel_row(path, label, PHASES[kind], f"fast path {r['size']}, whole forward",
+                                    r.get("precision"), b1, "batch 1, one CUDA graph replay" if r.get("cuda_graph")
+                                    else "batch 1", k["forward"]))
+            rows.append(_kernel_row(path, label, PHASES[kind], f"fast path {r['size']}, low-res stream",
+                                    r.get("precision"), r.get("lr_ms"), "low-res stream alone, eager", k["lowres"]))
+    elif kind == "training":
+        for r in result.get("rows", []):
+            ours = r.get("ours") or {}
+            if not ours.get("kernels"):
+                continue
+            step = ours.get("step_s_median")
+            rows.append(_kernel_row(path, label, PHASES[kind], f"our step {r['size']} batch {r['batch']}",
+                                    r.get("precision"), None if step is None else step * 1e3, "eager step",
+                                    ours["kernels"]))
+    return rows
+
+
 def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
     """Every metrics/gpu-<slug>-<kind>.json; a file that is not the campaign's is listed in ``problems``."""
     from asap.report.inputs import read_benchmarks, read_inference
 
     out = GpuCampaign()
-    bench, inference, quality, training, pixelwise, targets = [], [], [], [], [], []
+    bench, inference, quality, training, pixelwise, targets, kernels = [], [], [], [], [], [], []
     order = {k: i for i, k in enumerate(KINDS)}
     paths = sorted((p for p in metrics.glob("gpu-*.json") if FILE_PATTERN.match(p.name)),
                    key=lambda p: (FILE_PATTERN.match(p.name)["slug"], order[FILE_PATTERN.match(p.name)["kind"]]))
@@ -268,6 +316,7 @@ def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
             training += _training_rows(path, record, label)
             pixelwise += _pixelwise_rows(path, record, label)
         targets += _targets(path, record, kind, label)
+        kernels += _kernel_rows(path, record, kind, label)
     devices = {t["slug"]: t["device"] for t in targets}
     devices |= {q["slug"]: q["device"] for q in quality}
     for slug, label in devices.items():  # the issue's targets no file of this device holds: "not measured"
@@ -283,6 +332,7 @@ def read_campaign(metrics: Path, problems: list[str]) -> GpuCampaign:
     out.training = pd.DataFrame(training, columns=TRAINING_COLUMNS)
     out.pixelwise = pd.DataFrame(pixelwise, columns=PIXELWISE_COLUMNS)
     out.targets = pd.DataFrame(targets, columns=TARGET_COLUMNS)
+    out.kernels = pd.DataFrame(kernels, columns=KERNEL_COLUMNS)
     return out
 
 
@@ -364,6 +414,18 @@ def pixelwise_table(pixelwise: pd.DataFrame) -> str:
                       " / ".join(fmt(t[k], 0) for k in ("reference_peak_mb", "authors_peak_mb", "fused_peak_mb",
                                                          "fused_stash_peak_mb"))]
                      for _, t in pixelwise.iterrows()])
+
+
+def kernels_table(kernels: pd.DataFrame) -> str:
+    """Where the time goes: each profile's kernel time by kind, beside what its phase timed."""
+    from asap.report.tables import fmt, md_table
+
+    return md_table(["device", "phase", "what", "precision", "timed ms (how)", "kernel time ms", "kernels",
+                     "by kind: ms (kernels)"],
+                    [[t["device"], t["phase"], t["what"], t["precision"],
+                      f"{fmt(t['measured_ms'], 3)} ({t['measured_as']})" if t["measured_as"] else "n/a",
+                      fmt(t["total_ms"], 3), f"{fmt(t['calls'], 0)} {t['unit'] if t['unit'] != 'kernels' else ''}".strip(),
+                      t["by_kind"]] for _, t in kernels.iterrows()])
 
 
 def budget_line(quality: pd.DataFrame) -> str:

@@ -82,15 +82,11 @@ def _timing(fn, inputs, settings: InferenceSettings, device, batch: int, baselin
 # ASAP-Net: reference and fast path
 # ----------------------------------------------------------------------------------------------
 
-def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, copy: dict, until: float,
-                 skipped: list, done, fused_env: dict | None = None) -> None:
-    """ASAP-Net's rows at ``size``: the reference and the fast path per precision. ``fused_env``:
-    {precision: ASAP_FUSED_MLP}, set before each fast row of that precision (FastGenerator reads it)
-    and recorded in the row."""
+def _asapnet_and_labels(size: str, settings: InferenceSettings, device: torch.device):
+    """ASAP-Net for ``size`` (seeded: the same weights every time) in eval mode, and the seeded batch-1
+    and batch-B label maps its rows run on."""
     from asap.models.asapnet import asapnet
-    from asap.models.fast import FastGenerator
-    from asap.models.pixelwise import pixelwise_mlp
-    from benchmarks.inference import mlp_bytes, spread_mlps
+    from benchmarks.inference import spread_mlps
 
     H, W = parse_size(size)
     n_cls = settings.num_classes[size]
@@ -99,12 +95,26 @@ def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, c
         extra = {"downsampling": settings.downsampling} if settings.downsampling else {}
         model = asapnet(n_cls, H, W, lr_max_width=settings.lr_max_width, **extra)
     spread_mlps(model)  # O(1) per-tile MLPs, so the fast-vs-reference difference means something
-    model = model.eval()
-    c = model.config
-    S, P, channels = c.downsampling, c.num_params, c.mlp_channels
     gen = torch.Generator().manual_seed(1)
     labels1 = torch.randint(0, n_cls, (1, H, W), generator=gen).to(device)
     labelsB = torch.randint(0, n_cls, (settings.batch, H, W), generator=gen).to(device)
+    return model.eval(), labels1, labelsB
+
+
+def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, copy: dict, until: float,
+                 skipped: list, done, fused_env: dict | None = None) -> None:
+    """ASAP-Net's rows at ``size``: the reference and the fast path per precision. ``fused_env``:
+    {precision: ASAP_FUSED_MLP}, set before each fast row of that precision (FastGenerator reads it)
+    and recorded in the row."""
+    from asap.models.fast import FastGenerator
+    from asap.models.pixelwise import pixelwise_mlp
+    from benchmarks.inference import mlp_bytes
+
+    H, W = parse_size(size)
+    n_cls = settings.num_classes[size]
+    model, labels1, labelsB = _asapnet_and_labels(size, settings, device)
+    c = model.config
+    S, P, channels = c.downsampling, c.num_params, c.mlp_channels
     base = {"model": "asapnet", "arch": "asapnet", "size": size, "height": H, "width": W, "S": S, "P": P,
             "num_classes": n_cls, "lr_max_width": settings.lr_max_width,
             "params": sum(p.numel() for p in model.parameters())}
@@ -202,6 +212,68 @@ def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: 
     return {"lr_ms": lr_ms, "hr_ms": hr_ms, "lr_torch_norm_ms": lr_torch_norm_ms, "lr_convs": lr_convs,
             "hr_min_bytes": mlp_bytes(1, H, W, c.downsampling, c.num_params, label_bytes,
                                       params.element_size(), params.element_size())}
+
+
+def profile_fast_rows(rows: list[dict], settings: InferenceSettings, device: torch.device, until: float,
+                      fused_env: dict | None, progress) -> None:
+    """Where the fast path's time goes, for its timed rows of the profiled precisions, after every
+    timing (the profiler cannot touch one): the row's generator and input built again (seeded), its
+    profile in the row as ``kernels``; a row past ``until`` says so there instead."""
+    from asap.models.fast import FastGenerator
+    from benchmarks.campaign.breakdown import describe
+
+    for row in rows:
+        if (row.get("model") != "asapnet" or row.get("path") != "fast" or "error" in row
+                or row["precision"] not in settings.profile_precisions):
+            continue
+        label = f"asapnet fast {row['precision']} {row['size']}"
+        if time.perf_counter() > until:
+            row["kernels"] = {"error": "not profiled: the phase's time was up"}
+            continue
+        fused = (fused_env or {}).get(row["precision"])
+        if fused is not None:
+            os.environ["ASAP_FUSED_MLP"] = fused
+        try:
+            model, labels1, _ = _asapnet_and_labels(row["size"], settings, device)
+            fast = FastGenerator(model, row["precision"])
+            with precision_mode("fp32", device):
+                fast(labels1)  # its first call times the wide convs' two forms again and keeps the faster
+                k = fast_kernels(fast, labels1, settings, device)
+            del fast, model
+        except Exception as err:  # a diagnosis: it must never cost the phase
+            k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        row["kernels"] = k
+        if "error" in k:
+            log(f"[phase 2] {label}: not profiled ({k['error'][:200]})")
+        else:
+            log(f"[phase 2] {label}, where the time goes: per forward {describe(k['forward'])}; "
+                f"the low-res stream alone {describe(k['lowres'])}")
+        progress()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def fast_kernels(fast, labels: torch.Tensor, settings: InferenceSettings, device: torch.device) -> dict:
+    """Where the fast path's time goes (benchmarks/campaign/breakdown.py): its kernels per forward, for
+    the whole forward and for the low-res stream alone, and the form its wide convs ran in."""
+    from asap.models import pixelwise_fused
+    from asap.models.asapnet import tent_downsample
+    from benchmarks.campaign.breakdown import kernel_breakdown
+
+    c = fast.config
+    n = c.num_classes + int(c.dontcare)
+    with torch.inference_mode():
+        if fast.fused:
+            lowres_in = pixelwise_fused.tent_onehot(labels, n, c.s1, fast.dtype)
+        else:
+            onehot = torch.nn.functional.one_hot(labels.long(), n).permute(0, 3, 1, 2).to(fast.dtype)
+            lowres_in = tent_downsample(onehot, c.s1)
+        lowres_in = lowres_in.contiguous(memory_format=torch.channels_last)
+        stream = fast.lowres_for(lowres_in)
+        return {"forward": kernel_breakdown(lambda: fast._forward_impl(labels, None), settings.profile_iters, device),
+                "lowres": kernel_breakdown(lambda: stream(lowres_in), settings.profile_iters, device),
+                "lr_convs": fast.lowres_choice.get((tuple(lowres_in.shape), lowres_in.dtype)),
+                "fused_kernel": fast.fused, "fused_norm": fast.fused_norm}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,10 +415,16 @@ def run_phase(settings: InferenceSettings, device: torch.device, until: float, o
             if on_progress:
                 on_progress({"copy_bandwidth": copy, "rows": rows, "skipped_for_time": skipped})
 
+        profiling = bool(settings.profile_iters and settings.profile_precisions)
+        rows_until = until - (settings.profile_reserve_s if profiling else 0.0)
         for size in settings.sizes:
-            asapnet_rows(size, settings, device, copy, until, skipped, done, fused_env)
+            asapnet_rows(size, settings, device, copy, rows_until, skipped, done, fused_env)
         for precision, size in baseline_order(settings):
-            baseline_rows(size, precision, settings, device, until, skipped, done)
+            baseline_rows(size, precision, settings, device, rows_until, skipped, done)
+        if profiling:  # last, apart from every timing, in the phase's time kept for it
+            profile_fast_rows(rows, settings, device, until, fused_env,
+                              lambda: on_progress and on_progress({"copy_bandwidth": copy, "rows": rows,
+                                                                   "skipped_for_time": skipped}))
     finally:
         torch.backends.cudnn.benchmark = saved_benchmark
     errors = [f"{r['model']} {r['path']} {r['precision']} {r['size']}: {r['error']}" for r in rows if "error" in r]

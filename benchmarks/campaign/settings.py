@@ -52,6 +52,9 @@ class InferenceSettings:
     baselines: dict = field(default_factory=lambda: {
         "pix2pixhd": {"arch": "pix2pixhd"}, "pix2pixhd-slim": {"arch": "pix2pixhd", "width_mult": 0.5},
         "spade": {"arch": "spade"}, "spade-slim": {"arch": "spade", "width_mult": 0.5}})
+    profile_iters: int = 5          # fast rows: eager forwards under torch.profiler, where the time goes (0: off)
+    profile_reserve_s: float = 12.0  # of the phase's time, kept for the profiles (they run last)
+    profile_precisions: tuple[str, ...] = ("bf16",)  # the rows the speed targets read
     copy_mib: int = 1024            # device-to-device copy for the bandwidth ceiling (read + write counted)
     copy_iters: int = 20
     compile: bool = False           # also a torch.compile'd fast path (minutes of compile: off by default)
@@ -68,6 +71,10 @@ class TrainingStepSettings:
     lr_max_width: int = 1024
     ndf: int = 64
     perceptual: str = "hed-vgg16"
+    profile_iters: int = 2          # ours' eager step under torch.profiler: where its time goes (0: off)
+    profile_reserve_s: float = 10.0  # of the phase's time, kept for the profiles (they run last)
+    profile_sizes: tuple[str, ...] = ("256x256",)   # phase 4's size
+    profile_precisions: tuple[str, ...] = ("bf16",)  # phase 4's precision
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,9 @@ def smoke_settings(budget_s: float = 2.0, deadline_s: float = 240.0) -> Campaign
                                     warmup=0, iters=1, batch_warmup=0, batch_iters=1, split_iters=1,
                                     baseline_warmup=0, baseline_iters=1,
                                     baselines={**tiny_baselines, "spade-slim": {"arch": "spade", "width_mult": 0.03125}},
-                                    copy_mib=4, copy_iters=2),
+                                    profile_iters=1, copy_mib=4, copy_iters=2),
         training=TrainingStepSettings(sizes=("32x32",), batches=(2,), precisions=("bf16", "fp32"), iters=1, warmup=0,
-                                      lr_max_width=16, ndf=8),
+                                      lr_max_width=16, ndf=8, profile_iters=1, profile_sizes=("32x32",)),
         quality=QualitySettings(budget_s=budget_s, min_budget_s=min(1.0, budget_s), overhead_s=5.0,
                                 model=SMOKE_ASAPNET, baselines=tiny_baselines,
                                 train={"ndf": 8, "d_layers": 2, "batch_size": 1, "log_every": 5},

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.campaign.common import log
 from benchmarks.campaign.settings import TrainingStepSettings
-from benchmarks.training import TrainBenchSettings, measure, measure_pixelwise
+from benchmarks.training import TrainBenchSettings, measure, measure_pixelwise, step_kernels
 
 
 def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, measure_one, out: list,
@@ -60,6 +60,35 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
                     torch.cuda.empty_cache()
 
 
+def profile_steps(rows: list[dict], settings: TrainingStepSettings, bench: TrainBenchSettings, device: torch.device,
+                  until: float, fused_env: dict | None, progress) -> None:
+    """Where our eager step's time goes, for the timed rows of the profiled sizes and precisions: a
+    fresh trainer per row (benchmarks.training.step_kernels), its profile in the row as
+    ``ours["kernels"]``; a row past ``until`` or a failing profile says so there instead."""
+    from benchmarks.campaign.breakdown import describe
+
+    for row in rows:
+        if ("error" in row or row["size"] not in settings.profile_sizes
+                or row["precision"] not in settings.profile_precisions):
+            continue
+        label = f"{row['size']} batch {row['batch']} {row['precision']}"
+        if time.perf_counter() > until:
+            row["ours"]["kernels"] = {"error": "not profiled: the phase's time was up"}
+            continue
+        fused = (fused_env or {}).get(row["precision"])
+        if fused is not None:
+            os.environ["ASAP_FUSED_MLP"] = fused
+        size = tuple(int(v) for v in row["size"].split("x"))
+        try:
+            k = step_kernels(size, row["batch"], row["precision"], bench, device, settings.profile_iters)
+            log(f"[phase 3] {label} ours, where an eager step's time goes: {describe(k)}")
+        except Exception as err:  # a diagnosis: it must never cost the phase
+            k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+            log(f"[phase 3] {label} ours: not profiled ({k['error'][:200]})")
+        row["ours"]["kernels"] = k
+        progress()
+
+
 def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None,
               fused_env: dict | None = None, graphed: bool = False) -> dict:
     """The rows; ``fused_env``: {precision: ASAP_FUSED_MLP}, phase 1's verdict for each (the campaign's);
@@ -76,21 +105,27 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
 
     def pixelwise_row(size, batch, precision):
         row = measure_pixelwise(size, batch, precision, device, iters=settings.iters, warmup=settings.warmup,
-                                deadline=until)
+                                deadline=rows_until)
         log(f"[phase 3] pixelwise {row['size']} batch {batch} {precision}: "
             + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items())
             + (f" (fused {row['fused_vs_authors']:.2f}x the authors' way)" if row["fused_vs_authors"] else ""))
         return row
 
     def step_row(size, batch, precision):
-        return measure(size, batch, precision, bench, device, deadline=until,
+        return measure(size, batch, precision, bench, device, deadline=rows_until,
                        log=lambda m: log(m.replace("[bench-train]", "[phase 3]")), graphed=graphed)
 
+    profiling = bool(settings.profile_iters and settings.profile_sizes and settings.profile_precisions)
+    rows_until = until - (settings.profile_reserve_s if profiling else 0.0)
     try:
         # First the pixelwise MLP alone (seconds): what the fused backward changes, without the
-        # discriminator and the perceptual network around it; then the whole GAN step
-        _measure_each(settings, until, "pixelwise ", pixelwise_row, pixelwise, skipped, progress, device, fused_env)
-        _measure_each(settings, until, "", step_row, rows, skipped, progress, device, fused_env)
+        # discriminator and the perceptual network around it; then the whole GAN step; last, apart from
+        # every timing, where our step's time goes (its own reserve of the phase's time)
+        _measure_each(settings, rows_until, "pixelwise ", pixelwise_row, pixelwise, skipped, progress, device,
+                      fused_env)
+        _measure_each(settings, rows_until, "", step_row, rows, skipped, progress, device, fused_env)
+        if profiling:
+            profile_steps(rows, settings, bench, device, until, fused_env, progress)
     finally:
         torch.backends.cudnn.benchmark = saved
     good = [r for r in rows if "error" not in r]
