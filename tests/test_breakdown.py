@@ -1,6 +1,7 @@
 """benchmarks/campaign/breakdown.py: where a forward's time goes (the GPU campaign's phases 2 and 3).
 Checked on the CPU against facts fixed by construction (how many ops of each kind a function calls)
-and against the names real Hopper kernels carry (written out by hand, below)."""
+and against kernel names in the forms cuDNN, cuBLAS, PyTorch and Triton give them on Hopper (written out
+by hand from those naming schemes, below; the first device profile will show the real ones)."""
 
 from __future__ import annotations
 
