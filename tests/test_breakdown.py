@@ -75,3 +75,51 @@ def test_the_profilers_native_chatter_is_dropped_and_other_stderr_kept(capfd):
     err = capfd.readouterr().err
     assert "illegal memory access" in err
     assert "USDT" not in err and "gpuGetDeviceCount" not in err
+
+
+# Targets for in_child: the child imports this module by name (PYTHONPATH gets tests/ below).
+def child_returns(job, emit):
+    emit({"first": job["n"]})
+    return {"first": job["n"], "second": job["n"] + 1, "pid": os.getpid()}
+
+
+def child_hangs(job, emit):
+    emit({"first": job["n"]})
+    import time
+    time.sleep(60)
+    return {"never": True}
+
+
+def child_fails(job, emit):
+    raise RuntimeError("boom")
+
+
+@pytest.fixture
+def child_path(monkeypatch):
+    from pathlib import Path
+
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_a_profile_runs_in_another_process_and_returns_its_result(child_path):
+    import time
+
+    from benchmarks.campaign.breakdown import in_child
+
+    got = in_child("test_breakdown:child_returns", {"n": 4}, time.perf_counter() + 120)
+    assert got["first"] == 4 and got["second"] == 5 and "error" not in got
+    assert got["pid"] != os.getpid()  # CUPTI, once loaded there, never reaches this process's timings
+
+
+def test_a_child_past_its_time_is_stopped_and_keeps_what_it_emitted(child_path):
+    import time
+
+    from benchmarks.campaign.breakdown import in_child
+
+    t0 = time.perf_counter()
+    got = in_child("test_breakdown:child_hangs", {"n": 7}, t0 + 8)
+    assert time.perf_counter() - t0 < 30  # stopped at its time, not after the 60 s sleep
+    assert got["first"] == 7 and "never" not in got and "past the phase's time" in got["error"]
+    failed = in_child("test_breakdown:child_fails", {}, time.perf_counter() + 120)
+    assert failed == {"error": "the profiling process exited with code 1"}

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -119,3 +120,56 @@ def describe(breakdown: dict) -> str:
     """'0.912 ms in 83 kernels: conv / GEMM 0.610, norm 0.080, ...' for the console (on a CPU: aten ops)."""
     kinds = ", ".join(f"{k} {v:.3f}" for k, v in breakdown["by_kind_ms"].items())
     return f"{breakdown['total_ms']:.3f} ms in {breakdown['calls_per_forward']:.0f} {breakdown['unit']}: {kinds}"
+
+
+# ----------------------------------------------------------------------------------------------
+# In a child process: CUPTI stays loaded in a process after its first profiling session (PyTorch
+# issue 144455: a profiled program ran 10-20% slower afterwards unless CUPTI was torn down, and
+# tearing it down is unsafe with CUDA graphs on some CUDA versions), so the campaign profiles in a
+# fresh Python process and its own timings, before and after, never share a process with CUPTI.
+# ----------------------------------------------------------------------------------------------
+
+def in_child(target: str, job: dict, until: float) -> dict:
+    """``target`` ("module:function", called as ``function(job, emit)``) in a fresh Python process
+    (the same interpreter and environment; its console lines are this one's) until ``until``
+    (perf_counter). ``emit(result)`` writes the result so far; returns the last result written, with
+    "error" set when the process ran out of time or failed before finishing."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="asap-profile-") as folder:
+        job_file, out_file = Path(folder) / "job.json", Path(folder) / "out.json"
+        job_file.write_text(json.dumps({"target": target, "job": job}))
+        error = None
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.campaign.breakdown", str(job_file), str(out_file)],
+                                  timeout=max(1.0, until - time.perf_counter()))
+            if proc.returncode != 0:
+                error = f"the profiling process exited with code {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            error = "the profiling process ran past the phase's time and was stopped"
+        result = json.loads(out_file.read_text()) if out_file.is_file() else {}
+        return {**result, "error": error} if error else result
+
+
+def _child_main(argv: list[str]) -> None:
+    import importlib
+    import json
+    from pathlib import Path
+
+    job_file, out_file = Path(argv[0]), Path(argv[1])
+    spec = json.loads(job_file.read_text())
+    module, function = spec["target"].split(":")
+    fn = getattr(importlib.import_module(module), function)
+
+    def emit(result: dict) -> None:  # atomically: a stopped process leaves the last whole result
+        tmp = out_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, out_file)
+
+    emit(fn(spec["job"], emit))
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

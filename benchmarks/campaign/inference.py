@@ -217,22 +217,40 @@ def fast_split(fast, labels: torch.Tensor, settings: InferenceSettings, device: 
 def profile_fast_rows(rows: list[dict], settings: InferenceSettings, device: torch.device, until: float,
                       fused_env: dict | None, progress) -> None:
     """Where the fast path's time goes, for its timed rows of the profiled precisions, after every
-    timing (the profiler cannot touch one): the row's generator and input built again (seeded), its
-    profile in the row as ``kernels``; a row past ``until`` says so there instead."""
+    timing and in a child process (benchmarks/campaign/breakdown.py ``in_child``: the profiler cannot
+    touch a timing of this process): each row's generator and input built again (seeded), its
+    profile in the row as ``kernels``; a row the child did not reach says why there instead."""
+    from dataclasses import asdict
+
+    from benchmarks.campaign.breakdown import in_child
+
+    todo = [r for r in rows if r.get("model") == "asapnet" and r.get("path") == "fast" and "error" not in r
+            and r["precision"] in settings.profile_precisions]
+    if not todo:
+        return
+    job = {"settings": asdict(settings), "device": str(device),
+           "rows": [{"size": r["size"], "precision": r["precision"], "fused": (fused_env or {}).get(r["precision"])}
+                    for r in todo]}
+    got = in_child("benchmarks.campaign.inference:profile_job", job, until)
+    for r in todo:
+        r["kernels"] = got.get(f"{r['size']}/{r['precision']}") or {
+            "error": f"not profiled: {got.get('error') or 'the profiling process did not reach it'}"}
+    progress()
+
+
+def profile_job(job: dict, emit) -> dict:
+    """The child's side of ``profile_fast_rows``: {"<size>/<precision>": kernels}, emitted row by row."""
     from asap.models.fast import FastGenerator
     from benchmarks.campaign.breakdown import describe
 
-    for row in rows:
-        if (row.get("model") != "asapnet" or row.get("path") != "fast" or "error" in row
-                or row["precision"] not in settings.profile_precisions):
-            continue
+    settings = InferenceSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["settings"].items()})
+    device = torch.device(job["device"])
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the timed rows ran
+    out: dict = {}
+    for row in job["rows"]:
         label = f"asapnet fast {row['precision']} {row['size']}"
-        if time.perf_counter() > until:
-            row["kernels"] = {"error": "not profiled: the phase's time was up"}
-            continue
-        fused = (fused_env or {}).get(row["precision"])
-        if fused is not None:
-            os.environ["ASAP_FUSED_MLP"] = fused
+        if row["fused"] is not None:
+            os.environ["ASAP_FUSED_MLP"] = row["fused"]
         try:
             model, labels1, _ = _asapnet_and_labels(row["size"], settings, device)
             fast = FastGenerator(model, row["precision"])
@@ -240,17 +258,16 @@ def profile_fast_rows(rows: list[dict], settings: InferenceSettings, device: tor
                 fast(labels1)  # its first call times the wide convs' two forms again and keeps the faster
                 k = fast_kernels(fast, labels1, settings, device)
             del fast, model
-        except Exception as err:  # a diagnosis: it must never cost the phase
-            k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
-        row["kernels"] = k
-        if "error" in k:
-            log(f"[phase 2] {label}: not profiled ({k['error'][:200]})")
-        else:
             log(f"[phase 2] {label}, where the time goes: per forward {describe(k['forward'])}; "
                 f"the low-res stream alone {describe(k['lowres'])}")
-        progress()
+        except Exception as err:  # a diagnosis: one row's failure costs that row only
+            k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+            log(f"[phase 2] {label}: not profiled ({k['error'][:200]})")
+        out[f"{row['size']}/{row['precision']}"] = k
+        emit(out)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return out
 
 
 def fast_kernels(fast, labels: torch.Tensor, settings: InferenceSettings, device: torch.device) -> dict:

@@ -62,31 +62,47 @@ def _measure_each(settings: TrainingStepSettings, until: float, prefix: str, mea
 
 def profile_steps(rows: list[dict], settings: TrainingStepSettings, bench: TrainBenchSettings, device: torch.device,
                   until: float, fused_env: dict | None, progress) -> None:
-    """Where our eager step's time goes, for the timed rows of the profiled sizes and precisions: a
-    fresh trainer per row (benchmarks.training.step_kernels), its profile in the row as
-    ``ours["kernels"]``; a row past ``until`` or a failing profile says so there instead."""
+    """Where our eager step's time goes, for the timed rows of the profiled sizes and precisions, after
+    every timing and in a child process (benchmarks/campaign/breakdown.py ``in_child``): a fresh
+    trainer per row (benchmarks.training.step_kernels), its profile in the row as ``ours["kernels"]``;
+    a row the child did not reach says why there instead."""
+    from benchmarks.campaign.breakdown import in_child
+
+    todo = [r for r in rows if "error" not in r and r["size"] in settings.profile_sizes
+            and r["precision"] in settings.profile_precisions]
+    if not todo:
+        return
+    job = {"bench": asdict(bench), "device": str(device), "iters": settings.profile_iters,
+           "rows": [{"size": r["size"], "batch": r["batch"], "precision": r["precision"],
+                     "fused": (fused_env or {}).get(r["precision"])} for r in todo]}
+    got = in_child("benchmarks.campaign.training_steps:profile_job", job, until)
+    for r in todo:
+        r["ours"]["kernels"] = got.get(f"{r['size']}/{r['batch']}/{r['precision']}") or {
+            "error": f"not profiled: {got.get('error') or 'the profiling process did not reach it'}"}
+    progress()
+
+
+def profile_job(job: dict, emit) -> dict:
+    """The child's side of ``profile_steps``: {"<size>/<batch>/<precision>": kernels}, emitted row by row."""
     from benchmarks.campaign.breakdown import describe
 
-    for row in rows:
-        if ("error" in row or row["size"] not in settings.profile_sizes
-                or row["precision"] not in settings.profile_precisions):
-            continue
+    bench, device = TrainBenchSettings(**job["bench"]), torch.device(job["device"])
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the timed rows ran
+    out: dict = {}
+    for row in job["rows"]:
         label = f"{row['size']} batch {row['batch']} {row['precision']}"
-        if time.perf_counter() > until:
-            row["ours"]["kernels"] = {"error": "not profiled: the phase's time was up"}
-            continue
-        fused = (fused_env or {}).get(row["precision"])
-        if fused is not None:
-            os.environ["ASAP_FUSED_MLP"] = fused
+        if row["fused"] is not None:
+            os.environ["ASAP_FUSED_MLP"] = row["fused"]
         size = tuple(int(v) for v in row["size"].split("x"))
         try:
-            k = step_kernels(size, row["batch"], row["precision"], bench, device, settings.profile_iters)
+            k = step_kernels(size, row["batch"], row["precision"], bench, device, job["iters"])
             log(f"[phase 3] {label} ours, where an eager step's time goes: {describe(k)}")
-        except Exception as err:  # a diagnosis: it must never cost the phase
+        except Exception as err:  # a diagnosis: one row's failure costs that row only
             k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             log(f"[phase 3] {label} ours: not profiled ({k['error'][:200]})")
-        row["ours"]["kernels"] = k
-        progress()
+        out[f"{row['size']}/{row['batch']}/{row['precision']}"] = k
+        emit(out)
+    return out
 
 
 def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None,
