@@ -104,7 +104,10 @@ campaign writes at most 7 so the console log fits):
     precision; phase 3's has "fused_training": {precision: {"fused", "env", "why"}}, and each of its
     rows "asap_fused_mlp", the value it ran with. Both have "cuda_graph": {"cuda_graph", "env", "why"}:
     whether phase 3 also timed ours as one CUDA graph and phase 4 trained every generator that way
-    (train.cuda_graph), on only where phase 1's graphed-step tests passed on the device.
+    (train.cuda_graph), on only where phase 1's graphed-step tests passed on the device. On CUDA the
+    records of phases 2 and 4 have "fused_norm" and "split_k": {"fused", "env", "why"}, the
+    ASAP_FUSED_NORM (the low-res norm kernels) and ASAP_SPLIT_K (the wide convs split by tap among the
+    timed forms) they ran with, off where phase 1's norm checks / split-K tests failed on the device.
     result of phase 4 (the record also has "budget_s_requested", "budget_s", "budget_note"):
                        {"dataset", "budget_s", "test_images", "params" (the resolved params sections),
                         "generators": {name: {"arch", "config" (asap.training.TrainingRun.to_dict),

@@ -230,7 +230,7 @@ def bench_size(H, W, args, device) -> tuple[list[dict], dict | None]:
         if fn is None:
             fast = FastGenerator(model, precision, compile=args.compile, kernel_options=args.kernel_options,
                                  cuda_graph="auto" if args.graph else False, check_labels=not args.no_check,
-                                 fused_norm=SWITCH[args.fused_norm], conv_gemm=SWITCH[args.conv_gemm])
+                                 fused_norm=SWITCH[args.fused_norm], conv_gemm=CONV_GEMM_SWITCH[args.conv_gemm])
             row.update(fused_kernel=fast.fused, fused_norm=fast.fused_norm, conv_gemm=fast.conv_gemm,
                        cuda_graph=fast.cuda_graph, compiled=args.compile, check_labels=fast.check_labels)
             if device.type == "cpu":
@@ -348,7 +348,8 @@ def bench_onnx_cpu(H, W, args) -> dict:
     return row
 
 
-SWITCH = {"auto": "auto", "on": True, "off": False}  # --fused-norm / --conv-gemm
+SWITCH = {"auto": "auto", "on": True, "off": False}  # --fused-norm
+CONV_GEMM_SWITCH = {**SWITCH, "split-k": "split-k"}  # --conv-gemm
 
 
 def main(argv=None) -> int:
@@ -367,8 +368,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-graph", dest="graph", action="store_false", help="no CUDA graph capture")
     p.add_argument("--fused-norm", choices=sorted(SWITCH), default="auto",
                    help="the low-res InstanceNorm + ReLU as Triton kernels (auto: on CUDA)")
-    p.add_argument("--conv-gemm", choices=sorted(SWITCH), default="auto",
-                   help="the wide low-res convs as cuBLAS GEMMs (auto: on CUDA, timed against cuDNN per shape)")
+    p.add_argument("--conv-gemm", choices=sorted(CONV_GEMM_SWITCH), default="auto",
+                   help="the wide low-res convs as one cuBLAS GEMM each (on), the 3x3 ones split along K by "
+                        "tap (split-k), cuDNN's (off), or auto: on CUDA, the three timed per shape")
     p.add_argument("--no-check", action="store_true", help="skip the (in-graph) label-range check")
     p.add_argument("--kernel-options", type=json.loads, default=None,
                    help='fused MLP launch options as JSON, e.g. \'{"block_p": 128, "num_warps": 8}\'')

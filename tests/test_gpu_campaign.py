@@ -177,6 +177,23 @@ def test_phases_2_and_4_run_the_norm_kernels_only_where_phase1_checked_them(smok
     assert fused_norm_after(broken, preset="1")["env"] == "1"
 
 
+def test_the_split_k_form_is_gated_by_its_own_tests_and_gates_nothing_else(smoke):
+    """A failed split-K test (the wide convs split by tap) takes that form out of phases 2 and 4 and
+    leaves the fused MLP and the norm kernels as they were."""
+    from benchmarks.campaign.cli import fused_inference_after, fused_norm_after, split_k_after
+
+    phase1 = json.loads(json.dumps(smoke["phases"][1]))
+    assert split_k_after(phase1)["why"].startswith("unverified")  # skipped on a CPU: checked nothing
+    tests = phase1["result"]["pytest"]["junit"]["tests"]
+    tests.append({"name": "test_split_k_conv_on_gpu[dtype0]", "outcome": "passed"})
+    assert split_k_after(phase1) == {"fused": "auto", "env": "auto", "why": "phase 1's 1 split-K checks passed"}
+    tests.append({"name": "test_split_k_fast_path_in_a_cuda_graph", "outcome": "failed"})
+    assert split_k_after(phase1) == {"fused": False, "env": "0", "why": "phase 1's split-K checks failed here: "
+                                                                        "['test_split_k_fast_path_in_a_cuda_graph']"}
+    assert fused_inference_after(phase1)["env"] == fused_norm_after(phase1)["env"] == "auto"
+    assert split_k_after(phase1, preset="1")["env"] == "1"
+
+
 def test_phases_3_and_4_graph_the_training_step_only_where_phase1_passed_its_tests(smoke):
     """The graphed-step tests (tests/test_graphed_step.py) skip on a CPU: unverified is off. Passed on
     the device, they turn it on; one failure turns it off, and no kernel gate reads them."""

@@ -739,7 +739,7 @@ def test_fast_generator_with_gemm_convs_equals_the_model():
     both forms once per input shape and records what it chose."""
     from asap.models.asapnet import asapnet
     from asap.models.fast import FastGenerator
-    from asap.models.lowres_fused import GemmConv, gemm_convs
+    from asap.models.lowres_fused import GemmConv, gemm_convs, split_k_convs
     torch.manual_seed(0)
     model = asapnet(4, 64, 64, downsampling=16, lr_width=8, lr_max_width=256, lr_depth=2).eval()
     with torch.no_grad():
@@ -751,12 +751,17 @@ def test_fast_generator_with_gemm_convs_equals_the_model():
     with torch.no_grad():
         ref = model(labels)
         assert (fast(labels) - ref).abs().max().item() < 1e-5
+        split = FastGenerator(model, conv_gemm="split-k", fused_norm=False)
+        assert split.lowres_for(None) is split.lowres_stream_split_k  # forced: no timing, whatever the input
+        assert (split(labels) - ref).abs().max().item() < 1e-5
         assert FastGenerator(model, fused_norm=False).conv_gemm is False  # CPU: "auto" is off
         tuned = FastGenerator(model, fused_norm=False)
         tuned.conv_gemm, tuned.lowres_stream_gemm = "auto", gemm_convs(tuned.lowres_stream)
+        tuned.lowres_stream_split_k = split_k_convs(tuned.lowres_stream_gemm)
         assert (tuned(labels) - ref).abs().max().item() < 1e-5
         (choice,) = tuned.lowres_choice.values()
-        assert choice["use"] in ("cudnn", "gemm") and set(choice["ms"]) == {"cudnn", "gemm"}
+        assert choice["use"] in ("cudnn", "gemm", "split-k") and set(choice["ms"]) == {"cudnn", "gemm", "split-k"}
+        assert "failed" not in choice
         assert choice["ms"][choice["use"]] == min(choice["ms"].values())
         tuned(labels)
         assert len(tuned.lowres_choice) == 1  # timed once per shape
@@ -764,16 +769,84 @@ def test_fast_generator_with_gemm_convs_equals_the_model():
         other = asapnet(4, 64, 64, downsampling=16, lr_width=8, lr_max_width=256, lr_depth=2).eval()
         fast.lowres_stream.load_state_dict(other.lowres_stream.state_dict())
         assert (fast(labels) - other(labels)).abs().max().item() < 1e-5
-    with pytest.raises(ValueError, match="conv_gemm must be True, False or 'auto'"):
+    with pytest.raises(ValueError, match=r"conv_gemm must be one of \(False, True, 'split-k'\) or 'auto'"):
         FastGenerator(model, conv_gemm="sometimes")
 
 
 def test_fastest_picks_the_faster_candidate():
     import time
     from asap.models.lowres_fused import fastest
-    name, ms, how = fastest({"slow": lambda x: time.sleep(0.02), "quick": lambda x: x + 1}, torch.zeros(1),
-                            warmup=0, iters=3)
+    name, ms, how, failed = fastest({"slow": lambda x: time.sleep(0.02), "quick": lambda x: x + 1}, torch.zeros(1),
+                                    warmup=0, iters=3)
     assert name == "quick" and ms["slow"] >= 20 > ms["quick"] and how == "eager calls"  # no graphs on the CPU
+    assert failed == {}
+
+
+def test_split_k_switch_is_read_from_the_environment(monkeypatch):
+    from asap.models.lowres_fused import split_k_default
+    monkeypatch.delenv("ASAP_SPLIT_K", raising=False)
+    assert split_k_default() == "auto"
+    monkeypatch.setenv("ASAP_SPLIT_K", "0")
+    assert split_k_default() is False
+    monkeypatch.setenv("ASAP_SPLIT_K", "sometimes")
+    with pytest.raises(ValueError, match="ASAP_SPLIT_K='sometimes': expected 0, 1 or auto"):
+        split_k_default()
+
+
+def test_fastest_leaves_out_a_candidate_that_cannot_run():
+    """A form that raises (an op this torch or device lacks) is left out with its error, not allowed to
+    sink the others; only if every form fails does the tuning fail."""
+    from asap.models.lowres_fused import fastest
+
+    def broken(x):
+        raise NotImplementedError("bmm.dtype is not here")
+
+    name, ms, how, failed = fastest({"broken": broken, "ok": lambda x: x * 2}, torch.zeros(1), warmup=1, iters=2)
+    assert name == "ok" and set(ms) == {"ok"} and failed == {"broken": "NotImplementedError: bmm.dtype is not here"}
+    with pytest.raises(RuntimeError, match="no candidate ran.*broken"):
+        fastest({"broken": broken}, torch.zeros(1), warmup=1, iters=1)
+
+
+@pytest.mark.parametrize("padding,bias", [(1, False), (0, True)])
+def test_split_k_conv_equals_the_conv(padding, bias):
+    """SplitKConv (nine tap products, fp32 partials summed) against the convolution itself in float64;
+    in bf16 against the float64 conv of the same bf16 operands rounded ONCE: within half a bf16 ulp
+    (plus fp32 accumulation), which partials rounded to bf16 before the sum would not meet."""
+    from asap.models.lowres_fused import GemmConv, SplitKConv
+    torch.manual_seed(10 + padding)
+    conv = torch.nn.Conv2d(64, 24, 3, padding=padding, bias=bias).double()
+    x = torch.randn(2, 64, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = SplitKConv(GemmConv(conv))(x)
+    ref = conv(x)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max().item() < 1e-12
+    conv16 = conv.to(torch.bfloat16)
+    x16 = x.to(torch.bfloat16)
+    out16 = SplitKConv(GemmConv(conv16))(x16)
+    assert out16.dtype == torch.bfloat16
+    ref16 = torch.nn.functional.conv2d(x16.double(), conv16.weight.double(),
+                                       None if conv16.bias is None else conv16.bias.double(), padding=padding)
+    half_ulp = torch.exp2(torch.floor(torch.log2(ref16.abs().clamp_min(1e-30))) - 8)  # bf16: 8 significant bits
+    err = (out16.double() - ref16).abs()
+    assert (err <= half_ulp * 1.01 + 1e-6).all(), (err / half_ulp).max().item()
+    with pytest.raises(ValueError, match="splits a 3x3 GemmConv"):
+        SplitKConv(GemmConv(torch.nn.Conv2d(16, 24, 1)))
+
+
+def test_split_k_conv_shares_and_follows_the_gemm_weight():
+    """SplitKConv reads its GemmConv's reordered weight (a view: no second copy of 1024-wide weights), so
+    an in-place update of the conv reaches it through the GemmConv's refresh."""
+    from asap.models.lowres_fused import GemmConv, SplitKConv, gemm_convs, split_k_convs
+    torch.manual_seed(4)
+    stream = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)).double()
+    gemm = gemm_convs(stream, min_channels=8)
+    split = split_k_convs(gemm)
+    assert [type(m) for m in split] == [SplitKConv, GemmConv] and split[0].gemm is gemm[0] and split[1] is gemm[1]
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        stream[0].weight.mul_(-3.0)
+    assert (split(x) - stream(x)).abs().max().item() < 1e-12
+    assert sum(b.numel() for b in split.buffers()) == sum(b.numel() for b in gemm.buffers())
 
 
 def test_dot16_and_atomic_defaults_come_from_the_environment(monkeypatch):
@@ -956,7 +1029,59 @@ def test_fast_generator_gemm_convs_in_a_cuda_graph(precision, conv_gemm):
         replays_match(model, fast, precision, batch=2, seeds=2)
         if conv_gemm == "auto":
             (choice,) = fast.lowres_choice.values()
-            assert "error" not in choice and choice["use"] in ("cudnn", "gemm"), choice
+            assert "error" not in choice and choice["use"] in ("cudnn", "gemm", "split-k"), choice
+
+
+# The split-by-tap form's own device checks: named test_split_k* so that the campaign's phase 1 gates
+# that form alone on them (ASAP_SPLIT_K), not the fused MLP.
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_split_k_conv_on_gpu(dtype):
+    """SplitKConv at the 1024-wide blocks' batch-1 shape (1, 1024, 16, 16) on the device (cuBLAS's
+    batched product with fp32 partials) against the float64 conv of the same operands: within half an
+    ulp of the dtype plus fp32 accumulation over K = 9216."""
+    from asap.models.lowres_fused import GemmConv, SplitKConv
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1024, 1024, 3, padding=1).cuda()
+    with torch.no_grad():
+        conv.weight.mul_(3.0)
+    conv = conv.to(dtype)
+    x = torch.randn(1, 1024, 16, 16, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    with no_tf32(), torch.no_grad():
+        out = SplitKConv(GemmConv(conv))(x)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    xd, wd, bd = x.double(), conv.weight.double(), conv.bias.double()
+    ref = torch.nn.functional.conv2d(xd, wd, bd, padding=1)
+    scale = torch.nn.functional.conv2d(xd.abs(), wd.abs(), bd.abs(), padding=1)  # sum of |terms|
+    bits = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24}[dtype]
+    half_ulp = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-30))) - bits)
+    err = (out.double() - ref).abs()
+    # + fp32 accumulation over K = 9216 (~sqrt(K) eps32 of the |terms|, with room for the tensor cores'
+    # order); a wrong tap or weight layout is off by ~1/sqrt(K) of the |terms|, 600x this
+    bound = half_ulp * 1.01 + scale * 2.0 ** -16
+    assert (err <= bound).all(), f"worst error / bound {(err / bound).max().item():.3g}"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_split_k_fast_path_in_a_cuda_graph():
+    """The fast path with its wide 3x3 convs split by tap (conv_gemm="split-k"), inside its CUDA graph,
+    with the norm kernels: the reference's image, new inputs replayed."""
+    from asap.models.asapnet import asapnet
+    from asap.models.fast import FastGenerator
+    from asap.models.lowres_fused import SplitKConv
+    torch.manual_seed(0)
+    model = asapnet(12, 256, 512, lr_max_width=256, lr_depth=3)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
+    model = model.cuda().eval()
+    with no_tf32():
+        fast = FastGenerator(model, "bf16", conv_gemm="split-k")
+        assert fast.cuda_graph and sum(isinstance(m, SplitKConv) for m in fast.lowres_stream_split_k) == 3
+        replays_match(model, fast, "bf16", batch=2, seeds=2)
 
 
 # ----------------------------------------------------------------------------------------------

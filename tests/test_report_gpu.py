@@ -213,3 +213,9 @@ def test_the_wide_conv_choice_is_shown_with_both_times():
     assert _wide_convs({"use": "cudnn", "ms": {"gemm": 0.7, "cudnn": 0.5}}) == "cuDNN (0.50 vs cuBLAS GEMM 0.70 ms, eager)"
     assert _wide_convs({"use": "cudnn", "ms": {}, "error": "RuntimeError: ..."}) == "cuDNN (timing failed)"
     assert _wide_convs(None) == "" and _wide_convs({"use": "other"}) == ""
+    # three forms, the split-by-tap one chosen; a form that could not run is named
+    assert _wide_convs({"use": "split-k", "ms": {"cudnn": 0.9, "gemm": 0.6, "split-k": 0.3},
+                        "timed": "cuda graph replays"}) == "cuBLAS split-K (0.30 vs cuDNN 0.90, cuBLAS GEMM 0.60 ms, graph)"
+    assert _wide_convs({"use": "gemm", "ms": {"cudnn": 0.9, "gemm": 0.6}, "timed": "cuda graph replays",
+                        "failed": {"split-k": "NotImplementedError: ..."}}) \
+        == "cuBLAS GEMM (0.60 vs cuDNN 0.90 ms, graph, cuBLAS split-K failed)"

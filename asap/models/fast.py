@@ -6,8 +6,9 @@ Same function as ``ASAPNetGenerator.forward``; what changes is how it runs:
   indices and never materialises the 64-channel activations of the pixelwise MLP;
 - low-res stream: channels-last convolutions in the chosen precision; each InstanceNorm + ReLU as
   two Triton kernels that keep the channels-last layout (``lowres_fused``: eager PyTorch's norm is
-  ~7 kernels and two layout copies); the wide stride-1 convs as cuBLAS GEMMs on their im2col matrix
-  where that is faster (timed per input shape on first use); or the stream ``torch.compile``d instead;
+  ~7 kernels and two layout copies); the wide stride-1 convs as cuBLAS GEMMs on their im2col matrix,
+  or with the 3x3 ones split along K by tap (nine batched products summed in fp32), where that is
+  faster (the three forms timed per input shape on first use); or the stream ``torch.compile``d instead;
   and the whole forward captured in a CUDA graph per input shape, so the ~20 small kernels of the
   16 x 16 stream cost one graph launch instead of ~20 (the authors' stream is launch-bound);
 - the label check runs inside the graph and is read after replay, so it costs no extra sync.
@@ -39,6 +40,7 @@ PRECISIONS = {
     "fp16": (torch.float16, "ieee"),
 }
 MAX_GRAPHS = 8  # captured input shapes kept alive (each holds its own static buffers)
+CONV_GEMM = (False, True, "split-k")  # FastGenerator's conv_gemm values besides "auto"
 
 
 def check_precision(precision: str) -> None:
@@ -67,8 +69,9 @@ class FastGenerator(nn.Module):
                  fused_norm: bool | str | None = None,  # InstanceNorm+ReLU kernels: auto = on CUDA (or the
                                                      # interpreter), channels-last, not compiled; None =
                                                      # $ASAP_FUSED_NORM (0 / 1 / auto, default auto)
-                 conv_gemm: bool | str = "auto",     # wide convs as cuBLAS GEMMs: auto = on CUDA, timed
-                                                     # against cuDNN per input shape (the faster kept)
+                 conv_gemm: bool | str = "auto",     # wide convs as cuBLAS GEMMs: True = one GEMM each,
+                                                     # "split-k" = 3x3 ones split by tap; auto = on CUDA,
+                                                     # all three timed per input shape (the fastest kept)
                  channels_last: bool = True,
                  check_labels: bool = True,          # error on label values outside the classes
                  clone_output: bool = True,          # False: return the graph's static output buffer
@@ -100,15 +103,21 @@ class FastGenerator(nn.Module):
         self.lowres_stream_torch_norm = lowres
         self.lowres_stream = lowres_fused.fuse_norms(lowres) if self.fused_norm else lowres
         self._lowres = torch.compile(self.lowres_stream, dynamic=False) if compile else self.lowres_stream
+        split_k = None
         if conv_gemm == "auto":
-            conv_gemm = "auto" if device.type == "cuda" and not compile else False
-        elif conv_gemm not in (True, False):
-            raise ValueError(f"conv_gemm must be True, False or 'auto', got {conv_gemm!r}")
+            split_k = lowres_fused.split_k_default()  # $ASAP_SPLIT_K: 0 / 1 / auto
+            conv_gemm = False if device.type != "cuda" or compile else "split-k" if split_k is True else "auto"
+        elif conv_gemm not in CONV_GEMM:
+            raise ValueError(f"conv_gemm must be one of {CONV_GEMM} or 'auto', got {conv_gemm!r}")
         self.conv_gemm = conv_gemm
-        # The same stream (same modules and norms) with its wide stride-1 convs as GEMMs (GemmConv).
+        # The same stream (same modules and norms) with its wide stride-1 convs as GEMMs (GemmConv), and
+        # that one with the 3x3 GEMMs split by tap (SplitKConv, sharing the GEMMs' weight copies).
         self.lowres_stream_gemm = lowres_fused.gemm_convs(self.lowres_stream) if conv_gemm else None
+        with_split_k = conv_gemm == "split-k" or (conv_gemm == "auto" and split_k == "auto")
+        self.lowres_stream_split_k = lowres_fused.split_k_convs(self.lowres_stream_gemm) if with_split_k else None
         self._gemm_convs = [m for m in self.lowres_stream_gemm or () if isinstance(m, lowres_fused.GemmConv)]
-        self.lowres_choice: dict[tuple, dict] = {}  # input shape -> {"use": "cudnn" | "gemm", "ms": {...}}
+        # input shape -> {"use": "cudnn" | "gemm" | "split-k", "ms": {form: ms}, "timed": how[, "failed": {...}]}
+        self.lowres_choice: dict[tuple, dict] = {}
 
         reason = pixelwise_fused.unsupported_reason(self.config.mlp_channels, self.config.downsampling)
         kernel_ok = reason is None and (device.type == "cuda" or (device.type == "cpu" and pixelwise_fused.interpret_mode()))
@@ -190,28 +199,35 @@ class FastGenerator(nn.Module):
                                                   **self.kernel_options)
         return out, bad
 
+    def lowres_forms(self) -> dict[str, nn.Module]:
+        """The forms of the low-res stream this generator can run, by name: "cudnn" (the convolutions),
+        "gemm" (wide convs as one GEMM each), "split-k" (3x3 GEMMs split by tap)."""
+        forms = {"cudnn": self._lowres, "gemm": self.lowres_stream_gemm, "split-k": self.lowres_stream_split_k}
+        return {name: m for name, m in forms.items() if m is not None}
+
     def lowres_for(self, lowres_in: torch.Tensor) -> nn.Module:
         """The low-res stream this input runs through. With ``conv_gemm="auto"`` the first input of each
-        shape times both forms (cuDNN convs, GEMM convs; each in its own CUDA graph on CUDA; outside the
-        fast path's own capture: its warm-up calls come first) and keeps the faster, recorded in
-        ``lowres_choice``."""
+        shape times every form (``lowres_forms``; each in its own CUDA graph on CUDA; outside the fast
+        path's own capture: its warm-up calls come first) and keeps the fastest, recorded in
+        ``lowres_choice`` (with the error of any form that could not run)."""
         if self.conv_gemm is False:
             return self._lowres
         if self.conv_gemm is True:
             return self.lowres_stream_gemm
+        if self.conv_gemm == "split-k":
+            return self.lowres_stream_split_k
         key = (tuple(lowres_in.shape), lowres_in.dtype)
         choice = self.lowres_choice.get(key)
         if choice is None:
             if lowres_in.is_cuda and torch.cuda.is_current_stream_capturing():
                 return self._lowres  # never time inside a capture (the warm-up has chosen by then)
             try:
-                use, ms, how = lowres_fused.fastest({"cudnn": self._lowres, "gemm": self.lowres_stream_gemm},
-                                                    lowres_in)
-                choice = {"use": use, "ms": ms, "timed": how}
+                use, ms, how, failed = lowres_fused.fastest(self.lowres_forms(), lowres_in)
+                choice = {"use": use, "ms": ms, "timed": how, **({"failed": failed} if failed else {})}
             except Exception as err:  # tuning must never cost the forward: keep the convolutions
                 choice = {"use": "cudnn", "ms": {}, "error": f"{type(err).__name__}: {str(err)[:300]}"}
             self.lowres_choice[key] = choice
-        return self.lowres_stream_gemm if choice["use"] == "gemm" else self._lowres
+        return self.lowres_forms()[choice["use"]]
 
     def _raise_bad_labels(self, x: torch.Tensor) -> None:
         c = self.config

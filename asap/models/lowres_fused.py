@@ -225,7 +225,7 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     """A stream's modules in execution order: nested Sequentials (and ConvBlock, whose forward is its
     one Sequential) unrolled."""
     children = list(module.children())
-    if not children or isinstance(module, (FusedInstanceNormReLU, GemmConv)):  # ours: already one step
+    if not children or isinstance(module, (FusedInstanceNormReLU, GemmConv, SplitKConv)):  # ours: already one step
         return [module]
     if not isinstance(module, nn.Sequential) and len(children) != 1:
         raise ValueError(f"cannot unroll {type(module).__name__}: its forward is not a plain sequence")
@@ -326,6 +326,74 @@ class GemmConv(nn.Module):
         return f"{self.conv.in_channels}, {self.conv.out_channels}, taps={self.taps}x{self.taps}, pad={self.pad}"
 
 
+class SplitKConv(nn.Module):
+    """A ``GemmConv``'s 3x3 convolution split along K by tap: nine (pixels, C) x (C, C_out) products in one
+    batched matmul, each an fp32 partial sum, added up in fp32, then the bias, then one rounding to the
+    input's dtype.
+
+    Why: at batch 1 the 1024-wide blocks' product is (256 pixels) x (C_out 1024) x (K 9216). In
+    128 x 128 output tiles that is 16 tiles for a 132-SM H200, each running the whole K; whether cuBLAS
+    splits K on its own is up to its heuristics. Nine tap products give 9 x 16 = 144 tiles whatever the
+    library decides, for 9 x pixels x C_out fp32 partials (9.4 MB at 16 x 16 x 1024) written and read
+    once. ``FastGenerator`` times this form against the convolutions and the one-GEMM form and keeps
+    the fastest. Shares the GemmConv's reordered weight (a (9, C, C_out) view of it: no second copy),
+    so the GemmConv's ``refresh`` keeps both current.
+
+    The partials are fp32 whatever the input's dtype: on CUDA a 16-bit product writes them straight
+    (``torch.bmm(..., out_dtype=torch.float32)``, fp32 accumulation as in one GEMM); elsewhere the
+    operands are widened first (the CPU path exists for tests, not for speed).
+    """
+
+    def __init__(self, gemm: GemmConv):
+        super().__init__()
+        if not isinstance(gemm, GemmConv) or gemm.taps != 3:
+            raise ValueError(f"SplitKConv splits a 3x3 GemmConv by tap, got {gemm!r}")
+        self.gemm = gemm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gemm
+        g.refresh()
+        B, C, H, W = x.shape
+        nhwc = x.permute(0, 2, 3, 1)
+        if g.pad:
+            padded = nhwc.new_zeros(B, H + 2, W + 2, C)
+            padded[:, 1:-1, 1:-1] = nhwc
+        else:
+            padded = nhwc
+        h, w = padded.shape[1] - 2, padded.shape[2] - 2
+        taps = torch.stack([padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
+        taps = taps.reshape(9, B * h * w, C)
+        weight = g.weight_t.view(9, C, -1)  # rows in (dy, dx, c) order: tap t's C rows are rows t*C ...
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            partial = torch.bmm(taps, weight, out_dtype=torch.float32)
+        else:
+            partial = torch.bmm(taps.float(), weight.float()) if x.dtype != torch.float64 else torch.bmm(taps, weight)
+        out = partial.sum(dim=0)
+        if g.conv.bias is not None:
+            out = out + g.conv.bias.to(out.dtype)
+        return out.to(x.dtype).view(B, h, w, -1).permute(0, 3, 1, 2)  # channels-last memory
+
+    def extra_repr(self) -> str:
+        c = self.gemm.conv
+        return f"{c.in_channels}, {c.out_channels}, 9 taps, pad={self.gemm.pad}"
+
+
+SPLIT_K_ENV = "ASAP_SPLIT_K"
+
+
+def split_k_default() -> bool | str:
+    """What ``FastGenerator(conv_gemm="auto")`` does with the split-by-tap form: $ASAP_SPLIT_K as 0 (never
+    a candidate), 1 (always: no timing), auto (default: one of the forms timed per input shape)."""
+    return env_switch(SPLIT_K_ENV, "the fast path's wide 3x3 convs split along K by tap: never, always, "
+                                   "when timed fastest")
+
+
+def split_k_convs(gemm_stream: nn.Sequential) -> nn.Sequential:
+    """A ``gemm_convs`` stream with each 3x3 GemmConv split by tap (``SplitKConv``, sharing its weight
+    copy); the 1x1 GemmConvs (C_out = P ~ 16k: tiles enough) and everything else stay as they are."""
+    return nn.Sequential(*(SplitKConv(m) if isinstance(m, GemmConv) and m.taps == 3 else m for m in gemm_stream))
+
+
 def gemm_convs(stream: nn.Module, min_channels: int = GEMM_MIN_CHANNELS) -> nn.Sequential:
     """The stream flattened as ``fuse_norms`` does (same modules, parameters shared), each stride-1 3x3 or
     1x1 conv with at least ``min_channels`` inputs as a ``GemmConv``; strided and narrow convs stay."""
@@ -341,11 +409,13 @@ def gemm_convs(stream: nn.Module, min_channels: int = GEMM_MIN_CHANNELS) -> nn.S
     return nn.Sequential(*out)
 
 
-def fastest(candidates: dict, x: torch.Tensor, warmup: int = 2, iters: int = 5) -> tuple[str, dict, str]:
+def fastest(candidates: dict, x: torch.Tensor, warmup: int = 2,
+            iters: int = 5) -> tuple[str, dict, str, dict]:
     """Time each ``candidates[name](x)`` (``warmup`` untimed calls, the median of ``iters``) -> (the
-    fastest name, {name: median ms}, how they were timed). On CUDA each candidate is captured in a CUDA
-    graph and its replays are timed, as the fast path runs it (called eagerly, these streams are
-    launch-bound and the ranking can differ); where a capture fails, synchronised eager calls."""
+    fastest name, {name: median ms}, how they were timed, {name: error} of the candidates that failed
+    to run and were left out). On CUDA each candidate is captured in a CUDA graph and its replays are
+    timed, as the fast path runs it (called eagerly, these streams are launch-bound and the ranking can
+    differ); where a capture fails, synchronised eager calls. Raises only if every candidate failed."""
     import statistics
     import time
 
@@ -378,12 +448,16 @@ def fastest(candidates: dict, x: torch.Tensor, warmup: int = 2, iters: int = 5) 
             runs.append(start.elapsed_time(stop))
         return statistics.median(runs)
 
-    times, how = {}, set()
+    times, how, errors = {}, set(), {}
     for name, fn in candidates.items():
-        for _ in range(warmup):
-            fn(x)
-        if x.device.type == "cuda":
+        try:
+            for _ in range(warmup):
+                fn(x)
             sync()
+        except Exception as err:  # a form that cannot run here (e.g. an op this torch lacks) is left out
+            errors[name] = f"{type(err).__name__}: {str(err)[:300]}"
+            continue
+        if x.device.type == "cuda":
             try:
                 times[name] = replayed(fn)
                 how.add("cuda graph replays")
@@ -392,4 +466,6 @@ def fastest(candidates: dict, x: torch.Tensor, warmup: int = 2, iters: int = 5) 
                 sync()
         times[name] = eager(fn)
         how.add("eager calls")
-    return min(times, key=times.get), times, " and ".join(sorted(how))
+    if not times:
+        raise RuntimeError(f"no candidate ran: {errors}")
+    return min(times, key=times.get), times, " and ".join(sorted(how)), errors

@@ -143,19 +143,24 @@ def _benchmark_rows(path: Path, record: dict) -> tuple[list[dict], list[dict]]:
     return bench, inference
 
 
+WIDE_CONV_FORMS = {"cudnn": "cuDNN", "gemm": "cuBLAS GEMM", "split-k": "cuBLAS split-K"}  # lowres_forms' names
+
+
 def _wide_convs(choice) -> str:
     """A fast row's lr_convs -> "cuBLAS GEMM (0.41 vs cuDNN 0.52 ms, graph)": which form of the low-res
-    stream's wide convs it ran, with both times of the stream it was chosen by and how they were taken
-    (graph replays; "eager" calls, as every record made before the timing moved into graphs)."""
-    if not isinstance(choice, dict) or choice.get("use") not in ("cudnn", "gemm"):
+    stream's wide convs it ran, with the times of the stream in each form it was chosen among, and how
+    they were taken (graph replays; "eager" calls, as every record made before the timing moved into
+    graphs); a form that could not run there is named as such."""
+    if not isinstance(choice, dict) or choice.get("use") not in WIDE_CONV_FORMS:
         return ""
-    ms = choice.get("ms") or {}
-    use, other = ("gemm", "cudnn") if choice["use"] == "gemm" else ("cudnn", "gemm")
-    names = {"gemm": "cuBLAS GEMM", "cudnn": "cuDNN"}
-    if isinstance(ms.get(use), (int, float)) and isinstance(ms.get(other), (int, float)):
+    use = choice["use"]
+    ms = {k: v for k, v in (choice.get("ms") or {}).items() if k in WIDE_CONV_FORMS and isinstance(v, (int, float))}
+    failed = "".join(f", {WIDE_CONV_FORMS.get(k, k)} failed" for k in (choice.get("failed") or {}))
+    if use in ms and len(ms) > 1:
         how = "graph" if choice.get("timed") == "cuda graph replays" else "eager"
-        return f"{names[use]} ({ms[use]:.2f} vs {names[other]} {ms[other]:.2f} ms, {how})"
-    return names[use] + (" (timing failed)" if choice.get("error") else "")
+        others = ", ".join(f"{WIDE_CONV_FORMS[k]} {v:.2f}" for k, v in ms.items() if k != use)
+        return f"{WIDE_CONV_FORMS[use]} ({ms[use]:.2f} vs {others} ms, {how}{failed})"
+    return WIDE_CONV_FORMS[use] + (" (timing failed)" if choice.get("error") else f" ({failed[2:]})" if failed else "")
 
 
 def _targets(path: Path, record: dict, kind: str, label: str) -> list[dict]:

@@ -67,6 +67,7 @@ GRADIENT_CASES = ("grad_", "train_generator")  # tests/test_pixelwise_fused.py: 
 NORM_CASES = ("norm_",)                         # the low-res norm kernels' cases
 NORM_TESTS = ("test_norm_kernels",)             # and pytest's, at phase 2's own shapes
 GRAPH_TESTS = ("test_graphed_step",)            # tests/test_graphed_step.py: the trainer's step as a CUDA graph
+SPLIT_K_TESTS = ("test_split_k",)               # the low-res wide convs split by tap (SplitKConv)
 CASE_TEST = "test_kernel_matches_reference_on_gpu["  # pytest's name of a case: <this><case>]
 DIAGNOSTIC_SUFFIXES = ("_native", "_rmw")  # cases of forms that are not the defaults (the test file's)
 
@@ -107,7 +108,7 @@ def _gate(phase1, preset, variable: str, what: str, selects) -> dict:
 
 
 def _is_forward(name: str) -> bool:
-    return not name.startswith(GRADIENT_CASES + NORM_CASES + NORM_TESTS + GRAPH_TESTS)  # MLP forward, tent, fast path
+    return not name.startswith(GRADIENT_CASES + NORM_CASES + NORM_TESTS + GRAPH_TESTS + SPLIT_K_TESTS)  # MLP forward, tent, fast path
 
 
 def _of_precision(precision: str | None, selects):
@@ -144,6 +145,14 @@ def fused_norm_after(phase1: dict | None, preset: str | None = None) -> dict:
     wrong here times nothing and scores nothing; "unverified" when none ran. ``preset``: the caller's
     ASAP_FUSED_NORM, which is kept."""
     return _gate(phase1, preset, "ASAP_FUSED_NORM", "norm checks", lambda n: n.startswith(NORM_CASES + NORM_TESTS))
+
+
+def split_k_after(phase1: dict | None, preset: str | None = None) -> dict:
+    """Whether phases 2 and 4 let the fast path time its wide 3x3 convs split by tap (ASAP_SPLIT_K,
+    read by FastGenerator) among its forms: off when one of phase 1's split-K tests failed on this
+    device (a form that computes wrong values must not win a timing and draw phase 4's images);
+    "unverified" when none ran. ``preset``: the caller's ASAP_SPLIT_K, which is kept."""
+    return _gate(phase1, preset, "ASAP_SPLIT_K", "split-K checks", lambda n: n.startswith(SPLIT_K_TESTS))
 
 
 CUDA_GRAPH_ENV = "ASAP_CAMPAIGN_CUDA_GRAPH"  # 0 / 1: the caller's choice for phases 3 and 4, kept
@@ -245,6 +254,7 @@ def run(args) -> int:
         log(f"[campaign] gates from {gates_from}: "
             f"{', '.join(phase_file(p) for p, r in ((1, phase1), (3, phase3)) if r)}")
     preset_stash, preset_norm = os.environ.get("ASAP_FUSED_BWD_STASH"), os.environ.get("ASAP_FUSED_NORM")
+    preset_split_k = os.environ.get("ASAP_SPLIT_K")
     preset_graph = os.environ.get(CUDA_GRAPH_ENV)
     for phase in phases:
         record = _record(settings, phase, env, clock)
@@ -255,6 +265,10 @@ def run(args) -> int:
             os.environ["ASAP_FUSED_NORM"] = norm_gate["env"]  # read by every FastGenerator built from here on
             log(f"[campaign] phase {phase}: the fast path's low-res norms with ASAP_FUSED_NORM={norm_gate['env']} "
                 f"({norm_gate['why']})")
+            record["split_k"] = split_gate = split_k_after(phase1, preset_split_k)
+            os.environ["ASAP_SPLIT_K"] = split_gate["env"]
+            log(f"[campaign] phase {phase}: the wide convs' split-by-tap form with ASAP_SPLIT_K={split_gate['env']} "
+                f"({split_gate['why']})")
         fused_env = None  # phases 2 and 3: {precision: ASAP_FUSED_MLP}, each row's precision on its own checks
         if phase in (2, 3) and device.type == "cuda":
             after, key, part = ((fused_inference_after, "fused_inference", settings.inference) if phase == 2 else

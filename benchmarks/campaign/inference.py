@@ -6,7 +6,8 @@ Rows (one dict each, see ``benchmarks/campaign/__init__.py`` for the fields):
   Triton MLP on class indices, channels-last low-res stream with the InstanceNorm + ReLU kernels,
   CUDA graph) in fp32 and bf16; batch-1 latency (median / p10 / p90 ms), batch-B images/s, the low-res
   stream / pixelwise MLP split (Fig. 4; the low-res stream also with PyTorch's norms, ``lr_torch_norm_ms``;
-  ``lr_convs``: whether its wide convs ran as cuDNN convolutions or cuBLAS GEMMs, timed both ways),
+  ``lr_convs``: whether its wide convs ran as cuDNN convolutions, cuBLAS GEMMs or GEMMs split by tap,
+  the stream timed in each form, and any form that failed there),
   the MLP's unavoidable bytes (labels in, parameter grid in, image out) over its time, against the
   device's copy bandwidth measured first, and the fast path's max abs difference from the fp32 reference;
 - pix2pixHD and SPADE, full width and slim (Fig. 8), fp32 and bf16 autocast, batch 1 and batch B.
@@ -355,7 +356,8 @@ def _log_row(row: dict) -> None:
     if row.get("lr_convs"):
         c = row["lr_convs"]
         split += (f" [wide convs as {c['use']}: " + ", ".join(f"{k} {v:.3f}" for k, v in c.get("ms", {}).items())
-                  + (f", by {c['timed']}" if c.get("timed") else "") + "]")
+                  + (f", by {c['timed']}" if c.get("timed") else "")
+                  + "".join(f", {k} failed: {v[:120]}" for k, v in (c.get("failed") or {}).items()) + "]")
     log(f"[phase 2] {row['model']:>15} {row['path']:>13} {row['precision']} {row['size']:>9}: "
         f"{row['batch1_ms']['median_ms']:8.3f} ms batch 1{split}, {row['images_per_s']:8.1f} img/s")
 
