@@ -112,6 +112,8 @@ def run_trial(config: dict) -> None:
         done = json.loads(result_file.read_text())
         if done.get("run_name") == job.run_name:
             print(f"[sweep] {spec['trial']}: finished earlier ({job.run_name}), reusing its results", flush=True)
+            if done.get("mlflow_run_id"):
+                adopt_reused_trial(config["tracking_uri"], done["mlflow_run_id"], config["parent_run_id"])
             tune.report({k: v for k, v in done.items() if isinstance(v, (int, float))})
             return
 
@@ -147,6 +149,28 @@ def run_trial(config: dict) -> None:
     print(f"[sweep] {spec['trial']}: {row['steps']} steps in {row['train_seconds']:.0f} s; FID {row['fid']:.1f}, "
           f"runtime {row['runtime_ms']:.0f} ms ({row['runtime_threads']} threads)", flush=True)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+
+def adopt_reused_trial(uri: str, run_id: str, parent_run_id: str) -> None:
+    """A finished trial reused by a sweep whose parent MLflow run is new (the old one superseded: its
+    folder was removed, or the store reset) becomes a child of the new parent, so the current sweep
+    shows all its trials; the tag ``sweep.earlier_parent`` keeps where it was. A trial whose run is not
+    in this store is left alone (its results still count)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    try:
+        tags = client.get_run(run_id).data.tags
+    except mlflow.exceptions.MlflowException:
+        print(f"[sweep] the reused trial's MLflow run {run_id} is not in {uri}; its results count, "
+              "the current parent run does not list it", flush=True)
+        return
+    earlier = tags.get("mlflow.parentRunId")
+    if earlier == parent_run_id:
+        return
+    client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+    if earlier:
+        client.set_tag(run_id, "sweep.earlier_parent", earlier)
 
 
 # The measurements of a trial that become eval_* metrics of its MLflow run (settings become tags).

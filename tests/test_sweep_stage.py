@@ -96,3 +96,25 @@ def test_a_sweep_run_again_from_scratch_supersedes_its_earlier_parent_run(tmp_pa
     assert client.get_run(second).data.tags["supersedes"] == first
     shown = [r.info.run_id for r in client.search_runs([experiment], common.SUPERSEDED_FILTER)]
     assert shown == [second]
+
+
+def test_a_reused_trial_moves_to_the_current_parent_run(tmp_path, capsys):
+    """A trial finished under a parent run that was since superseded, and reused by the new sweep,
+    becomes the new parent's child (the current sweep lists every trial it reports), remembering the
+    earlier parent; a trial already under it is untouched; a run missing from the store is named."""
+    from pipelines.sweep import adopt_reused_trial
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("asapnet-test")
+    old, new = (client.create_run(experiment, run_name="sweep-test").info.run_id for _ in range(2))
+    trial = client.create_run(experiment, run_name="trial", tags={"mlflow.parentRunId": old}).info.run_id
+    adopt_reused_trial(uri, trial, new)
+    tags = client.get_run(trial).data.tags
+    assert tags["mlflow.parentRunId"] == new and tags["sweep.earlier_parent"] == old
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{new}'")
+    assert [r.info.run_id for r in children] == [trial]
+    adopt_reused_trial(uri, trial, new)  # already there: nothing changes
+    assert client.get_run(trial).data.tags["sweep.earlier_parent"] == old
+    adopt_reused_trial(uri, "0" * 32, new)
+    assert "is not in" in capsys.readouterr().out
