@@ -1009,20 +1009,26 @@ def test_stream_norm_shapes_follow_the_config():
                                                    (1024, 16, 16)]
 
 
+def wide_conv_model():
+    """A 12-class 256x512 ASAP-Net on CUDA whose low-res stream has three 256-wide 3x3 blocks (the convs
+    the GEMM forms take), its MLP parameters at O(1) activations."""
+    from asap.models.asapnet import asapnet
+    torch.manual_seed(0)
+    model = asapnet(12, 256, 512, lr_max_width=256, lr_depth=3)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
+    return model.cuda().eval()
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("precision,conv_gemm", [("bf16", True), ("bf16", "auto"), ("fp32", True)])
 def test_fast_generator_gemm_convs_in_a_cuda_graph(precision, conv_gemm):
     """The wide convs as GEMMs (forced, or chosen by timing at the capture's warm-up) inside the CUDA
     graph, with the norm kernels: the reference's image, new inputs replayed."""
-    from asap.models.asapnet import asapnet
     from asap.models.fast import FastGenerator
-    torch.manual_seed(0)
-    model = asapnet(12, 256, 512, lr_max_width=256, lr_depth=3)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(1)
-        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
-    model = model.cuda().eval()
+    model = wide_conv_model()
     with no_tf32():
         fast = FastGenerator(model, precision, conv_gemm=conv_gemm)
         assert fast.cuda_graph and fast.fused and fast.fused_norm and fast.lowres_stream_gemm is not None
@@ -1069,15 +1075,9 @@ def test_split_k_conv_on_gpu(dtype):
 def test_split_k_fast_path_in_a_cuda_graph():
     """The fast path with its wide 3x3 convs split by tap (conv_gemm="split-k"), inside its CUDA graph,
     with the norm kernels: the reference's image, new inputs replayed."""
-    from asap.models.asapnet import asapnet
     from asap.models.fast import FastGenerator
     from asap.models.lowres_fused import SplitKConv
-    torch.manual_seed(0)
-    model = asapnet(12, 256, 512, lr_max_width=256, lr_depth=3)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(1)
-        model.lowres_stream.model[-1].bias.copy_(make_params(1, model.config.mlp_channels, 1, 1, gen).flatten())
-    model = model.cuda().eval()
+    model = wide_conv_model()
     with no_tf32():
         fast = FastGenerator(model, "bf16", conv_gemm="split-k")
         assert fast.cuda_graph and sum(isinstance(m, SplitKConv) for m in fast.lowres_stream_split_k) == 3

@@ -255,6 +255,19 @@ def fuse_norms(stream: nn.Module) -> nn.Sequential:
 GEMM_MIN_CHANNELS = 256  # convs at least this wide (the 1024-wide blocks and the final 1x1) may run as GEMMs
 
 
+def tap_views(nhwc: torch.Tensor, pad: int) -> tuple[list[torch.Tensor], int, int]:
+    """The nine (B, h, w, C) windows a 3x3 conv reads, in (dy, dx) order, of a (B, H, W, C) input
+    zero-padded by ``pad`` (0 or 1) -> (windows, h, w)."""
+    B, H, W, C = nhwc.shape
+    if pad:
+        padded = nhwc.new_zeros(B, H + 2, W + 2, C)
+        padded[:, 1:-1, 1:-1] = nhwc
+    else:
+        padded = nhwc
+    h, w = padded.shape[1] - 2, padded.shape[2] - 2
+    return [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], h, w
+
+
 class GemmConv(nn.Module):
     """A stride-1 3x3 (zero padding 0 or 1) or 1x1 ``Conv2d`` on a channels-last input as ONE matrix
     product: the (pixels, 9 C) im2col matrix times the (9 C, C_out) weight, through cuBLAS.
@@ -310,13 +323,8 @@ class GemmConv(nn.Module):
         if self.taps == 1:
             cols, h, w = nhwc, H, W
         else:
-            if self.pad:
-                padded = nhwc.new_zeros(B, H + 2, W + 2, C)
-                padded[:, 1:-1, 1:-1] = nhwc
-            else:
-                padded = nhwc
-            h, w = padded.shape[1] - 2, padded.shape[2] - 2
-            cols = torch.cat([padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], dim=3)
+            views, h, w = tap_views(nhwc, self.pad)
+            cols = torch.cat(views, dim=3)
         flat = cols.reshape(B * h * w, cols.shape[3])
         bias = self.conv.bias
         out = torch.addmm(bias, flat, self.weight_t) if bias is not None else flat @ self.weight_t
@@ -353,24 +361,17 @@ class SplitKConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gemm
         g.refresh()
-        B, C, H, W = x.shape
-        nhwc = x.permute(0, 2, 3, 1)
-        if g.pad:
-            padded = nhwc.new_zeros(B, H + 2, W + 2, C)
-            padded[:, 1:-1, 1:-1] = nhwc
-        else:
-            padded = nhwc
-        h, w = padded.shape[1] - 2, padded.shape[2] - 2
-        taps = torch.stack([padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
-        taps = taps.reshape(9, B * h * w, C)
+        B, C = x.shape[:2]
+        views, h, w = tap_views(x.permute(0, 2, 3, 1), g.pad)
+        taps = torch.stack(views).reshape(9, B * h * w, C)
         weight = g.weight_t.view(9, C, -1)  # rows in (dy, dx, c) order: tap t's C rows are rows t*C ...
         if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
             partial = torch.bmm(taps, weight, out_dtype=torch.float32)
         else:
             partial = torch.bmm(taps.float(), weight.float()) if x.dtype != torch.float64 else torch.bmm(taps, weight)
-        out = partial.sum(dim=0)
+        out = partial.sum(dim=0)  # a fresh fp32 tensor: the bias goes in in place
         if g.conv.bias is not None:
-            out = out + g.conv.bias.to(out.dtype)
+            out.add_(g.conv.bias.to(out.dtype))
         return out.to(x.dtype).view(B, h, w, -1).permute(0, 3, 1, 2)  # channels-last memory
 
     def extra_repr(self) -> str:
