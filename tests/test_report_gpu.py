@@ -107,8 +107,14 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
     assert [float(r["speed-up"]) for r in tables[2]] == pytest.approx([t["speedup"] for t in training], abs=0.006)
     assert [float(r["generator fwd+bwd speed-up"]) for r in tables[2]] == pytest.approx(
         [t["generator_speedup"] for t in training], abs=0.006)
-    assert [float(r["step speed-up bound"]) for r in tables[2]] == pytest.approx(
-        [1 / (1 - t["authors_generator_share"]) for t in training], abs=0.006)
+    # the bound 1 / (1 - share) exists only while the generator is less than the whole step; on the
+    # smoke's tiny CPU steps its separately timed share can reach 1, and the table says n/a
+    for r, t in zip(tables[2], training, strict=True):
+        share = t["authors_generator_share"]
+        if share < 1:
+            assert float(r["step speed-up bound"]) == pytest.approx(1 / (1 - share), abs=0.006)
+        else:
+            assert r["step speed-up bound"] == "n/a"
     # the pixelwise MLP alone: the milliseconds of each way; no fused column on the CPU
     pixelwise = phase3["pixelwise"]
     assert len(tables[1]) == len(pixelwise) > 0

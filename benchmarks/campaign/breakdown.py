@@ -153,6 +153,36 @@ def in_child(target: str, job: dict, until: float) -> dict:
         return {**result, "error": error} if error else result
 
 
+def profile_rows(rows: list[dict], emit, key: Callable[[dict], str], label: Callable[[dict], str],
+                 measure: Callable[[dict], tuple[dict, str]]) -> dict:
+    """A child's loop over a phase's profiled rows: each with ASAP_FUSED_MLP as phase 1 set it for the
+    row's precision (``row["fused"]``), then ``measure(row)`` -> (its kernels, what to log); a failure
+    costs that row only and is recorded in its place. The result so far, {key(row): kernels}, is
+    emitted after every row (a child stopped at its time keeps what it did)."""
+    from benchmarks.campaign.common import log
+
+    out: dict = {}
+    for row in rows:
+        if row["fused"] is not None:
+            os.environ["ASAP_FUSED_MLP"] = row["fused"]
+        try:
+            kernels, text = measure(row)
+            log(f"{label(row)}, where the time goes: {text}")
+        except Exception as err:  # a diagnosis: one row's failure costs that row only
+            kernels = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+            log(f"{label(row)}: not profiled ({kernels['error'][:200]})")
+        out[key(row)] = kernels
+        emit(out)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
+
+
+def profiled(got: dict, key: str) -> dict:
+    """A row's kernels from ``in_child``'s result, or why it has none."""
+    return got.get(key) or {"error": f"not profiled: {got.get('error') or 'the profiling process did not reach it'}"}
+
+
 def _child_main(argv: list[str]) -> None:
     import importlib
     import json

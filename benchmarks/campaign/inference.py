@@ -223,7 +223,7 @@ def profile_fast_rows(rows: list[dict], settings: InferenceSettings, device: tor
     profile in the row as ``kernels``; a row the child did not reach says why there instead."""
     from dataclasses import asdict
 
-    from benchmarks.campaign.breakdown import in_child
+    from benchmarks.campaign.breakdown import in_child, profiled
 
     todo = [r for r in rows if r.get("model") == "asapnet" and r.get("path") == "fast" and "error" not in r
             and r["precision"] in settings.profile_precisions]
@@ -234,41 +234,34 @@ def profile_fast_rows(rows: list[dict], settings: InferenceSettings, device: tor
                     for r in todo]}
     got = in_child("benchmarks.campaign.inference:profile_job", job, until)
     for r in todo:
-        r["kernels"] = got.get(f"{r['size']}/{r['precision']}") or {
-            "error": f"not profiled: {got.get('error') or 'the profiling process did not reach it'}"}
+        r["kernels"] = profiled(got, profile_key(r))
     progress()
 
 
 def profile_job(job: dict, emit) -> dict:
     """The child's side of ``profile_fast_rows``: {"<size>/<precision>": kernels}, emitted row by row."""
     from asap.models.fast import FastGenerator
-    from benchmarks.campaign.breakdown import describe
+    from benchmarks.campaign.breakdown import describe, profile_rows
 
     settings = InferenceSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["settings"].items()})
     device = torch.device(job["device"])
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as the timed rows ran
-    out: dict = {}
-    for row in job["rows"]:
-        label = f"asapnet fast {row['precision']} {row['size']}"
-        if row["fused"] is not None:
-            os.environ["ASAP_FUSED_MLP"] = row["fused"]
-        try:
-            model, labels1, _ = _asapnet_and_labels(row["size"], settings, device)
-            fast = FastGenerator(model, row["precision"])
-            with precision_mode("fp32", device):
-                fast(labels1)  # its first call times the wide convs' two forms again and keeps the faster
-                k = fast_kernels(fast, labels1, settings, device)
-            del fast, model
-            log(f"[phase 2] {label}, where the time goes: per forward {describe(k['forward'])}; "
-                f"the low-res stream alone {describe(k['lowres'])}")
-        except Exception as err:  # a diagnosis: one row's failure costs that row only
-            k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
-            log(f"[phase 2] {label}: not profiled ({k['error'][:200]})")
-        out[f"{row['size']}/{row['precision']}"] = k
-        emit(out)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return out
+
+    def measure(row):
+        model, labels1, _ = _asapnet_and_labels(row["size"], settings, device)
+        fast = FastGenerator(model, row["precision"])
+        with precision_mode("fp32", device):
+            fast(labels1)  # its first call times the wide convs' forms again and keeps the fastest
+            k = fast_kernels(fast, labels1, settings, device)
+        return k, f"per forward {describe(k['forward'])}; the low-res stream alone {describe(k['lowres'])}"
+
+    return profile_rows(job["rows"], emit, key=profile_key,
+                        label=lambda row: f"[phase 2] asapnet fast {row['precision']} {row['size']}", measure=measure)
+
+
+def profile_key(row: dict) -> str:
+    """A profiled fast row's key in the child's result."""
+    return f"{row['size']}/{row['precision']}"
 
 
 def fast_kernels(fast, labels: torch.Tensor, settings: InferenceSettings, device: torch.device) -> dict:

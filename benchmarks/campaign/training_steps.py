@@ -66,7 +66,7 @@ def profile_steps(rows: list[dict], settings: TrainingStepSettings, bench: Train
     every timing and in a child process (benchmarks/campaign/breakdown.py ``in_child``): a fresh
     trainer per row (benchmarks.training.step_kernels), its profile in the row as ``ours["kernels"]``;
     a row the child did not reach says why there instead."""
-    from benchmarks.campaign.breakdown import in_child
+    from benchmarks.campaign.breakdown import in_child, profiled
 
     todo = [r for r in rows if "error" not in r and r["size"] in settings.profile_sizes
             and r["precision"] in settings.profile_precisions]
@@ -77,32 +77,30 @@ def profile_steps(rows: list[dict], settings: TrainingStepSettings, bench: Train
                      "fused": (fused_env or {}).get(r["precision"])} for r in todo]}
     got = in_child("benchmarks.campaign.training_steps:profile_job", job, until)
     for r in todo:
-        r["ours"]["kernels"] = got.get(f"{r['size']}/{r['batch']}/{r['precision']}") or {
-            "error": f"not profiled: {got.get('error') or 'the profiling process did not reach it'}"}
+        r["ours"]["kernels"] = profiled(got, profile_key(r))
     progress()
 
 
 def profile_job(job: dict, emit) -> dict:
     """The child's side of ``profile_steps``: {"<size>/<batch>/<precision>": kernels}, emitted row by row."""
-    from benchmarks.campaign.breakdown import describe
+    from benchmarks.campaign.breakdown import describe, profile_rows
 
     bench, device = TrainBenchSettings(**job["bench"]), torch.device(job["device"])
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as the timed rows ran
-    out: dict = {}
-    for row in job["rows"]:
-        label = f"{row['size']} batch {row['batch']} {row['precision']}"
-        if row["fused"] is not None:
-            os.environ["ASAP_FUSED_MLP"] = row["fused"]
+
+    def measure(row):
         size = tuple(int(v) for v in row["size"].split("x"))
-        try:
-            k = step_kernels(size, row["batch"], row["precision"], bench, device, job["iters"])
-            log(f"[phase 3] {label} ours, where an eager step's time goes: {describe(k)}")
-        except Exception as err:  # a diagnosis: one row's failure costs that row only
-            k = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
-            log(f"[phase 3] {label} ours: not profiled ({k['error'][:200]})")
-        out[f"{row['size']}/{row['batch']}/{row['precision']}"] = k
-        emit(out)
-    return out
+        k = step_kernels(size, row["batch"], row["precision"], bench, device, job["iters"])
+        return k, describe(k)
+
+    return profile_rows(job["rows"], emit, key=profile_key,
+                        label=lambda row: f"[phase 3] {row['size']} batch {row['batch']} {row['precision']} ours "
+                                          "(an eager step)", measure=measure)
+
+
+def profile_key(row: dict) -> str:
+    """A profiled step row's key in the child's result."""
+    return f"{row['size']}/{row['batch']}/{row['precision']}"
 
 
 def run_phase(settings: TrainingStepSettings, device: torch.device, until: float, on_progress=None,
