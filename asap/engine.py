@@ -20,14 +20,13 @@ uses it), so the step needs no host sync before its updates; the host reads the 
 That is what lets ``cuda_graph`` capture the whole step (G and D forward, backward and Adam updates)
 as one CUDA graph and replay it: at batch 1 the eager step is bound by launching its many small
 kernels (on an H200: 30.7 ms for one 256x256 image, 37.9 ms for eight), which a replay issues at once.
-The G step keeps D's weights out of autograd's graph (``frozen``: it needs D's input gradient only),
-and the loop reads the next batch between queueing a step (``launch``) and reading its losses
-(``finish``), while the device works.
+D runs forward once per step and serves both updates: the G loss's backward pass computes D's input
+gradient only, the D loss's D's weight gradients only (``update``). The loop reads the next batch
+between queueing a step (``launch``) and reading its losses (``finish``), while the device works.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -179,7 +178,7 @@ def collate(dataset, indices: list[int], flips: list[bool]) -> dict:
 
 class GANTrainer:
     """Holds G, D, the perceptual network, both optimisers and schedulers; ``train_step`` does one
-    G update then one D update (SPADE's order)."""
+    G update and one D update from one forward of G and of D (``update``)."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, config: TrainConfig,
                  loss: GANLossConfig, perceptual: nn.Module | None = None, device="cpu",
@@ -204,6 +203,9 @@ class GANTrainer:
             raise ValueError("train.cuda_graph captures the step of one process; it cannot capture DDP's gradient "
                              "all-reduce: set train.cuda_graph false for a run with several workers")
         self._lrs = {"lr_G": config.lr_g, "lr_D": config.lr_d}
+        # what each loss's backward pass writes gradients into (update): each optimiser's own parameters
+        self._trained = {name: [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
+                         for name, opt in (("g", self.opt_g), ("d", self.opt_d))}
         self._captured_at, self._graph_error = None, None
         # which code trained which steps: [{"from_step", "code_sha1", "files"}], carried by checkpoints
         self.code_history: list[dict] = []
@@ -277,40 +279,54 @@ class GANTrainer:
         return fake_out, real_out
 
     def update(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """One G update, then one D update (SPADE's order), as device work only: no host sync, so that
-        a CUDA graph can hold it. Returns a (7,) fp32 tensor: the LOSS_NAMES values, then whether the
-        G update and the D update were skipped (1.0) because a loss was not finite: a non-finite G
-        loss skips both, a non-finite D loss the D update (the fused optimisers' ``found_inf``)."""
-        autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp,
-                        cache_enabled=not self._capturing)  # a graph must not keep autocast's cast cache
-        with torch.autocast(**autocast):
-            fake = self.g_model(x)
-            # The G step needs D's gradient with respect to its input, not to its weights (the D step
-            # zeroes those): D's weights leave the graph, which saves their gradients (a third of D's
-            # work here) and, under DDP, their all-reduce. The raw D, so DDP's wrapper sees only D steps.
-            with frozen(self.discriminator):
-                fake_out, real_out = self.discriminate(x, fake, real, self.discriminator)
-            g_gan = hinge_g_loss(fake_out)
-            g_feat = feature_matching_loss(fake_out, real_out, self.loss.lambda_feat)
-            g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else g_gan.new_zeros(())
-            g_total = g_gan + g_feat + g_vgg
-        g_losses = torch.stack([v.detach().float() for v in (g_total, g_gan, g_feat, g_vgg)])
-        g_skip = (~torch.isfinite(g_losses).all()).float()
-        self.opt_g.zero_grad(set_to_none=True)
-        g_total.backward()
-        self.opt_g.found_inf = g_skip
-        self.opt_g.step()
+        """One G update and one D update, as device work only: no host sync, so that a CUDA graph can
+        hold it. Returns a (7,) fp32 tensor: the LOSS_NAMES values, then whether the G update and the
+        D update were skipped (1.0) because a loss was not finite: a non-finite G loss skips both, a
+        non-finite D loss the D update (the fused optimisers' ``found_inf``).
 
-        with torch.autocast(**autocast):
-            fake_out, real_out = self.discriminate(x, fake.detach(), real)
+        D runs forward once, on fake and real in one batch, and both losses are read from that pass:
+        the D step's forward on ``fake.detach()`` would repeat the G step's numbers (the G update does
+        not touch D, and the fake is the one generated before it, as pix2pixHD's step has it). Two
+        backward passes then share that graph: the G loss's into G's weights only (through D's input
+        gradient: no D weight gradient is computed there), the D loss's into D's weights only (it stops
+        at the fake: nothing flows back into G). Against a step with a forward of D per update this
+        saves one D forward of 2B images and its launches; D's spectral norms take one power
+        iteration per step (SN-GAN's one per update) instead of one per forward."""
+        with self.autocast():
+            fake = self.g_model(x)
+            fake_out, real_out = self.discriminate(x, fake, real)
+            g_total, g_losses = self.generator_loss(fake, real, fake_out, real_out)
             d_loss = hinge_d_loss(real_out, fake_out)
         d = d_loss.detach().float().reshape(1)
-        d_skip = torch.maximum(g_skip, (~torch.isfinite(d).all()).float())
-        self.opt_d.zero_grad(set_to_none=True)  # also drops D grads accumulated by the G step
-        d_loss.backward()
+        g_skip = self.not_finite(g_losses)
+        d_skip = torch.maximum(g_skip, self.not_finite(d))  # a non-finite G loss skips both updates
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        torch.autograd.backward(g_total, inputs=self._trained["g"], retain_graph=True)
+        torch.autograd.backward(d_loss, inputs=self._trained["d"])
+        self.opt_g.found_inf = g_skip
+        self.opt_g.step()
         self.opt_d.found_inf = d_skip
         self.opt_d.step()
         return torch.cat([g_losses, d, g_skip.reshape(1), d_skip.reshape(1)])
+
+    def autocast(self):
+        """bf16 autocast where the step runs mixed precision (a no-op context otherwise)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                              cache_enabled=not self._capturing)  # a graph must not keep autocast's cast cache
+
+    def generator_loss(self, fake, real, fake_out, real_out) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G's total loss, the fp32 (4,) stack of G_total, G_gan, G_feat, G_vgg) from D's outputs."""
+        g_gan = hinge_g_loss(fake_out)
+        g_feat = feature_matching_loss(fake_out, real_out, self.loss.lambda_feat)
+        g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else g_gan.new_zeros(())
+        g_total = g_gan + g_feat + g_vgg
+        return g_total, torch.stack([v.detach().float() for v in (g_total, g_gan, g_feat, g_vgg)])
+
+    @staticmethod
+    def not_finite(losses: torch.Tensor) -> torch.Tensor:
+        """1.0 (on the device) where any of ``losses`` is not finite: the fused Adam's found_inf."""
+        return (~torch.isfinite(losses).all()).float()
 
     def train_step(self, batch: dict) -> dict[str, float]:
         """One step on ``batch``: eager, or the captured graph replayed (``cuda_graph``). The losses are
@@ -479,20 +495,6 @@ class GANTrainer:
 
     def load(self, path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module):
-    """``module``'s parameters out of autograd's graph for what runs inside (requires_grad off, then
-    restored): a backward through the outputs computes no gradient for them."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def describe_graph(status: dict | None) -> str:

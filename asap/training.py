@@ -260,9 +260,11 @@ class TrainingRun:
 
 
 def build_trainer(run: TrainingRun, device: str | torch.device = "cpu",
-                  wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> GANTrainer:
+                  wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                  trainer_class: type[GANTrainer] = GANTrainer) -> GANTrainer:
     """G (by architecture), the multi-scale discriminator on concat(input, image), the perceptual
-    network and both optimisers. Seeded, so every data-parallel rank starts from the same weights."""
+    network and both optimisers. Seeded, so every data-parallel rank starts from the same weights.
+    ``trainer_class``: a GANTrainer with another step (benchmarks/training.py times the authors')."""
     from asap.models.discriminator import DiscriminatorConfig, MultiscaleDiscriminator
 
     torch.manual_seed(run.train.seed)
@@ -270,7 +272,7 @@ def build_trainer(run: TrainingRun, device: str | torch.device = "cpu",
     c = run.train
     discriminator = MultiscaleDiscriminator(DiscriminatorConfig.for_inputs(
         generator.config.in_channels, ndf=c.ndf, n_layers=c.d_layers, num_scales=c.d_scales))
-    return GANTrainer(generator, discriminator, c, run.loss, build_perceptual_loss(run.loss), device, wrap=wrap)
+    return trainer_class(generator, discriminator, c, run.loss, build_perceptual_loss(run.loss), device, wrap=wrap)
 
 
 def generator_meta(run: TrainingRun, step: int, elapsed_s: float, **extra) -> dict:

@@ -86,7 +86,7 @@ campaign writes at most 7 so the console log fits):
                                   "speedup_graphed" (ours as one CUDA graph), "speedup_best" (the
                                   faster of ours: the target's), "speedup_vs_authors_fp32" (bf16 rows),
                                   "generator_speedup",
-                                  "authors_generator_share", "step_speedup_bound",
+                                  "authors_generator_share", "generator_alone_bound",
                                   "ours"/"ours_graphed"/"authors_way": {"step_s_median", "step_s_all",
                                                          "images_per_s", "autocast_bf16", "fused_mlp",
                                                          "generator_s_median", "generator_s_all",

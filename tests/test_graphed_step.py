@@ -25,6 +25,7 @@ from asap.losses import GANLossConfig
 from asap.models.asapnet import asapnet
 from asap.training import TrainingRun, build_trainer, split_train_section
 from host_sync import StepRecorder, changing_scalars
+from op_counts import ConvCounter, conv_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,11 +91,20 @@ def _adam_first_update(p0: torch.Tensor, grad: torch.Tensor | None, lr: float) -
     return p0 - lr * m / ((v / (1 - 0.9)).sqrt() + 1e-8)
 
 
+def spectral_norms_held(discriminator):
+    """D's spectral norms without their power iteration (eval mode): the next forward uses the vectors
+    the last one left, so it repeats that forward's weights."""
+    from torch.nn.utils import parametrize
+
+    return [m for m in discriminator.modules() if parametrize.is_parametrized(m)]
+
+
 def test_step_equals_a_hand_written_adam_update():
-    """Both first updates, recomputed here: the losses' gradients through autograd (D's weights in the
-    graph of the G loss, as the authors' step has them) and Adam written out, against what the fused
-    optimisers did. D's forwards run in the trainer's order (G step, then D step): its spectral norms
-    advance their power iteration in each."""
+    """Both first updates, recomputed here the way the authors' step has them: a G step (D's weights
+    in the graph of the G loss, its gradient taken into G only), then a D step with its own forward of
+    D on the detached fake, and Adam written out, against what the fused optimisers did from their one
+    forward of D. The second forward runs D's spectral norms held at the first's power iteration:
+    then it repeats the first's numbers, which is what lets the step skip it."""
     from asap.losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
 
     trainer = make_trainer(lr_g=1e-3, lr_d=4e-3)
@@ -108,6 +118,10 @@ def test_step_equals_a_hand_written_adam_update():
     g_total = hinge_g_loss(fake_out) + feature_matching_loss(fake_out, real_out, twin.loss.lambda_feat)
     g_names, g_params = zip(*twin.generator.named_parameters())
     grads_g = dict(zip(g_names, torch.autograd.grad(g_total, g_params, allow_unused=True)))
+    held = spectral_norms_held(twin.discriminator)
+    assert held  # D is spectral-normalised: without holding them, the forward below would differ
+    for m in held:
+        m.eval()
     fake_out, real_out = twin.discriminate(x, fake.detach(), real)
     d_loss = hinge_d_loss(real_out, fake_out)
     d_names, d_params = zip(*twin.discriminator.named_parameters())
@@ -125,7 +139,8 @@ def test_step_equals_a_hand_written_adam_update():
 
 
 def _unfused_step(old, batch) -> None:
-    """The step as it was before the optimisers were fused: plain (foreach) Adam, no found_inf."""
+    """The step as it was before the optimisers were fused: plain (foreach) Adam, no found_inf; the
+    losses and their gradients as the step takes them (one forward of D, the G loss into G only)."""
     from asap.losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
 
     old.set_learning_rates()
@@ -133,11 +148,11 @@ def _unfused_step(old, batch) -> None:
     fake = old.g_model(x)
     fake_out, real_out = old.discriminate(x, fake, real)
     old.opt_g.zero_grad(set_to_none=True)
-    (hinge_g_loss(fake_out) + feature_matching_loss(fake_out, real_out, old.loss.lambda_feat)).backward()
-    old.opt_g.step()
-    fake_out, real_out = old.discriminate(x, fake.detach(), real)
     old.opt_d.zero_grad(set_to_none=True)
-    hinge_d_loss(real_out, fake_out).backward()
+    g_loss = hinge_g_loss(fake_out) + feature_matching_loss(fake_out, real_out, old.loss.lambda_feat)
+    g_loss.backward(inputs=list(old.generator.parameters()), retain_graph=True)
+    hinge_d_loss(real_out, fake_out).backward(inputs=list(old.discriminator.parameters()))
+    old.opt_g.step()
     old.opt_d.step()
     old.step += 1
 
@@ -258,34 +273,25 @@ def test_the_fused_step_reads_nothing_back_on_the_host():
     assert result["host_reads"] == []
 
 
-class WeightGradCounter(TorchDispatchMode):
-    """Counts the convolutions whose weight gradient a backward computes (convolution_backward's
-    output_mask [input, weight, bias])."""
-
-    def __init__(self):
-        super().__init__()
-        self.weight_grads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.aten.convolution_backward and args[-1][1]:
-            self.weight_grads += 1
-        return func(*args, **(kwargs or {}))
-
-
-def test_the_g_step_computes_no_discriminator_weight_gradient():
-    """A step computes each conv's weight gradient once: G's in the G step, D's in the D step; not D's
-    in the G step as well (the D step zeroes them). Counted from the modules, against the backward's
-    own record. The G step's numbers are unchanged: test_step_equals_a_hand_written_adam_update."""
+def test_a_step_runs_each_network_forward_once_and_each_weight_gradient_once():
+    """A step runs each conv of G and of D forward once (D on fake and real in one batch serves both
+    updates), computes each conv's weight gradient once (G's from the G loss, D's from the D loss:
+    not D's from the G loss as well) and D's input gradients twice (the G loss needs them through
+    D; the D loss from its last conv down to its second, not into the fake). Counted from the modules,
+    against the step's own record; that these are the right gradients is
+    test_step_equals_a_hand_written_adam_update."""
     trainer = make_trainer()
-    convs = {name: sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-             for name, model in (("g", trainer.generator), ("d", trainer.discriminator))}
-    assert convs["g"] > 0 and convs["d"] > 0
+    convs = {"g": conv_count(trainer.generator), "d": conv_count(trainer.discriminator)}
+    first = [scale.layers[0] for scale in trainer.discriminator.scales]  # each reads cat(label map, image)
+    assert convs["g"] > 0 and convs["d"] > len(first) > 0
     trainer.set_learning_rates()
     x, real = trainer.inputs(batches(1)[0])
-    with WeightGradCounter() as counter:
+    with ConvCounter() as counter:
         trainer.update(x, real)
+    assert counter.forward == convs["g"] + convs["d"]
     assert counter.weight_grads == convs["g"] + convs["d"]
-    assert all(p.requires_grad for p in trainer.discriminator.parameters())  # restored after the G step
+    g_input_grads = convs["g"] - 1  # G's first conv reads the label map, which needs no gradient
+    assert counter.input_grads == g_input_grads + convs["d"] + (convs["d"] - len(first))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,8 +32,68 @@ def test_training_benchmark_writes_json(tmp_path):
     # the generator alone is part of the step; the row's share and bound follow from its own medians
     assert 0 < theirs["generator_s_median"] < theirs["step_s_median"]
     assert row["authors_generator_share"] == pytest.approx(theirs["generator_s_median"] / theirs["step_s_median"])
-    assert row["step_speedup_bound"] == pytest.approx(1 / (1 - row["authors_generator_share"]))
+    assert row["generator_alone_bound"] == pytest.approx(1 / (1 - row["authors_generator_share"]))
     assert row["generator_speedup"] == pytest.approx(theirs["generator_s_median"] / row["ours"]["generator_s_median"])
+
+
+def _tiny_run():
+    from benchmarks.training import TrainBenchSettings, make_run
+
+    settings = TrainBenchSettings(iters=1, warmup=0, lr_max_width=16, ndf=8, perceptual="off")
+    return make_run((32, 32), 2, "fp32", settings)
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(1)
+    return {"label": torch.randint(1, 13, (2, 32, 32), generator=gen),
+            "image": torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1}
+
+
+def test_the_authors_step_runs_g_and_d_twice_where_ours_runs_them_once():
+    """The authors' trainer's step (AuthorsStep): G forward twice (the D step generates the fake again),
+    D forward twice, D's weight gradients twice (their G step's backward computes them as well) and
+    G's once; our step runs each forward once and computes each weight gradient once."""
+    from op_counts import ConvCounter, conv_count
+
+    from asap.training import build_trainer
+    from benchmarks.training import AuthorsStep, authors_wrap
+
+    counts = {}
+    for name, kwargs in (("ours", {}), ("authors", {"wrap": authors_wrap, "trainer_class": AuthorsStep})):
+        trainer = build_trainer(_tiny_run(), "cpu", **kwargs)
+        g, d = conv_count(trainer.generator), conv_count(trainer.discriminator)
+        x, real = trainer.inputs(_batch())
+        with ConvCounter() as counter:
+            trainer.update(x, real)
+        counts[name] = (counter.forward, counter.weight_grads)
+    assert counts["ours"] == (g + d, g + d)
+    assert counts["authors"] == (2 * g + 2 * d, g + 2 * d)
+
+
+def test_the_authors_step_trains_d_on_the_fake_of_the_updated_generator():
+    """Their D step generates the fake again after the G update: its D loss is D's hinge loss on the
+    updated generator's fake, recomputed here on a twin (the same seeded weights) whose generator is
+    given the updated weights, D having run forward twice as in their step (its spectral norms advance
+    once per forward). Not the fake from before the update (ours): that loss differs."""
+    from asap.losses import hinge_d_loss
+    from asap.training import build_trainer
+    from benchmarks.training import AuthorsStep, authors_wrap
+
+    trainer = build_trainer(_tiny_run(), "cpu", wrap=authors_wrap, trainer_class=AuthorsStep)
+    twin = build_trainer(_tiny_run(), "cpu")
+    batch = _batch()
+    losses = trainer.train_step(batch)
+    x, real = twin.inputs(batch)
+    with torch.no_grad():
+        old_fake = twin.generator(x)
+        twin.discriminate(x, old_fake, real)  # the G step's forward of D: one power iteration
+        twin.generator.load_state_dict(trainer.generator.state_dict())
+        fake_out, real_out = twin.discriminate(x, twin.generator(x), real)
+        d_loss = hinge_d_loss(real_out, fake_out).item()
+        fake_out, real_out = twin.discriminate(x, old_fake, real)
+        d_loss_old_fake = hinge_d_loss(real_out, fake_out).item()
+    assert losses["D"] == pytest.approx(d_loss, rel=1e-6)
+    assert d_loss_old_fake != pytest.approx(d_loss, rel=1e-6)  # the check above tells the two apart
 
 
 def test_authors_way_trains_the_generator_build_trainer_made():
