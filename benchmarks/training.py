@@ -20,8 +20,9 @@ trainer use (generator, multi-scale discriminator, perceptual network, fused Ada
 authors' way swaps its generator's forward through build_trainer's ``wrap`` hook for ``AuthorsWay``,
 which runs the authors' layout on the very same parameters, and its step through ``trainer_class``.
 So both run the same GAN objective (hinge + feature matching + perceptual) with the same weights.
-The generator's forward + backward is also timed alone: there only the layout differs. Precision: "bf16" is the trainer's bf16 autocast on CUDA (TrainConfig.mixed_precision),
-"fp32" switches it off (and TF32 with it); on the CPU both are fp32.
+The generator's forward + backward is also timed alone: there only the layout differs. Precision:
+"bf16" is the trainer's bf16 autocast on CUDA (TrainConfig.mixed_precision), "fp32" switches it off
+(and TF32 with it); on the CPU both are fp32.
 
 Imports only torch and asap: runs on the GPU machine without Ray, DVC or MLflow.
 """

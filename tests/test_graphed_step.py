@@ -92,8 +92,8 @@ def _adam_first_update(p0: torch.Tensor, grad: torch.Tensor | None, lr: float) -
 
 
 def spectral_norms_held(discriminator):
-    """D's spectral norms without their power iteration (eval mode): the next forward uses the vectors
-    the last one left, so it repeats that forward's weights."""
+    """D's spectral-normalised modules. Put in eval mode they skip their power iteration: the next
+    forward uses the vectors the last one left, so it repeats that forward's weights."""
     from torch.nn.utils import parametrize
 
     return [m for m in discriminator.modules() if parametrize.is_parametrized(m)]

@@ -90,6 +90,7 @@ def test_the_authors_step_trains_d_on_the_fake_of_the_updated_generator():
         twin.generator.load_state_dict(trainer.generator.state_dict())
         fake_out, real_out = twin.discriminate(x, twin.generator(x), real)
         d_loss = hinge_d_loss(real_out, fake_out).item()
+        twin.discriminator.eval()  # spectral norms held (no third power iteration): only the fake differs
         fake_out, real_out = twin.discriminate(x, old_fake, real)
         d_loss_old_fake = hinge_d_loss(real_out, fake_out).item()
     assert losses["D"] == pytest.approx(d_loss, rel=1e-6)
