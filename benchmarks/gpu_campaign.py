@@ -65,12 +65,18 @@ campaign writes at most 7 so the console log fits):
                                         path's cases), "diagnostics_ok" (the other forms: *_native, *_rmw)},
                         "by_precision": {precision: {"cases", "ok", "worst_err_over_tol"}}, "ok"}
     result of phase 2: {"copy_bandwidth": {"bytes_per_copy", "median_ms", "gb_per_s"},
+                        "matmul_peak": {precision: benchmarks/roofline.py matmul_peak: {"tflops", "n",
+                                        "ms", "dtype", "timer"}},
                         "rows": [{"model", "arch", "path": reference | fast | fast-compiled, "precision",
                                   "size", "height", "width", "num_classes", "params", "S", "P" (ASAP-Net),
                                   "batch1_ms": {"median_ms", "p10_ms", "p90_ms", "n"}, "batch8_ms",
                                   "images_per_s" (batch 8), "lr_ms", "hr_ms" (low-res / pixelwise medians),
                                   "hr_min_bytes", "hr_gb_per_s", "hr_fraction_of_copy_bandwidth",
                                   "hr_bound_ms" (the MLP's bytes at the copy bandwidth),
+                                  ASAP-Net's floors on this device (campaign/inference.py floors):
+                                  "lr_flops", "lr_weights", "hr_flops" (counted), "lr_floor_ms",
+                                  "hr_floor_ms", "floor_ms" (the slower of matmul rate and copy
+                                  bandwidth per stream), "lr_over_floor", "hr_over_floor", "over_floor",
                                   "max_abs_diff_vs_reference_fp32", "fused_kernel", "cuda_graph",
                                   "kernels" (fast rows of the profiled precisions: {"forward", "lowres"},
                                   each benchmarks/campaign/breakdown.py's {"iters", "unit", "total_ms",
@@ -80,15 +86,20 @@ campaign writes at most 7 so the console log fits):
                                   "peak_memory_bytes", "wall_s", "error"}],
                         "speedups": [{"size", "precision", "fast_ms", "vs_reference_fp32", "vs_reference_bf16",
                                       "vs_<baseline>" (same precision)}],
-                        "targets": {name: {"measured", "target", "met", "ratio_to_target"}},
+                        "targets": {name: {"measured", "target", "met", "ratio_to_target", "bound",
+                                           "bound_is" (the ms targets: the row's floor_ms)}},
                         "median_ms": {"<model>/<path>/<precision>": {size: ms}}, "skipped_for_time", "row_errors"}
     result of phase 3: {"rows": [{"size", "batch", "precision", "max_abs_output_diff", "speedup",
                                   "speedup_graphed" (ours as one CUDA graph), "speedup_best" (the
                                   faster of ours: the target's), "speedup_vs_authors_fp32" (bf16 rows),
                                   "generator_speedup",
                                   "authors_generator_share", "generator_alone_bound",
+                                  "flops": {"ours", "authors_way", "counted"} (one more step each,
+                                  torch.utils.flop_counter), "flop_ratio" (authors' / ours: the
+                                  speed-up at an equal FLOP rate), "matmul_peak_tflops",
                                   "ours"/"ours_graphed"/"authors_way": {"step_s_median", "step_s_all",
                                                          "images_per_s", "autocast_bf16", "fused_mlp",
+                                                         "tflops_per_s", "fraction_of_matmul_peak",
                                                          "generator_s_median", "generator_s_all",
                                                          "graph" (ours_graphed: graph_status),
                                                          "kernels" (ours, profiled sizes and precisions:
@@ -96,7 +107,8 @@ campaign writes at most 7 so the console log fits):
                         "pixelwise": [{"size", "batch", "precision", "S", "ms": {"reference", "authors_way",
                                        "fused", "fused_stash" (CUDA)}, "peak_mb": {...} (CUDA), "fused_best",
                                        "fused_vs_authors", "fused_vs_reference" (with the faster fused)}],
-                        "targets", "skipped_for_time", "settings_bench"}
+                        "targets" (the 2x target's "bound": the worst row's flop_ratio), "matmul_peak",
+                        "skipped_for_time", "settings_bench"}
     On CUDA the record of phase 4 also has "fused_training": {"fused", "env", "why"}: the ASAP_FUSED_MLP
     it ran with, off when one of phase 1's forward or gradient checks of its precision (bf16: the
     trainer's autocast) failed on the device, and "stash": {"env", "why"}, the fused backward it

@@ -48,9 +48,14 @@ from asap.losses import GANLossConfig, hinge_d_loss
 from asap.models.asapnet import ASAPNetConfig, ASAPNetGenerator, default_downsampling, fused_mlp_default
 from asap.models.pixelwise import LEAKY_SLOPE, mlp_layout, num_mlp_params, pixelwise_mlp, positional_encoding
 from asap.training import TrainingRun, build_trainer
+from benchmarks.roofline import count_flops, matmul_peak
 
 PRECISIONS = ("bf16", "fp32")
 AUTHORS_LAYOUT_AND_STEP = "their layout and step"  # what a row's "authors_way" ran ("authors_way_runs")
+FLOPS_COUNTED = ("one more step of each way after its timings, under torch.utils.flop_counter: matmuls and "
+                 "convolutions, forward and backward, as they ran; ours with the pixelwise MLP through its "
+                 "reference layers (the counter cannot see into the fused kernel, whose backward also "
+                 "recomputes the forward)")
 
 
 def authors_style_mlp(x: torch.Tensor, params: torch.Tensor, channels: list[int], S: int) -> torch.Tensor:
@@ -195,7 +200,7 @@ def _timed(fn, n: int, warmup: int, device: torch.device, deadline: float | None
 
 def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: torch.device,
                settings: TrainBenchSettings, deadline: float | None = None,
-               check_layouts: bool = False, graphed: bool = False) -> dict:
+               check_layouts: bool = False, graphed: bool = False, count: bool = False) -> dict:
     """Seconds per timed train_step (synchronised) of the trainer build_trainer makes for ``run``;
     ``authors`` swaps in the authors' generator layout. Random labels and images (the step's cost does
     not depend on them). Stops early, returning fewer times, once ``deadline`` (perf_counter) passes.
@@ -204,8 +209,9 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
     "generator_times": seconds of the generator's forward + backward alone, the part of the step the
     layout changes (the trainer's own generator module and autocast; a fixed random dL/d(image)),
     "fused_mlp": whether ours ran the pixelwise MLP in the fused kernel, "graph": the trainer's
-    graph_status()}. ``graphed``: the step replayed as one CUDA graph (train.cuda_graph; its eager
-    warm-up steps and the capture are among the untimed ones), and no generator-alone times."""
+    graph_status(), "flops": with ``count`` the FLOPs of one more step, counted (``FLOPS_COUNTED``)}.
+    ``graphed``: the step replayed as one CUDA graph (train.cuda_graph; its eager warm-up steps and the
+    capture are among the untimed ones), and no generator-alone times."""
     if graphed:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, cuda_graph=True))
     with torch.device(device):  # parameters initialised where they train: 80 M of them init slowly on a CPU
@@ -239,12 +245,23 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
     x, _ = trainer.inputs(batch)  # did the generator's pixelwise MLP run in the fused kernel (CUDA, "auto")?
     g = trainer.generator
     fused = (not authors and isinstance(g, ASAPNetGenerator) and g.uses_fused_mlp(x[:, :g.config.hr_in_channels]))
+    flops = None
+    if count and not graphed:  # after every timing: the counter's dispatch overhead touches none of them
+        saved = getattr(g, "fused_mlp", None)
+        if isinstance(g, ASAPNetGenerator):
+            g.fused_mlp = False  # the same function through layers the counter sees
+        try:
+            with fp32_mode("bf16" if run.train.mixed_precision else "fp32", device):
+                flops = count_flops(lambda: trainer.train_step(batch))
+        finally:
+            if isinstance(g, ASAPNetGenerator):
+                g.fused_mlp = saved
     graph = trainer.graph_status()
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"times": times, "amp": amp, "max_diff": max_diff, "generator_times": generator_times,
-            "fused_mlp": fused, "graph": graph}
+            "fused_mlp": fused, "graph": graph, "flops": flops}
 
 
 def step_kernels(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
@@ -273,13 +290,18 @@ def step_kernels(size: tuple[int, int], batch: int, precision: str, settings: Tr
 
 
 def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
-            device: torch.device, deadline: float | None = None, log=print, graphed: bool = False) -> dict:
+            device: torch.device, deadline: float | None = None, log=print, graphed: bool = False,
+            peak: dict | None = None) -> dict:
     """One row: ours and the authors' way at one size, batch and precision, in this run: the whole GAN
     step, and the generator's forward + backward alone (where the two ways differ). The row also says
     how much of the authors' step their generator takes, and so what a generator alone could gain
     there (Amdahl: 1 / (1 - share), were ours free: "generator_alone_bound"; our step's own structure
     gains on top of it). ``graphed`` (CUDA): ours also with the whole step
-    replayed as one CUDA graph ("ours_graphed", "speedup_graphed"); "speedup_best" is the faster of ours."""
+    replayed as one CUDA graph ("ours_graphed", "speedup_graphed"); "speedup_best" is the faster of ours.
+    The arithmetic of each step is counted on one more step after the timings ("flops"); their ratio,
+    authors' / ours ("flop_ratio"), is the speed-up at an equal rate of arithmetic. Each way's
+    "tflops_per_s" is its count over its median step, and with ``peak`` (``matmul_peak`` of this
+    precision, measured in the same run) "fraction_of_matmul_peak" says how far from that bound it ran."""
     run = make_run(size, batch, precision, settings)
     size_text = f"{size[0]}x{size[1]}"
     row = {"size": size_text, "batch": batch, "precision": precision, "authors_way_runs": AUTHORS_LAYOUT_AND_STEP}
@@ -287,7 +309,7 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
     for name, authors, graph in ways + [("authors_way", True, False)]:
         try:
             got = step_times(run, size, authors, device, settings, deadline, check_layouts=name == "ours",
-                             graphed=graph)
+                             graphed=graph, count=not graph)
         except Exception as err:
             if not graph:
                 raise
@@ -304,11 +326,31 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
                      "generator_s_all": got["generator_times"]}
         if graph:
             row[name]["graph"] = got["graph"]
+        else:
+            row.setdefault("flops", {"counted": FLOPS_COUNTED})[name] = got["flops"]
         log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
             f"(median step {med * 1000:.1f} ms over {len(got['times'])}"
             + (f"; generator forward+backward {gen_med * 1000:.1f} ms)" if gen_med is not None else
                f"; {describe_graph(got['graph'])})"))
     ours, theirs = row["ours"], row["authors_way"]
+    flops = row["flops"]
+    row["flop_ratio"] = flops["authors_way"] / flops["ours"] if flops["ours"] else None
+    if peak:
+        row["matmul_peak_tflops"] = peak["tflops"]
+    for name in ("ours", "ours_graphed", "authors_way"):
+        way = row.get(name) or {}
+        count = flops["authors_way" if name == "authors_way" else "ours"]  # the graph replays ours' arithmetic
+        if "step_s_median" in way and count:
+            way["tflops_per_s"] = count / way["step_s_median"] / 1e12
+            if peak:
+                way["fraction_of_matmul_peak"] = way["tflops_per_s"] / peak["tflops"]
+    if row["flop_ratio"]:
+        log(f"[bench-train] {size_text} batch {batch} {precision} step arithmetic: ours {flops['ours'] / 1e9:.1f} "
+            f"GFLOP, the authors' {flops['authors_way'] / 1e9:.1f} (ratio {row['flop_ratio']:.2f}: the speed-up at "
+            "an equal FLOP rate)"
+            + "".join(f"; {name} {row[name]['tflops_per_s']:.2f} TFLOP/s" + (
+                f" ({100 * row[name]['fraction_of_matmul_peak']:.0f}% of the matmul peak)" if peak else "")
+                for name in ("ours", "ours_graphed", "authors_way") if "tflops_per_s" in (row.get(name) or {})))
     row["speedup"] = ours["images_per_s"] / theirs["images_per_s"]
     row["speedup_best"] = row["speedup"]
     if "ours_graphed" in row and (row["ours_graphed"].get("graph") or {}).get("active"):
@@ -403,6 +445,11 @@ def main(argv=None) -> dict:
     settings = TrainBenchSettings(iters=args.iters, warmup=args.warmup, lr_max_width=args.lr_max_width,
                                   ndf=args.ndf, perceptual=args.perceptual)
     rows, pixelwise = [], []
+    peaks = {}
+    for precision in args.precisions.split(","):  # the device's matmul rate: what each row's FLOP rate is read against
+        peaks[precision] = matmul_peak(device, precision)
+        print(f"[bench-train] matmul peak, {precision} ({peaks[precision]['dtype']}, {peaks[precision]['n']}^3): "
+              f"{peaks[precision]['tflops']:.2f} TFLOP/s")
     for size_text in args.sizes.split(","):
         size = tuple(int(v) for v in size_text.split("x"))
         for batch in (int(b) for b in args.batches.split(",")):
@@ -411,12 +458,13 @@ def main(argv=None) -> dict:
                 print(f"[bench-train] {size_text} batch {batch} {precision} pixelwise MLP forward+backward: "
                       + ", ".join(f"{k} {v:.2f} ms" for k, v in p["ms"].items()))
                 pixelwise.append(p)
-                rows.append(measure(size, batch, precision, settings, device, graphed=args.cuda_graph))
+                rows.append(measure(size, batch, precision, settings, device, graphed=args.cuda_graph,
+                                    peak=peaks[precision]))
     report = {"benchmark": "training-step", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "setup": "asap.training.build_trainer",
               "settings": {**asdict(settings), "sizes": args.sizes, "batches": args.batches,
-                           "precisions": args.precisions, "device": args.device}, "rows": rows,
-              "pixelwise": pixelwise}
+                           "precisions": args.precisions, "device": args.device}, "matmul_peak": peaks,
+              "rows": rows, "pixelwise": pixelwise}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

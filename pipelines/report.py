@@ -370,7 +370,10 @@ def gpu_section(rep: Report) -> None:
                   "same run:", campaign.pixelwise_table(gpu.pixelwise)]
     if not gpu.training.empty:
         parts += ["**Training step** (phase 3): ours against the authors' way of writing the step, same run, same "
-                  "batch and size:", campaign.training_table(gpu.training)]
+                  "batch and size. The FLOP ratio is the two steps' counted arithmetic (torch.utils.flop_counter, "
+                  "matmuls and convolutions), the speed-up at an equal FLOP rate: a step goes past it only by "
+                  "running nearer the matmul rate than the other. Each step's share of a matmul's rate timed in "
+                  "the same run says where it ran (n/a: a file made before steps were counted):", campaign.training_table(gpu.training)]
     if not gpu.kernels.empty:
         parts += ["**Where the time goes** (phases 2 and 3, torch.profiler): the same work run eagerly under the "
                   "profiler, each kernel's own device time summed by kind, per forward or step, beside the time "

@@ -353,6 +353,53 @@ def test_phase2_times_every_path_and_checks_the_fast_path(smoke):
         ref = rows[("asapnet", "reference", "fp32")]["batch1_ms"]["median_ms"]
         assert speedup["vs_reference_fp32"] == pytest.approx(ref / fast["batch1_ms"]["median_ms"])
     assert result["copy_bandwidth"]["gb_per_s"] > 0
+    # each ASAP-Net row's floor on this device: each stream at the matmul rate or the copy bandwidth
+    # measured in the phase, whichever is slower, and the measured times over them
+    bandwidth = result["copy_bandwidth"]["gb_per_s"] * 1e9
+    for (model, path, p), row in rows.items():
+        if model != "asapnet":
+            continue
+        rate, width = result["matmul_peak"][p]["tflops"] * 1e12, 4 if p == "fp32" else 2
+        lr_floor = 1e3 * max(row["lr_flops"] / rate, row["lr_weights"] * width / bandwidth)
+        hr_floor = 1e3 * max(row["hr_flops"] / rate, row["hr_min_bytes"] / bandwidth)
+        assert row["lr_floor_ms"] == pytest.approx(lr_floor) and row["hr_floor_ms"] == pytest.approx(hr_floor)
+        assert row["over_floor"] == pytest.approx(row["batch1_ms"]["median_ms"] / (lr_floor + hr_floor))
+        assert row["lr_over_floor"] == pytest.approx(row["lr_ms"] / row["lr_floor_ms"])
+
+
+def test_the_forward_work_is_the_layers_hand_count():
+    """forward_work's counts against a hand count: every convolution of the low-res stream from its
+    output's shape (2 * Cout * H * W * Cin / groups * kernel taps, the tent filter's included), and the
+    pixelwise MLP's (B, h, w, S*S, nci) x (nci, nco) products, 2 * pixels * nci * nco per layer."""
+    import torch.nn.functional as F
+
+    from asap.models.asapnet import asapnet
+    from asap.models.pixelwise import mlp_layout
+    from benchmarks.campaign.inference import forward_work
+
+    torch.manual_seed(0)
+    model = asapnet(5, 64, 128, lr_max_width=32).eval()
+    labels = torch.randint(0, 5, (1, 64, 128))
+    convs = []
+    real_conv2d = F.conv2d
+
+    def counting_conv2d(x, w, *args, **kwargs):
+        out = real_conv2d(x, w, *args, **kwargs)
+        convs.append(2 * out.numel() * w.shape[1] * w.shape[2] * w.shape[3])  # per output: Cin/groups * taps
+        return out
+
+    with torch.no_grad():
+        onehot = model.encode(labels)
+        F.conv2d = counting_conv2d
+        try:
+            model.tile_params(onehot)
+        finally:
+            F.conv2d = real_conv2d
+    work = forward_work(model, labels)
+    assert work["lr_flops"] == sum(convs) > 0
+    assert work["lr_weights"] == sum(p.numel() for p in model.lowres_stream.parameters())
+    c = model.config
+    assert work["hr_flops"] == sum(2 * 64 * 128 * layer.nci * layer.nco for layer in mlp_layout(c.mlp_channels))
 
 
 def test_phase2_says_where_the_fast_paths_time_goes(smoke):
@@ -405,6 +452,14 @@ def test_phase3_compares_ours_with_the_authors_way(smoke):
         assert share > 0 and row["generator_speedup"] > 0
         assert row["generator_alone_bound"] == (pytest.approx(1 / (1 - share)) if share < 1 else None)
         assert row["authors_way_runs"] == "their layout and step"
+        # each step's arithmetic, counted once more after the timings, read against the matmul rate
+        # measured in the same phase: the authors' step runs G and D forward twice, so it does more
+        flops, peak = row["flops"], result["matmul_peak"][row["precision"]]
+        assert flops["authors_way"] > flops["ours"] > 0
+        assert row["flop_ratio"] == pytest.approx(flops["authors_way"] / flops["ours"])
+        for way in ("ours", "authors_way"):
+            assert row[way]["tflops_per_s"] == pytest.approx(flops[way] / row[way]["step_s_median"] / 1e12)
+            assert row[way]["fraction_of_matmul_peak"] == pytest.approx(row[way]["tflops_per_s"] / peak["tflops"])
     bf16 = next(r for r in result["rows"] if r["precision"] == "bf16")
     fp32 = next(r for r in result["rows"] if r["precision"] == "fp32")
     assert bf16["speedup_vs_authors_fp32"] == pytest.approx(bf16["ours"]["images_per_s"] /

@@ -79,6 +79,13 @@ def test_the_campaign_targets_are_tabled_met_missed_or_not_measured(gpu_project,
         else:
             assert float(row["measured"]) == pytest.approx(t["measured"], rel=5e-3)
             assert row["verdict"].startswith("**met**" if t["met"] else "**missed**"), (name, row)
+        if t.get("bound") is None:
+            assert row["bound on this device"] == "n/a"
+        else:  # e.g. "1.07 x at an equal FLOP rate": the file's bound and what kind of bound it is
+            value, kind = row["bound on this device"].split(" ", 1)
+            assert float(value) == pytest.approx(t["bound"], rel=5e-3) and t["bound_is"].startswith(kind + ":")
+    step = expected["ours >= 2x the authors' way at equal batch, size and precision (worst row)"]
+    assert step["bound_is"].startswith("x at an equal FLOP rate:") and step["bound"] > 1  # counted in the smoke too
     # the issue's targets are all there: the smoke sizes measure none of the 1024x1024 / 512x1024 ones
     for start in ("1024x1024 fast bf16 batch-1 ms <= 1.0", "1024x1024 fast bf16 >= 8x", "512x1024 fast bf16 batch-1 ms "
                   "<= 0.8", "pixelwise kernel time / memory-traffic bound", "ours >= 2x the authors' way",
@@ -116,6 +123,11 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
         else:
             assert r["generator-alone bound"] == "n/a"
         assert r["authors' way"] == t["authors_way_runs"]
+        # the arithmetic ceiling and how near each step ran to the matmul rate (no graph on the CPU)
+        assert close(r["FLOP ratio (authors' / ours)"], t["flop_ratio"], 2)
+        ours, graphed, authors = r["% of matmul peak: ours / graphed / authors'"].split(" / ")
+        assert close(ours, 100 * t["ours"]["fraction_of_matmul_peak"], 1) and graphed == "n/a"
+        assert close(authors, 100 * t["authors_way"]["fraction_of_matmul_peak"], 1)
     # the pixelwise MLP alone: the milliseconds of each way; no fused column on the CPU
     pixelwise = phase3["pixelwise"]
     assert len(tables[1]) == len(pixelwise) > 0

@@ -33,11 +33,13 @@ QUALITY_COLUMNS = ["file", "device", "slug", "smoke", "name", "arch", "fid", "ki
                    "miou", "num_images", "steps", "train_seconds", "stopped_by", "graphed", "budget_s", "runtime_ms",
                    "reference_fp32_ms", "floor_fid", "floor_kid_mean", "floor_kid_std", "floor_num_images",
                    "real_pixel_acc", "real_miou", "commit", "error"]
-TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal", "met", "ratio_to_target"]
+TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal", "met", "ratio_to_target", "bound",
+                  "bound_is"]
 TRAINING_COLUMNS = ["file", "device", "size", "batch", "precision", "authors_way", "ours_images_per_s",
                     "authors_images_per_s",
                     "speedup", "graphed_images_per_s", "speedup_graphed", "speedup_vs_authors_fp32",
-                    "generator_speedup", "authors_generator_share", "generator_alone_bound", "error"]
+                    "generator_speedup", "authors_generator_share", "generator_alone_bound", "flop_ratio",
+                    "ours_peak_fraction", "graphed_peak_fraction", "authors_peak_fraction", "error"]
 PIXELWISE_COLUMNS = ["file", "device", "size", "batch", "precision", "S", "reference_ms", "authors_ms", "fused_ms",
                      "fused_stash_ms", "fused_vs_authors", "fused_vs_reference", "reference_peak_mb", "authors_peak_mb",
                      "fused_peak_mb", "fused_stash_peak_mb",
@@ -175,7 +177,9 @@ def _targets(path: Path, record: dict, kind: str, label: str) -> list[dict]:
                      "phase": PHASES[kind], "target": name,
                      "measured": num(t.get("measured")), "goal": num(t.get("target")),
                      "met": t.get("met") if isinstance(t.get("met"), bool) else None,
-                     "ratio_to_target": num(t.get("ratio_to_target"))})
+                     "ratio_to_target": num(t.get("ratio_to_target")),
+                     # what this device allows at best: a time floor or a speed-up ceiling (newer files)
+                     "bound": num(t.get("bound")), "bound_is": str(t.get("bound_is") or "")})
     if kind == "correctness" and isinstance(result.get("pytest"), dict):
         junit = result["pytest"].get("junit") or {}
         rows.append({"file": path.name, "device": label, "slug": FILE_PATTERN.match(path.name)["slug"],
@@ -184,7 +188,7 @@ def _targets(path: Path, record: dict, kind: str, label: str) -> list[dict]:
                      "measured": num(junit.get("passed")), "goal": num(junit.get("total")),
                      "met": (result.get("ok") if isinstance(result.get("ok"), bool) else None)
                      if junit.get("skipped") != junit.get("total") else None,
-                     "ratio_to_target": math.nan})
+                     "ratio_to_target": math.nan, "bound": math.nan, "bound_is": ""})
     return rows
 
 
@@ -229,6 +233,11 @@ def _training_rows(path: Path, record: dict, label: str) -> list[dict]:
                      "authors_generator_share": num(r.get("authors_generator_share")),
                      # named step_speedup_bound before the two steps differed (the same 1 / (1 - share))
                      "generator_alone_bound": num(r.get("generator_alone_bound", r.get("step_speedup_bound"))),
+                     # counted arithmetic, authors' / ours (files before it was counted: NaN)
+                     "flop_ratio": num(r.get("flop_ratio")),
+                     **{f"{short}_peak_fraction": num((r.get(way) or {}).get("fraction_of_matmul_peak"))
+                        for short, way in (("ours", "ours"), ("graphed", "ours_graphed"),
+                                           ("authors", "authors_way"))},
                      "error": str(r.get("error") or "")})
     return rows
 
@@ -357,7 +366,9 @@ def _value(x: float) -> str:
 
 
 def targets_table(targets: pd.DataFrame) -> str:
-    """The issue's targets and any other the files state: measured, target, met / missed / not measured."""
+    """The issue's targets and any other the files state: measured, target, met / missed / not measured,
+    and where the file gives one, the bound this device sets (a time floor from its measured matmul
+    rate and copy bandwidth, or the ceiling of a speed-up from counted arithmetic)."""
     from asap.report.tables import md_table
 
     rows = []
@@ -365,9 +376,11 @@ def targets_table(targets: pd.DataFrame) -> str:
         verdict = {True: "**met**", False: "**missed**"}.get(t["met"], "not measured")
         if t["met"] is False and t["ratio_to_target"] == t["ratio_to_target"]:
             verdict += f" ({t['ratio_to_target']:.2f} x the target)"
-        rows.append([t["device"], t["phase"], t["target"], _value(t["measured"]), _value(t["goal"]), verdict,
+        bound = (f"{t['bound']:.3g} {t['bound_is'].split(':')[0]}" if t["bound"] == t["bound"] else "n/a")
+        rows.append([t["device"], t["phase"], t["target"], _value(t["measured"]), _value(t["goal"]), verdict, bound,
                      f"`metrics/{t['file']}`"])
-    return md_table(["device", "phase", "target", "measured", "target value", "verdict", "file"], rows)
+    return md_table(["device", "phase", "target", "measured", "target value", "verdict", "bound on this device",
+                     "file"], rows)
 
 
 def quality_table(quality: pd.DataFrame, noise: dict[str, float]) -> str:
@@ -399,18 +412,24 @@ def training_table(training: pd.DataFrame) -> str:
     our step); and the generator's forward + backward alone, where only the layout differs. Its share
     of the authors' step is what a generator alone could gain there: 1 / (1 - share) ("generator-alone
     bound"); our step's structure (one forward of G and of D) and the CUDA graph ("graphed": the whole
-    step replayed as one, train.cuda_graph) gain outside the generator."""
+    step replayed as one, train.cuda_graph) gain outside the generator. "FLOP ratio": the two steps'
+    counted arithmetic, authors' / ours, the speed-up at an equal FLOP rate; "% of matmul
+    peak": each step's counted FLOPs per second against a large matmul timed in the same run (far below
+    it, a step is bound by launches or memory, not arithmetic)."""
     from asap.report.tables import fmt, md_table
 
     return md_table(["device", "size", "batch", "precision", "authors' way", "ours images/s", "authors' way images/s",
                      "speed-up", "ours graphed images/s", "graphed speed-up", "bf16 ours vs authors' fp32",
-                     "generator fwd+bwd speed-up", "generator share of authors' step", "generator-alone bound"],
+                     "generator fwd+bwd speed-up", "generator share of authors' step", "generator-alone bound",
+                     "FLOP ratio (authors' / ours)", "% of matmul peak: ours / graphed / authors'"],
                     [[t["device"], t["size"], fmt(t["batch"], 0), t["precision"], t["authors_way"],
                       fmt(t["ours_images_per_s"], 2),
                       fmt(t["authors_images_per_s"], 2), fmt(t["speedup"], 2) if not t["error"] else t["error"][:80],
                       fmt(t["graphed_images_per_s"], 2), fmt(t["speedup_graphed"], 2),
                       fmt(t["speedup_vs_authors_fp32"], 2), fmt(t["generator_speedup"], 2),
-                      fmt(t["authors_generator_share"], 2), fmt(t["generator_alone_bound"], 2)]
+                      fmt(t["authors_generator_share"], 2), fmt(t["generator_alone_bound"], 2),
+                      fmt(t["flop_ratio"], 2),
+                      " / ".join(fmt(100 * t[f"{w}_peak_fraction"], 1) for w in ("ours", "graphed", "authors"))]
                      for _, t in training.iterrows()])
 
 

@@ -27,6 +27,7 @@ import torch
 from asap.metrics.runtime import precision_mode, time_module
 from benchmarks.campaign.common import log
 from benchmarks.campaign.settings import InferenceSettings
+from benchmarks.roofline import matmul_peak
 
 
 
@@ -102,11 +103,46 @@ def _asapnet_and_labels(size: str, settings: InferenceSettings, device: torch.de
     return model.eval(), labels1, labelsB
 
 
+def forward_work(model, labels1) -> dict:
+    """What ASAP-Net's batch-1 forward cannot avoid, whatever runs it: the low-res stream's arithmetic
+    (counted: torch.utils.flop_counter) and its weights (read once), the pixelwise MLP's arithmetic.
+    The same for the reference and the fast path (one function)."""
+    from asap.models.pixelwise import pixelwise_mlp
+    from benchmarks.roofline import count_flops
+
+    c = model.config
+    with precision_mode("fp32", labels1.device), torch.inference_mode():
+        onehot = model.encode(labels1)
+        lr_flops = count_flops(lambda: model.tile_params(onehot))
+        params = model.tile_params(onehot)
+        hr_flops = count_flops(lambda: pixelwise_mlp(onehot[:, :c.hr_in_channels], params, c.mlp_channels,
+                                                     c.downsampling, c.positional_encoding))
+    return {"lr_flops": lr_flops, "lr_weights": sum(p.numel() for p in model.lowres_stream.parameters()),
+            "hr_flops": hr_flops}
+
+
+def floors(row: dict, work: dict, copy: dict, peak: dict | None) -> dict:
+    """The row's floors on this device: each stream's time at the matmul rate (``peak``, this precision)
+    or at the copy bandwidth, whichever is the slower (weights in the row's precision; the MLP's bytes
+    as ``hr_min_bytes``), and the forward's (their sum); each measured time over its floor."""
+    if not peak or "lr_ms" not in row:
+        return {}
+    rate, bandwidth = peak["tflops"] * 1e12, copy["gb_per_s"] * 1e9
+    elem = 2 if row["precision"] == "bf16" else 4
+    lr = max(work["lr_flops"] / rate, work["lr_weights"] * elem / bandwidth) * 1e3
+    hr = max(work["hr_flops"] / rate, row.get("hr_min_bytes", 0) / bandwidth) * 1e3
+    out = {**work, "lr_floor_ms": lr, "hr_floor_ms": hr, "floor_ms": lr + hr, "lr_over_floor": row["lr_ms"] / lr,
+           "over_floor": row["batch1_ms"]["median_ms"] / (lr + hr)}
+    if row.get("hr_ms"):
+        out["hr_over_floor"] = row["hr_ms"] / hr
+    return out
+
+
 def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, copy: dict, until: float,
-                 skipped: list, done, fused_env: dict | None = None) -> None:
+                 skipped: list, done, fused_env: dict | None = None, peaks: dict | None = None) -> None:
     """ASAP-Net's rows at ``size``: the reference and the fast path per precision. ``fused_env``:
     {precision: ASAP_FUSED_MLP}, set before each fast row of that precision (FastGenerator reads it)
-    and recorded in the row."""
+    and recorded in the row. ``peaks``: {precision: matmul_peak}, for each row's floors (``floors``)."""
     from asap.models.fast import FastGenerator
     from asap.models.pixelwise import pixelwise_mlp
     from benchmarks.inference import mlp_bytes
@@ -121,6 +157,7 @@ def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, c
             "params": sum(p.numel() for p in model.parameters())}
     with precision_mode("fp32", device), torch.inference_mode():
         reference = model(labels1).float()
+    work = forward_work(model, labels1)
     plan = [("reference", p) for p in settings.precisions] + [("fast", p) for p in settings.precisions]
     if settings.compile:
         plan.append(("fast-compiled", "bf16"))
@@ -165,6 +202,7 @@ def asapnet_rows(size: str, settings: InferenceSettings, device: torch.device, c
                 row["hr_fraction_of_copy_bandwidth"] = rate / (copy["gb_per_s"] * 1e9)
                 # Time the MLP would take at the copy bandwidth: the memory-traffic bound of the kernel.
                 row["hr_bound_ms"] = row["hr_min_bytes"] / (copy["gb_per_s"] * 1e9) * 1e3
+            row.update(floors(row, work, copy, (peaks or {}).get(precision)))
         except Exception as err:  # a row that fails is recorded; the phase goes on
             row["error"] = f"{type(err).__name__}: {str(err)[:400]}"
         row["peak_memory_bytes"] = memory.peak()
@@ -351,6 +389,9 @@ def _log_row(row: dict) -> None:
         split += (f" [wide convs as {c['use']}: " + ", ".join(f"{k} {v:.3f}" for k, v in c.get("ms", {}).items())
                   + (f", by {c['timed']}" if c.get("timed") else "")
                   + "".join(f", {k} failed: {v[:120]}" for k, v in (c.get("failed") or {}).items()) + "]")
+    if row.get("floor_ms"):
+        split += (f" [floor {row['floor_ms']:.3f} ms: low-res {row['lr_floor_ms']:.3f} + pixelwise "
+                  f"{row['hr_floor_ms']:.3f}; {row['over_floor']:.1f}x it]")
     log(f"[phase 2] {row['model']:>15} {row['path']:>13} {row['precision']} {row['size']:>9}: "
         f"{row['batch1_ms']['median_ms']:8.3f} ms batch 1{split}, {row['images_per_s']:8.1f} img/s")
 
@@ -388,6 +429,11 @@ def targets(rows: list[dict]) -> dict:
     check("1024x1024 fast bf16 batch-1 ms <= 0.5 (stretch)",
           (r := _find(rows, model="asapnet", path="fast", precision="bf16", size="1024x1024")) and
           r["batch1_ms"]["median_ms"], 0.5)
+    for name, t in out.items():  # the ms targets: the floor this device's measured rates set for that row
+        size = name.split()[0]
+        fast = _find(rows, model="asapnet", path="fast", precision="bf16", size=size)
+        if "batch-1 ms" in name and fast and fast.get("floor_ms"):
+            t.update(bound=fast["floor_ms"], bound_is="ms floor: the matmul rate and copy bandwidth measured here")
     kernel = [r["hr_ms"] / r["hr_bound_ms"] for r in rows
               if r.get("path") == "fast" and r.get("fused_kernel") and r.get("hr_bound_ms") and "error" not in r]
     check("pixelwise kernel time / memory-traffic bound <= 2 (worst row)", max(kernel) if kernel else None, 2.0)
@@ -418,6 +464,8 @@ def run_phase(settings: InferenceSettings, device: torch.device, until: float, o
     try:
         copy = copy_bandwidth(settings, device)
         log(f"[phase 2] device copy: {copy['gb_per_s']:.0f} GB/s (read + write)")
+        peaks = {p: matmul_peak(device, p, n=settings.peak_n) for p in settings.precisions}
+        log("[phase 2] matmul peak: " + ", ".join(f"{p} {v['tflops']:.1f} TFLOP/s" for p, v in peaks.items()))
         rows: list[dict] = []
         skipped: list[str] = []
 
@@ -425,22 +473,23 @@ def run_phase(settings: InferenceSettings, device: torch.device, until: float, o
             rows.append(row)
             _log_row(row)
             if on_progress:
-                on_progress({"copy_bandwidth": copy, "rows": rows, "skipped_for_time": skipped})
+                on_progress({"copy_bandwidth": copy, "matmul_peak": peaks, "rows": rows, "skipped_for_time": skipped})
 
         profiling = bool(settings.profile_iters and settings.profile_precisions)
         rows_until = until - (settings.profile_reserve_s if profiling else 0.0)
         for size in settings.sizes:
-            asapnet_rows(size, settings, device, copy, rows_until, skipped, done, fused_env)
+            asapnet_rows(size, settings, device, copy, rows_until, skipped, done, fused_env, peaks)
         for precision, size in baseline_order(settings):
             baseline_rows(size, precision, settings, device, rows_until, skipped, done)
         if profiling:  # last, apart from every timing, in the phase's time kept for it
             profile_fast_rows(rows, settings, device, until, fused_env,
-                              lambda: on_progress and on_progress({"copy_bandwidth": copy, "rows": rows,
-                                                                   "skipped_for_time": skipped}))
+                              lambda: on_progress and on_progress({"copy_bandwidth": copy, "matmul_peak": peaks,
+                                                                   "rows": rows, "skipped_for_time": skipped}))
     finally:
         torch.backends.cudnn.benchmark = saved_benchmark
     errors = [f"{r['model']} {r['path']} {r['precision']} {r['size']}: {r['error']}" for r in rows if "error" in r]
-    return {"copy_bandwidth": copy, "rows": rows, "speedups": speedups(rows), "targets": targets(rows),
+    return {"copy_bandwidth": copy, "matmul_peak": peaks, "rows": rows, "speedups": speedups(rows),
+            "targets": targets(rows),
             "skipped_for_time": skipped, "row_errors": errors, "median_ms": _nested(rows)}
 
 

@@ -57,6 +57,7 @@ class InferenceSettings:
     profile_precisions: tuple[str, ...] = ("bf16",)  # the rows the speed targets read
     copy_mib: int = 1024            # device-to-device copy for the bandwidth ceiling (read + write counted)
     copy_iters: int = 20
+    peak_n: int | None = None       # the matmul peak's square side (benchmarks/roofline.py; None: by device)
     compile: bool = False           # also a torch.compile'd fast path (minutes of compile: off by default)
 
 
@@ -71,6 +72,7 @@ class TrainingStepSettings:
     lr_max_width: int = 1024
     ndf: int = 64
     perceptual: str = "hed-vgg16"
+    peak_n: int | None = None       # the matmul peak's square side (benchmarks/roofline.py; None: by device)
     profile_iters: int = 2          # ours' eager step under torch.profiler: where its time goes (0: off)
     profile_reserve_s: float = 15.0  # of the phase's time, kept for the profiles (last, in a child process)
     profile_sizes: tuple[str, ...] = ("256x256",)   # phase 4's size
@@ -150,9 +152,10 @@ def smoke_settings(budget_s: float = 2.0, deadline_s: float = 240.0) -> Campaign
                                     warmup=0, iters=1, batch_warmup=0, batch_iters=1, split_iters=1,
                                     baseline_warmup=0, baseline_iters=1,
                                     baselines={**tiny_baselines, "spade-slim": {"arch": "spade", "width_mult": 0.03125}},
-                                    profile_iters=1, profile_reserve_s=20.0, copy_mib=4, copy_iters=2),
+                                    profile_iters=1, profile_reserve_s=20.0, copy_mib=4, copy_iters=2,
+                                    peak_n=256),
         training=TrainingStepSettings(sizes=("32x32",), batches=(2,), precisions=("bf16", "fp32"), iters=1, warmup=0,
-                                      lr_max_width=16, ndf=8, profile_iters=1, profile_sizes=("32x32",),
+                                      lr_max_width=16, ndf=8, peak_n=256, profile_iters=1, profile_sizes=("32x32",),
                                       profile_reserve_s=20.0),
         quality=QualitySettings(budget_s=budget_s, min_budget_s=min(1.0, budget_s), overhead_s=5.0,
                                 model=SMOKE_ASAPNET, baselines=tiny_baselines,
