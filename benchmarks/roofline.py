@@ -14,15 +14,15 @@ fraction of the matmul rate each step reaches says which it is.
 - ``matmul_peak(device, precision)``: TFLOP/s of a large square matmul in bf16 or fp32 (TF32 off), timed
   here, the rate against which the counted FLOPs are read.
 
-Imports only torch (runs on the GPU machine).
+Imports only torch and asap (runs on the GPU machine).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from asap.metrics.runtime import time_module
 
 PEAK_SIZES = {"cuda": 8192, "cpu": 1024}  # square matmul side: seconds-scale on neither
 
@@ -35,9 +35,9 @@ def count_flops(fn) -> int:
 
 
 def matmul_peak(device: torch.device, precision: str, n: int | None = None, iters: int = 10) -> dict:
-    """The device's rate on one n x n x n matmul (the median of ``iters`` after 3 warm-ups): "bf16"
-    in bfloat16, "fp32" in float32 with TF32 off (as the fp32 rows run). {"tflops", "n", "ms",
-    "precision", "timer"}."""
+    """The device's rate on one n x n x n matmul (asap.metrics.runtime.time_module's median of ``iters``
+    after 3 warm-ups): "bf16" in bfloat16, "fp32" in float32 with TF32 off (as the fp32 rows run).
+    {"tflops", "n", "ms", "precision", "dtype", "timer"}."""
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
     device = torch.device(device)
@@ -49,29 +49,10 @@ def matmul_peak(device: torch.device, precision: str, n: int | None = None, iter
     saved = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for _ in range(3):
-            a @ b
-        times = []
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(iters)]
-            for start, end in events:
-                start.record()
-                a @ b
-                end.record()
-            torch.cuda.synchronize(device)
-            times = sorted(start.elapsed_time(end) / 1e3 for start, end in events)
-            timer = "cuda_events"
-        else:
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                a @ b
-                times.append(time.perf_counter() - t0)
-            times.sort()
-            timer = "perf_counter"
+        # at the caller's CPU threads (e.g. benchmarks.training --threads), as the steps beside it run
+        t = time_module(lambda: a @ b, warmup=3, iters=iters, device=device, threads=torch.get_num_threads())
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
-    seconds = times[len(times) // 2]
+    seconds = t["median_ms"] / 1e3
     return {"precision": precision, "dtype": str(dtype).removeprefix("torch."), "n": n, "ms": seconds * 1e3,
-            "tflops": 2 * n ** 3 / seconds / 1e12, "timer": timer}
+            "tflops": 2 * n ** 3 / seconds / 1e12, "timer": t["timer"]}

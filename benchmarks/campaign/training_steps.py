@@ -114,7 +114,7 @@ def run_phase(settings: TrainingStepSettings, device: torch.device, until: float
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda"
     rows, skipped, pixelwise = [], [], []
-    # the device's matmul rate per precision, in this run: each row's arithmetic ceiling (~0.1 s)
+    # the device's matmul rate per precision, in this run: what each row's FLOP rate is read against (~0.1 s)
     peaks = {p: matmul_peak(device, p, n=settings.peak_n) for p in settings.precisions}
     log("[phase 3] matmul peak: " + ", ".join(f"{p} {v['tflops']:.1f} TFLOP/s" for p, v in peaks.items()))
 
