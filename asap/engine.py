@@ -72,6 +72,8 @@ class TrainConfig:
     sample_every: int = 100
     cuda_graph: bool = False        # CUDA, one process: after GRAPH_WARMUP_STEPS eager steps, replay the whole
                                     # step as one CUDA graph (ignored on CPU, like mixed_precision)
+    perceptual_channels_last: bool = False  # the perceptual network (VGG: weights, inputs, activations) in
+                                    # the channels-last memory format: the same function, another layout
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "ndf", "d_layers", "d_scales", "log_every",
@@ -88,7 +90,9 @@ class TrainConfig:
             require(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                   and v > 0),
                     f"train.{name} must be null (off) or a number of seconds > 0, got {v!r}")
-        require(isinstance(self.cuda_graph, bool), f"train cuda_graph must be true or false, got {self.cuda_graph!r}")
+        for name in ("cuda_graph", "perceptual_channels_last"):
+            v = getattr(self, name)
+            require(isinstance(v, bool), f"train {name} must be true or false, got {v!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,10 +190,19 @@ class GANTrainer:
         self.config, self.loss, self.device = config, loss, torch.device(device)
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
+        # perceptual_channels_last: the frozen VGG's convolutions (most of its time: no norms) run on
+        # channels-last weights and activations, where tensor cores want them (a conv of NCHW bf16
+        # tensors may run between layout transposes). G and D keep their layout: their InstanceNorms
+        # (aten::instance_norm) return NCHW whatever they are given, so channels-last there would add
+        # a copy each way around every norm; G's checkpoints and the fused pixelwise kernel read it as is.
+        self.perceptual_format = (torch.channels_last if config.perceptual_channels_last and perceptual is not None
+                                  else torch.contiguous_format)
+        if perceptual is not None:
+            perceptual = perceptual.to(self.device, memory_format=self.perceptual_format)
         # `wrap` (e.g. DDP) is used for forward/backward; the raw modules are what we save
         self.g_model = wrap(self.generator) if wrap else self.generator
         self.d_model = wrap(self.discriminator) if wrap else self.discriminator
-        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
+        self.perceptual = perceptual
         betas = (float(config.beta1), float(config.beta2))
         # fused: one kernel per update, and `found_inf` skips it on the device (see `update`)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas, fused=True)
@@ -319,7 +332,9 @@ class GANTrainer:
         """(G's total loss, the fp32 (4,) stack of G_total, G_gan, G_feat, G_vgg) from D's outputs."""
         g_gan = hinge_g_loss(fake_out)
         g_feat = feature_matching_loss(fake_out, real_out, self.loss.lambda_feat)
-        g_vgg = self.perceptual(fake.float(), real) if self.perceptual is not None else g_gan.new_zeros(())
+        g_vgg = (self.perceptual(fake.float().contiguous(memory_format=self.perceptual_format),
+                                 real.contiguous(memory_format=self.perceptual_format))
+                 if self.perceptual is not None else g_gan.new_zeros(()))
         g_total = g_gan + g_feat + g_vgg
         return g_total, torch.stack([v.detach().float() for v in (g_total, g_gan, g_feat, g_vgg)])
 

@@ -49,7 +49,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # Keys of params.yaml's `train` section that say how a run is executed, not what it computes
 # (RunnerConfig); the rest is TrainConfig.
 CADENCE_KEYS = ("log_every", "checkpoint_every", "checkpoint_every_s", "sample_every")
-EXECUTION_KEYS = ("cuda_graph",)  # how a step runs, not what it computes: not part of a run's identity
+EXECUTION_KEYS = ("cuda_graph", "perceptual_channels_last")  # how a step runs, not what it computes: not part of a run's identity
 
 
 @dataclass(frozen=True)

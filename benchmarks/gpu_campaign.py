@@ -90,14 +90,16 @@ campaign writes at most 7 so the console log fits):
                                            "bound_is" (the ms targets: the row's floor_ms)}},
                         "median_ms": {"<model>/<path>/<precision>": {size: ms}}, "skipped_for_time", "row_errors"}
     result of phase 3: {"rows": [{"size", "batch", "precision", "max_abs_output_diff", "speedup",
-                                  "speedup_graphed" (ours as one CUDA graph), "speedup_best" (the
-                                  faster of ours: the target's), "speedup_vs_authors_fp32" (bf16 rows),
+                                  "speedup_graphed" (ours as one CUDA graph), "speedup_channels_last"
+                                  (ours with the VGG channels-last; bf16 rows), "speedup_best" (the
+                                  fastest of ours: the target's), "speedup_vs_authors_fp32" (bf16 rows),
                                   "generator_speedup",
                                   "authors_generator_share", "generator_alone_bound",
                                   "flops": {"ours", "authors_way", "counted"} (one more step each,
                                   torch.utils.flop_counter), "flop_ratio" (authors' / ours: the
                                   speed-up at an equal FLOP rate), "matmul_peak_tflops",
-                                  "ours"/"ours_graphed"/"authors_way": {"step_s_median", "step_s_all",
+                                  "ours"/"ours_graphed"/"ours_channels_last"/"authors_way":
+                                                        {"step_s_median", "step_s_all",
                                                          "images_per_s", "autocast_bf16", "fused_mlp",
                                                          "tflops_per_s", "fraction_of_matmul_peak",
                                                          "generator_s_median", "generator_s_all",

@@ -3,7 +3,8 @@ step written the authors' way, measured in the same run.
 
     python -m benchmarks.training --out metrics/training-cpu.json                        # CPU, 256x256
     python -m benchmarks.training --device cuda --sizes 256x256,512x512 --batches 1,8 \\
-        --precisions bf16,fp32 --lr-max-width 1024 --ndf 64 --cuda-graph --out metrics/training-h200.json
+        --precisions bf16,fp32 --lr-max-width 1024 --ndf 64 --cuda-graph --channels-last \\
+        --out metrics/training-h200.json
 
 "The authors' way" (github.com/tamarott/ASAPNet, described, not copied) is their generator's layout
 and their step. Layout: the label map enters as a full-resolution one-hot tensor, the positional
@@ -51,6 +52,7 @@ from asap.training import TrainingRun, build_trainer
 from benchmarks.roofline import count_flops, matmul_peak
 
 PRECISIONS = ("bf16", "fp32")
+OUR_WAYS = ("ours", "ours_graphed", "ours_channels_last")  # ours eager, as one CUDA graph, VGG channels-last
 AUTHORS_LAYOUT_AND_STEP = "their layout and step"  # what a row's "authors_way" ran ("authors_way_runs")
 FLOPS_COUNTED = ("one more step of each way after its timings, under torch.utils.flop_counter: matmuls and "
                  "convolutions, forward and backward, as they ran; ours with the pixelwise MLP through its "
@@ -200,7 +202,8 @@ def _timed(fn, n: int, warmup: int, device: torch.device, deadline: float | None
 
 def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: torch.device,
                settings: TrainBenchSettings, deadline: float | None = None,
-               check_layouts: bool = False, graphed: bool = False, count: bool = False) -> dict:
+               check_layouts: bool = False, graphed: bool = False, count: bool = False,
+               channels_last: bool = False) -> dict:
     """Seconds per timed train_step (synchronised) of the trainer build_trainer makes for ``run``;
     ``authors`` swaps in the authors' generator layout. Random labels and images (the step's cost does
     not depend on them). Stops early, returning fewer times, once ``deadline`` (perf_counter) passes.
@@ -211,9 +214,13 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
     "fused_mlp": whether ours ran the pixelwise MLP in the fused kernel, "graph": the trainer's
     graph_status(), "flops": with ``count`` the FLOPs of one more step, counted (``FLOPS_COUNTED``)}.
     ``graphed``: the step replayed as one CUDA graph (train.cuda_graph; its eager warm-up steps and the
-    capture are among the untimed ones), and no generator-alone times."""
-    if graphed:
-        run = dataclasses.replace(run, train=dataclasses.replace(run.train, cuda_graph=True))
+    capture are among the untimed ones), and no generator-alone times. ``channels_last``: the perceptual
+    network in the channels-last layout (train.perceptual_channels_last), and no generator-alone times
+    (the generator is the same)."""
+    if graphed or channels_last:
+        train = dataclasses.replace(run.train, cuda_graph=graphed or run.train.cuda_graph,
+                                    perceptual_channels_last=channels_last or run.train.perceptual_channels_last)
+        run = dataclasses.replace(run, train=train)
     with torch.device(device):  # parameters initialised where they train: 80 M of them init slowly on a CPU
         trainer = (build_trainer(run, device, wrap=authors_wrap, trainer_class=AuthorsStep) if authors else
                    build_trainer(run, device))
@@ -239,14 +246,14 @@ def step_times(run: TrainingRun, size: tuple[int, int], authors: bool, device: t
     with fp32_mode("bf16" if run.train.mixed_precision else "fp32", device):
         times = _timed(lambda: trainer.train_step(batch), settings.iters, warmup, device, deadline)
         # the steps above already ran these shapes: one untimed pass is warm-up enough
-        generator_times = ([] if graphed else
+        generator_times = ([] if graphed or channels_last else
                            _timed(generator_pass, settings.iters, min(1, settings.warmup), device, deadline))
     amp = trainer.amp
     x, _ = trainer.inputs(batch)  # did the generator's pixelwise MLP run in the fused kernel (CUDA, "auto")?
     g = trainer.generator
     fused = (not authors and isinstance(g, ASAPNetGenerator) and g.uses_fused_mlp(x[:, :g.config.hr_in_channels]))
     flops = None
-    if count and not graphed:  # after every timing: the counter's dispatch overhead touches none of them
+    if count and not (graphed or channels_last):  # after every timing: the counter's dispatch overhead touches none of them
         saved = getattr(g, "fused_mlp", None)
         if isinstance(g, ASAPNetGenerator):
             g.fused_mlp = False  # the same function through layers the counter sees
@@ -291,13 +298,15 @@ def step_kernels(size: tuple[int, int], batch: int, precision: str, settings: Tr
 
 def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBenchSettings,
             device: torch.device, deadline: float | None = None, log=print, graphed: bool = False,
-            peak: dict | None = None) -> dict:
+            peak: dict | None = None, channels_last: bool = False) -> dict:
     """One row: ours and the authors' way at one size, batch and precision, in this run: the whole GAN
     step, and the generator's forward + backward alone (where the two ways differ). The row also says
     how much of the authors' step their generator takes, and so what a generator alone could gain
     there (Amdahl: 1 / (1 - share), were ours free: "generator_alone_bound"; our step's own structure
     gains on top of it). ``graphed`` (CUDA): ours also with the whole step
-    replayed as one CUDA graph ("ours_graphed", "speedup_graphed"); "speedup_best" is the faster of ours.
+    replayed as one CUDA graph ("ours_graphed", "speedup_graphed"). ``channels_last``: ours also with the
+    perceptual network channels-last (train.perceptual_channels_last: "ours_channels_last",
+    "speedup_channels_last"). "speedup_best" is the fastest of ours.
     The arithmetic of each step is counted on one more step after the timings ("flops"); their ratio,
     authors' / ours ("flop_ratio"), is the speed-up at an equal rate of arithmetic. Each way's
     "tflops_per_s" is its count over its median step, and with ``peak`` (``matmul_peak`` of this
@@ -305,15 +314,19 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
     run = make_run(size, batch, precision, settings)
     size_text = f"{size[0]}x{size[1]}"
     row = {"size": size_text, "batch": batch, "precision": precision, "authors_way_runs": AUTHORS_LAYOUT_AND_STEP}
-    ways = [("ours", False, False)] + ([("ours_graphed", False, True)] if graphed and device.type == "cuda" else [])
-    for name, authors, graph in ways + [("authors_way", True, False)]:
+    # (name, the authors' step, as one CUDA graph, VGG channels-last)
+    ways = ([("ours", False, False, False)]
+            + ([("ours_graphed", False, True, False)] if graphed and device.type == "cuda" else [])
+            + ([("ours_channels_last", False, False, True)] if channels_last and settings.perceptual != "off" else []))
+    for name, authors, graph, cl in ways + [("authors_way", True, False, False)]:
+        extra = graph or cl  # a variant of ours: the same arithmetic, counted once (as "ours")
         try:
             got = step_times(run, size, authors, device, settings, deadline, check_layouts=name == "ours",
-                             graphed=graph, count=not graph)
+                             graphed=graph, count=not extra, channels_last=cl)
         except Exception as err:
-            if not graph:
+            if not extra:
                 raise
-            # the graphed way is the new one: its failure costs its own numbers, not the row's
+            # a variant of ours is the new one: its failure costs its own numbers, not the row's
             row[name] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
             log(f"[bench-train] {size_text} batch {batch} {precision} {name}: ERROR {row[name]['error'][:200]}")
             continue
@@ -326,20 +339,20 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
                      "generator_s_all": got["generator_times"]}
         if graph:
             row[name]["graph"] = got["graph"]
-        else:
+        if not extra:
             row.setdefault("flops", {"counted": FLOPS_COUNTED})[name] = got["flops"]
         log(f"[bench-train] {size_text} batch {batch} {precision} {name:12s} {batch / med:8.3f} img/s "
             f"(median step {med * 1000:.1f} ms over {len(got['times'])}"
             + (f"; generator forward+backward {gen_med * 1000:.1f} ms)" if gen_med is not None else
-               f"; {describe_graph(got['graph'])})"))
+               f"; {'perceptual network channels-last' if cl else describe_graph(got['graph'])})"))
     ours, theirs = row["ours"], row["authors_way"]
     flops = row["flops"]
     row["flop_ratio"] = flops["authors_way"] / flops["ours"] if flops["ours"] else None
     if peak:
         row["matmul_peak_tflops"] = peak["tflops"]
-    for name in ("ours", "ours_graphed", "authors_way"):
+    for name in OUR_WAYS + ("authors_way",):
         way = row.get(name) or {}
-        count = flops["authors_way" if name == "authors_way" else "ours"]  # the graph replays ours' arithmetic
+        count = flops["authors_way" if name == "authors_way" else "ours"]  # ours' variants do ours' arithmetic
         if "step_s_median" in way and count:
             way["tflops_per_s"] = count / way["step_s_median"] / 1e12
             if peak:
@@ -350,12 +363,15 @@ def measure(size: tuple[int, int], batch: int, precision: str, settings: TrainBe
             "an equal FLOP rate)"
             + "".join(f"; {name} {row[name]['tflops_per_s']:.2f} TFLOP/s" + (
                 f" ({100 * row[name]['fraction_of_matmul_peak']:.0f}% of the matmul peak)" if peak else "")
-                for name in ("ours", "ours_graphed", "authors_way") if "tflops_per_s" in (row.get(name) or {})))
+                for name in OUR_WAYS + ("authors_way",) if "tflops_per_s" in (row.get(name) or {})))
     row["speedup"] = ours["images_per_s"] / theirs["images_per_s"]
     row["speedup_best"] = row["speedup"]
     if "ours_graphed" in row and (row["ours_graphed"].get("graph") or {}).get("active"):
         row["speedup_graphed"] = row["ours_graphed"]["images_per_s"] / theirs["images_per_s"]
-        row["speedup_best"] = max(row["speedup"], row["speedup_graphed"])
+        row["speedup_best"] = max(row["speedup_best"], row["speedup_graphed"])
+    if "images_per_s" in (row.get("ours_channels_last") or {}):
+        row["speedup_channels_last"] = row["ours_channels_last"]["images_per_s"] / theirs["images_per_s"]
+        row["speedup_best"] = max(row["speedup_best"], row["speedup_channels_last"])
     row["generator_speedup"] = theirs["generator_s_median"] / ours["generator_s_median"]
     share = theirs["generator_s_median"] / theirs["step_s_median"]
     row["authors_generator_share"] = share
@@ -436,6 +452,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--perceptual", default="auto", help="auto | vgg19 | hed-vgg16 | off")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="CUDA: also time ours with the whole step replayed as one CUDA graph (train.cuda_graph)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time ours with the perceptual network channels-last (train.perceptual_channels_last)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
@@ -459,11 +477,12 @@ def main(argv=None) -> dict:
                       + ", ".join(f"{k} {v:.2f} ms" for k, v in p["ms"].items()))
                 pixelwise.append(p)
                 rows.append(measure(size, batch, precision, settings, device, graphed=args.cuda_graph,
-                                    peak=peaks[precision]))
+                                    peak=peaks[precision], channels_last=args.channels_last))
     report = {"benchmark": "training-step", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "setup": "asap.training.build_trainer",
               "settings": {**asdict(settings), "sizes": args.sizes, "batches": args.batches,
-                           "precisions": args.precisions, "device": args.device}, "matmul_peak": peaks,
+                           "precisions": args.precisions, "device": args.device, "cuda_graph": args.cuda_graph,
+                           "channels_last": args.channels_last}, "matmul_peak": peaks,
               "rows": rows, "pixelwise": pixelwise}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,13 @@ def test_equal_time_quality_rows_hold_the_scored_numbers(gpu_project, drawn):
         ours, graphed, authors = r["% of matmul peak: ours / graphed / authors'"].split(" / ")
         assert close(ours, 100 * t["ours"]["fraction_of_matmul_peak"], 1) and graphed == "n/a"
         assert close(authors, 100 * t["authors_way"]["fraction_of_matmul_peak"], 1)
+        # ours with a channels-last VGG: timed in the bf16 rows only (settings.channels_last)
+        if t["precision"] == "bf16":
+            assert close(r["VGG channels-last speed-up"], t["speedup_channels_last"], 2)
+            assert t["speedup_channels_last"] == pytest.approx(
+                t["ours_channels_last"]["images_per_s"] / t["authors_way"]["images_per_s"])
+        else:
+            assert r["VGG channels-last speed-up"] == "n/a" and "ours_channels_last" not in t
     # the pixelwise MLP alone: the milliseconds of each way; no fused column on the CPU
     pixelwise = phase3["pixelwise"]
     assert len(tables[1]) == len(pixelwise) > 0

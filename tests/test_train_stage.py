@@ -90,6 +90,7 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert run.data.params["model.lr_max_width"] == "16" and len(run.data.params["dataset.manifest_sha1"]) == 40
     assert run.data.params["train.lr_d"] == "0.0004"
     assert run.data.params["train.cuda_graph"] == "False" and run.data.tags["cuda_graph"] == "off"
+    assert run.data.params["train.perceptual_channels_last"] == "False"  # how the VGG's tensors were laid out
     assert json.loads(run.data.tags["code_history"]) == code
     # the resolved config that ran: S from the image size, the global batch, the worker count
     assert run.data.params["model.downsampling"] == "4" and run.data.params["arch"] == "asapnet"

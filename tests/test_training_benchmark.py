@@ -178,7 +178,7 @@ def test_a_failing_graphed_way_costs_its_own_numbers_not_the_rows(monkeypatch):
     import benchmarks.training as bt
 
     def timing(run, size, authors, device, settings, deadline=None, check_layouts=False, graphed=False,
-               count=False):
+               count=False, channels_last=False):
         if graphed:
             raise RuntimeError("capture failed")
         return {"times": [0.2 if authors else 0.1], "amp": False, "max_diff": None, "generator_times": [0.05],
@@ -191,3 +191,60 @@ def test_a_failing_graphed_way_costs_its_own_numbers_not_the_rows(monkeypatch):
     assert row["ours_graphed"] == {"error": "RuntimeError: capture failed"}
     assert row["speedup"] == row["speedup_best"] == 2.0 and "speedup_graphed" not in row
     assert row["flop_ratio"] == 1.5 and row["ours"]["tflops_per_s"] == pytest.approx(2e9 / 0.1 / 1e12)
+
+
+def test_the_channels_last_way_runs_ours_with_a_channels_last_vgg(tmp_path, monkeypatch):
+    """--channels-last times ours a third time with train.perceptual_channels_last: its row entry is a
+    timing of that trainer (its VGG's weights channels-last, the flag recorded), its speed-up is its
+    images/s over the authors' way's, the best of ours is the fastest, and it counts no FLOPs of its
+    own (the same arithmetic as ours). With the perceptual loss off there is no such way."""
+    import benchmarks.training as bt
+
+    seen = []
+    real_step_times = bt.step_times
+
+    def spy(run, *args, **kwargs):
+        seen.append((run.train.perceptual_channels_last, kwargs.get("channels_last")))
+        return real_step_times(run, *args, **kwargs)
+
+    out = tmp_path / "training.json"
+    monkeypatch.setattr(bt, "step_times", spy)
+    main(["--sizes", "32x32", "--iters", "1", "--warmup", "0", "--lr-max-width", "16", "--ndf", "8",
+          "--perceptual", "hed-vgg16", "--channels-last", "--out", str(out)])
+    assert seen == [(False, False), (False, True), (False, False)]  # ours, ours channels-last, the authors'
+    report = json.loads(out.read_text())
+    row = report["rows"][0]
+    assert report["settings"]["channels_last"] is True
+    cl, theirs = row["ours_channels_last"], row["authors_way"]
+    assert cl["step_s_median"] > 0 and cl["images_per_s"] == pytest.approx(1 / cl["step_s_median"])  # batch 1
+    assert row["speedup_channels_last"] == pytest.approx(cl["images_per_s"] / theirs["images_per_s"])
+    assert row["speedup_best"] == pytest.approx(max(row["speedup"], row["speedup_channels_last"]))
+    assert set(row["flops"]) == {"counted", "ours", "authors_way"}
+    assert cl["tflops_per_s"] == pytest.approx(row["flops"]["ours"] / cl["step_s_median"] / 1e12)
+    off = bt.measure((32, 32), 1, "bf16", bt.TrainBenchSettings(iters=1, warmup=0, lr_max_width=16, ndf=8,
+                                                                  perceptual="off"),
+                     torch.device("cpu"), channels_last=True, log=lambda *a: None)
+    assert "ours_channels_last" not in off and "speedup_channels_last" not in off
+
+
+def test_step_times_builds_the_channels_last_trainer(monkeypatch):
+    """The timed trainer itself has the flag and a channels-last VGG (not only the run's record)."""
+    import benchmarks.training as bt
+    from asap import engine
+
+    built = []
+    real_init = engine.GANTrainer.__init__
+
+    def record(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self)
+
+    settings = bt.TrainBenchSettings(iters=1, warmup=0, lr_max_width=16, ndf=8, perceptual="hed-vgg16")
+    run = bt.make_run((32, 32), 1, "bf16", settings)
+    monkeypatch.setattr(engine.GANTrainer, "__init__", record)
+    bt.step_times(run, (32, 32), False, torch.device("cpu"), settings, channels_last=True)
+    (trainer,) = built
+    assert trainer.config.perceptual_channels_last
+    weights = [m.weight for m in trainer.perceptual.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                           for w in weights)

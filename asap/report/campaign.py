@@ -37,7 +37,8 @@ TARGET_COLUMNS = ["file", "device", "slug", "phase", "target", "measured", "goal
                   "bound_is"]
 TRAINING_COLUMNS = ["file", "device", "size", "batch", "precision", "authors_way", "ours_images_per_s",
                     "authors_images_per_s",
-                    "speedup", "graphed_images_per_s", "speedup_graphed", "speedup_vs_authors_fp32",
+                    "speedup", "graphed_images_per_s", "speedup_graphed", "speedup_channels_last",
+                    "speedup_vs_authors_fp32",
                     "generator_speedup", "authors_generator_share", "generator_alone_bound", "flop_ratio",
                     "ours_peak_fraction", "graphed_peak_fraction", "authors_peak_fraction", "error"]
 PIXELWISE_COLUMNS = ["file", "device", "size", "batch", "precision", "S", "reference_ms", "authors_ms", "fused_ms",
@@ -228,6 +229,8 @@ def _training_rows(path: Path, record: dict, label: str) -> list[dict]:
                      # ours with the whole step as one CUDA graph (train.cuda_graph), where phase 3 timed it
                      "graphed_images_per_s": num((r.get("ours_graphed") or {}).get("images_per_s")),
                      "speedup_graphed": num(r.get("speedup_graphed")),
+                     # ours with the perceptual network channels-last, where phase 3 timed it
+                     "speedup_channels_last": num(r.get("speedup_channels_last")),
                      "speedup_vs_authors_fp32": num(r.get("speedup_vs_authors_fp32")),
                      "generator_speedup": num(r.get("generator_speedup")),
                      "authors_generator_share": num(r.get("authors_generator_share")),
@@ -412,21 +415,24 @@ def training_table(training: pd.DataFrame) -> str:
     our step); and the generator's forward + backward alone, where only the layout differs. Its share
     of the authors' step is what a generator alone could gain there: 1 / (1 - share) ("generator-alone
     bound"); our step's structure (one forward of G and of D) and the CUDA graph ("graphed": the whole
-    step replayed as one, train.cuda_graph) gain outside the generator. "FLOP ratio": the two steps'
+    step replayed as one, train.cuda_graph) gain outside the generator; so may the perceptual network
+    in the channels-last layout ("VGG channels-last speed-up": ours with train.perceptual_channels_last
+    against the authors' way). "FLOP ratio": the two steps'
     counted arithmetic, authors' / ours, the speed-up at an equal FLOP rate; "% of matmul
     peak": each step's counted FLOPs per second against a large matmul timed in the same run (far below
     it, a step is bound by launches or memory, not arithmetic)."""
     from asap.report.tables import fmt, md_table
 
     return md_table(["device", "size", "batch", "precision", "authors' way", "ours images/s", "authors' way images/s",
-                     "speed-up", "ours graphed images/s", "graphed speed-up", "bf16 ours vs authors' fp32",
+                     "speed-up", "ours graphed images/s", "graphed speed-up", "VGG channels-last speed-up",
+                     "bf16 ours vs authors' fp32",
                      "generator fwd+bwd speed-up", "generator share of authors' step", "generator-alone bound",
                      "FLOP ratio (authors' / ours)", "% of matmul peak: ours / graphed / authors'"],
                     [[t["device"], t["size"], fmt(t["batch"], 0), t["precision"], t["authors_way"],
                       fmt(t["ours_images_per_s"], 2),
                       fmt(t["authors_images_per_s"], 2), fmt(t["speedup"], 2) if not t["error"] else t["error"][:80],
                       fmt(t["graphed_images_per_s"], 2), fmt(t["speedup_graphed"], 2),
-                      fmt(t["speedup_vs_authors_fp32"], 2), fmt(t["generator_speedup"], 2),
+                      fmt(t["speedup_channels_last"], 2), fmt(t["speedup_vs_authors_fp32"], 2), fmt(t["generator_speedup"], 2),
                       fmt(t["authors_generator_share"], 2), fmt(t["generator_alone_bound"], 2),
                       fmt(t["flop_ratio"], 2),
                       " / ".join(fmt(100 * t[f"{w}_peak_fraction"], 1) for w in ("ours", "graphed", "authors"))]

@@ -1,6 +1,7 @@
 """Phase 1: correctness on the device. The `gpu`-marked tests of tests/test_pixelwise_fused.py (the
-fused kernel and the fast path against the reference, per precision) and tests/test_graphed_step.py
-(the training step captured as one CUDA graph against the eager step) run in a pytest subprocess
+fused kernel and the fast path against the reference, per precision), tests/test_graphed_step.py
+(the training step captured as one CUDA graph against the eager step) and tests/test_channels_last.py
+(the perceptual network channels-last against NCHW, cuDNN's kernels) run in a pytest subprocess
 whose JUnit XML is summarised; then every case of that file runs once more in this process to record
 its error against its tolerance (pytest says pass/fail, the table says by how much).
 
@@ -33,7 +34,7 @@ from benchmarks.campaign.common import REPO, log
 from benchmarks.campaign.settings import CorrectnessSettings
 
 TEST_FILE = "tests/test_pixelwise_fused.py"  # its cases also make the error table
-TEST_FILES = (TEST_FILE, "tests/test_graphed_step.py")  # pytest -m gpu runs these
+TEST_FILES = (TEST_FILE, "tests/test_graphed_step.py", "tests/test_channels_last.py")  # pytest -m gpu runs these
 
 
 def junit_summary(path: Path) -> dict:
