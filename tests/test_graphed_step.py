@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from asap.config import ConfigError
 from asap.engine import GRAPH_WARMUP_STEPS, NonFiniteLossError, TrainConfig, describe_graph

@@ -113,8 +113,9 @@ def forward_work(model, labels1) -> dict:
     c = model.config
     with precision_mode("fp32", labels1.device), torch.inference_mode():
         onehot = model.encode(labels1)
-        lr_flops = count_flops(lambda: model.tile_params(onehot))
-        params = model.tile_params(onehot)
+        out = []  # the counted call's parameters serve the MLP's count: the stream runs once
+        lr_flops = count_flops(lambda: out.append(model.tile_params(onehot)))
+        params = out[0]
         hr_flops = count_flops(lambda: pixelwise_mlp(onehot[:, :c.hr_in_channels], params, c.mlp_channels,
                                                      c.downsampling, c.positional_encoding))
     return {"lr_flops": lr_flops, "lr_weights": sum(p.numel() for p in model.lowres_stream.parameters()),
