@@ -206,9 +206,13 @@ def ray_env() -> None:
     A local Ray's servers listen on every interface (Ray 2.60 resolves loopback to the node's address
     on purpose), so anyone who reaches this machine could run code through them: token
     authentication (Ray generates the token in ~/.ray/auth_token) closes that for local runs. With
-    RAY_ADDRESS (a cluster) the cluster's own mode applies (docs/cluster.md)."""
+    RAY_ADDRESS (a cluster) the cluster's own mode applies (docs/cluster.md). Where stdout is not a
+    terminal, the lines Ray forwards from its workers ("(RayTrainWorker pid=...) [train] step 10 ...")
+    come without the colour codes it would wrap their prefix in (RAY_COLOR_PREFIX=0)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if not sys.stdout.isatty():  # a log (`dvc repro | tee`, CI, a Ray job's log): workers' lines without ANSI colours
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 

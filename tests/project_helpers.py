@@ -57,6 +57,7 @@ def stage_env(**extra) -> dict:
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_AUTH_MODE", None)  # stages choose it as they do for users: token auth for a local Ray
+    env.pop("RAY_COLOR_PREFIX", None)  # and whether Ray colours its workers' lines
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_ADDRESS": ""})
     env.update(extra)

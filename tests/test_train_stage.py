@@ -66,6 +66,9 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     proc = run_stage(project, "pipelines.train")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 4/4" in proc.stdout + proc.stderr  # console progress from rank 0
+    # a captured console (a log file, CI) gets the workers' lines without ANSI colour codes
+    colored = [line for line in (proc.stdout + proc.stderr).splitlines() if "\x1b[" in line]
+    assert not colored, colored[:3]
 
     model, meta = load_generator(project / "models" / "asapnet" / "generator.pt")
     assert meta["steps"] == 4 and meta["dataset"] == "facades-64x64"
