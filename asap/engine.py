@@ -129,6 +129,30 @@ def code_sha1(files: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
 
 
+HOST_MATMUL_N = {"cpu": 1024, "cuda": 4096}  # record_host's square matmul: well under a second on either
+HOST_MATMUL_ITERS = 20
+
+
+def session_rate(entry: dict) -> float | None:
+    """One ``host_history`` entry's matmul rate: the mean of its start and end samples (a session that
+    was killed has its start only); None when it has neither."""
+    samples = [float(entry[k]) for k in ("matmul_tflops", "matmul_tflops_end") if entry.get(k) is not None]
+    return sum(samples) / len(samples) if samples else None
+
+
+def host_matmul_tflops(history: list[dict], steps: int) -> float | None:
+    """The matmul rate a run trained at: its sessions' rates (``session_rate``) weighted by the steps each
+    trained (up to ``steps``, the run's last); None when no entry records one (older checkpoints)."""
+    entries = [e for e in history if session_rate(e) is not None]
+    if not entries:
+        return None
+    bounds = [int(e["from_step"]) for e in entries[1:]] + [max(int(steps), int(entries[-1]["from_step"]))]
+    spans = [max(end - int(e["from_step"]), 0) for e, end in zip(entries, bounds)]
+    if sum(spans) == 0:
+        return session_rate(entries[-1])
+    return sum(s * session_rate(e) for s, e in zip(spans, entries)) / sum(spans)
+
+
 def code_record(history: list[dict]) -> list[dict]:
     """A ``code_history`` (as checkpoints carry it) without the per-file digests."""
     return [{"from_step": e["from_step"], "code_sha1": e["code_sha1"]} for e in history]
@@ -222,6 +246,9 @@ class GANTrainer:
         self._captured_at, self._graph_error = None, None
         # which code trained which steps: [{"from_step", "code_sha1", "files"}], carried by checkpoints
         self.code_history: list[dict] = []
+        # where and how fast each session of train_loop ran (record_host), carried by checkpoints
+        self.host_history: list[dict] = []
+        self._host_measured = False  # this process has measured its host (one entry per session)
         self._reset_graph()
 
     def _reset_graph(self) -> None:
@@ -468,6 +495,44 @@ class GANTrainer:
         """``code_history`` without the per-file digests: for a run's records (provenance, meta)."""
         return code_record(self.code_history)
 
+    # -- which machine trains, and how fast it was -------------------------------------------------
+    def record_host(self) -> dict:
+        """Before training on from ``step``: the device this process trains on and its matrix-multiply
+        rate now (``_host_rate``), appended to ``host_history``; once per process (a second call returns
+        the first entry). Under an equal time budget a run's steps follow its machine's speed on the
+        day, so its records say it. Not counted in ``elapsed_s``."""
+        if self._host_measured:
+            return self.host_history[-1]
+        from asap.metrics.runtime import device_info
+
+        info = device_info(self.device)
+        rate, precision, n = self._host_rate()
+        entry = {"from_step": self.step, "device_name": info["device_name"],
+                 "threads": info["torch_threads"] if self.device.type == "cpu" else None,
+                 "matmul_tflops": rate, "matmul_tflops_end": None, "precision": precision, "n": n}
+        self.host_history.append(entry)
+        self._host_measured = True
+        return entry
+
+    def record_host_end(self) -> dict | None:
+        """After the last step of this session (before its final checkpoint): the rate again, as
+        ``matmul_tflops_end`` of the entry ``record_host`` made (a shared machine's speed moves within a
+        run; a killed session has none). None if this process recorded no start."""
+        if not self._host_measured or self.host_history[-1].get("matmul_tflops_end") is not None:
+            return None
+        self.host_history[-1]["matmul_tflops_end"] = self._host_rate()[0]
+        return self.host_history[-1]
+
+    def _host_rate(self) -> tuple[float, str, int]:
+        """TFLOP/s of a HOST_MATMUL_N matmul on this device (asap.metrics.runtime.matmul_peak, median of
+        HOST_MATMUL_ITERS, with the threads this process trains with), in the precision of the step:
+        bf16 under mixed precision on CUDA, else fp32."""
+        from asap.metrics.runtime import matmul_peak
+
+        peak = matmul_peak(self.device, "bf16" if self.amp else "fp32", n=HOST_MATMUL_N.get(self.device.type),
+                           iters=HOST_MATMUL_ITERS)
+        return round(peak["tflops"], 4), peak["precision"], peak["n"]
+
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything to resume: models, optimisers, step and seconds spent (plain tensors and numbers).
@@ -479,7 +544,7 @@ class GANTrainer:
                 "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "generator_config": self.generator.config.to_dict(), "train_config": self.config.to_dict(),
-                "code_history": self.code_history}
+                "code_history": self.code_history, "host_history": self.host_history}
 
     def load_state_dict(self, state: dict) -> None:
         from asap.models.checkpoint import arch_of
@@ -502,6 +567,8 @@ class GANTrainer:
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
         self.code_history = [dict(e) for e in state.get("code_history", [])]  # older checkpoints: none
+        self.host_history = [dict(e) for e in state.get("host_history", [])]  # older checkpoints: none
+        self._host_measured = False
         self._reset_graph()  # the captured step read the old tensors
 
     def save(self, path) -> None:
@@ -588,14 +655,18 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
     losses: dict = {}
     trainer.generator.train()
     trainer.discriminator.train()
-    spent_before, t0 = trainer.elapsed_s, time.perf_counter()
-    last_checkpoint_s = trainer.elapsed_s
 
     def batch_at(step: int) -> dict:
         return collate(dataset, *batch_plan(step, len(dataset), c.batch_size, c.seed, rank, world, c.flip))
 
     if not trainer.done():
         trainer.record_code()
+        host = trainer.record_host()  # before the clock starts: not part of the budget
+        where = host["device_name"] + (f", {host['threads']} threads" if host["threads"] else "")
+        progress.printer(f"[train] host: {where}; {host['precision']} matmul at {host['matmul_tflops']:.3g} TFLOP/s "
+                         "now (a time budget's steps follow it)", flush=True)
+    spent_before, t0 = trainer.elapsed_s, time.perf_counter()
+    last_checkpoint_s = trainer.elapsed_s
     upcoming = None
     while not trainer.done():
         batch = upcoming if upcoming is not None else batch_at(trainer.step)
@@ -606,6 +677,11 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
         losses = trainer.finish(pending)
         trainer.elapsed_s = trainer.agree_elapsed(spent_before + time.perf_counter() - t0)
         step, final = trainer.step, trainer.done()
+        if final:  # the host's rate again, before the final checkpoint carries it (outside the budget)
+            host = trainer.record_host_end()
+            if host:
+                progress.printer(f"[train] host at the end: {host['precision']} matmul at "
+                                 f"{host['matmul_tflops_end']:.3g} TFLOP/s", flush=True)
         if step % c.log_every == 0 or final:
             losses.update(progress.update(step, losses))
             if on_log:

@@ -38,7 +38,7 @@ import torch
 
 from asap.config import ConfigError, from_dict, require
 from asap.data.prepared import DatasetInfo
-from asap.engine import GANTrainer, TrainConfig, describe_graph, train_loop
+from asap.engine import GANTrainer, TrainConfig, describe_graph, host_matmul_tflops, train_loop
 from asap.files import exclusive
 from asap.losses import GANLossConfig, build_perceptual_loss
 from asap.models.checkpoint import ARCHS, arch_classes, build_generator, save_generator
@@ -437,16 +437,20 @@ def _train_locked(run: TrainingRun, run_dir: Path, *, device, keep_checkpoints, 
     out = Path(out) if out is not None else run_dir / "generator.pt"
     from asap.metrics.runtime import device_info, device_slug
 
+    host_rate = host_matmul_tflops(trainer.host_history, trainer.step)
     save_generator(out, trainer.generator, meta=generator_meta(run, trainer.step, trainer.elapsed_s,
                                                                run_name=run.run_name(),
                                                                train_device=device_slug(device_info(device)),
                                                                cuda_graph=describe_graph(trainer.graph_status()),
                                                                code_history=trainer.code_record(),
+                                                               host_history=trainer.host_history,
+                                                               host_matmul_tflops=host_rate,
                                                                **(meta or {})))
     summary = {"name": run.name, "arch": run.arch, "steps": trainer.step, "train_seconds": round(trainer.elapsed_s, 2),
                "time_budget_s": run.train.time_budget_s, "stopped_by": trainer.stopped_by(),
                "this_session_s": round(time.perf_counter() - t0, 2), "resumed_from_step": resumed_step,
                "generator": str(out), "cuda_graph": trainer.graph_status(), "code_history": trainer.code_record(),
+               "host_history": trainer.host_history, "host_matmul_tflops": host_rate,
                **{f"final_{k}": v for k, v in last.items()}}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     printer(f"[train] {run.name}: {trainer.step} steps in {trainer.elapsed_s:.1f} s (stopped by "

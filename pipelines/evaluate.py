@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "real": {"pixel_acc": real["pixel_acc"], "miou": real["miou"]},
         "generator_steps": meta.get("steps"), "generator_train_seconds": meta.get("train_seconds"),
         "generator_time_budget_s": meta.get("time_budget_s"), "generator_global_batch": meta.get("global_batch"),
+        "generator_host_matmul_tflops": meta.get("host_matmul_tflops"),  # how fast its host was (train_loop)
         "segmenter_steps": seg_meta.get("steps"), "wall_s": round(time.time() - t0, 1),
     }
     # ... and what they were measured on, where they come from (metrics/provenance/eval-<name>.json)

@@ -263,6 +263,7 @@ def ablation_sections(rep: Report) -> None:
     rep.section("Fig. 9: ablations (S, positional encoding, spatially uniform MLP)",
                 f"Trials of metrics/sweep.csv on {dataset}; default S = {s_default}. Budget: {budget}.",
                 tables.sweep_noise_note(sweep, rep.inputs.sweep_meta, rep.noises, rep.inputs.generators),
+                tables.host_note(sweep, "trial", bool(rep.inputs.sweep_meta.get("time_budget_s"))),
                 tables.sweep_table(sweep, reference, rep.noise, noise.not_measured(rep.inputs.generators)),
                 f"The paper's Fig. 9 caption ({paper.PAPER_S_ABLATION_SIZE} facades, {paper.PAPER_DEVICE}):",
                 tables.paper_s_table(), f"![{FIGURES['fig9b'][1]}]({FIGURES['fig9b'][0]})",

@@ -136,13 +136,16 @@ def run_trial(config: dict) -> None:
     tracking.send_spool(job.tracking_uri, job.mlflow_run_id, Path(config["storage"]) / job.run_name)
     row = {"trial": spec["trial"], "variant": spec["variant"], "S": spec["downsampling"],
            "steps": meta["steps"], "train_seconds": meta["train_seconds"],
-           "train_wall_s": round(time.time() - t0, 1), "run_name": job.run_name, "mlflow_run_id": job.mlflow_run_id}
+           "train_wall_s": round(time.time() - t0, 1), "run_name": job.run_name, "mlflow_run_id": job.mlflow_run_id,
+           # the matmul rate the trial's workers measured as they started (a time budget's steps follow it)
+           "host_matmul_tflops": meta["host_matmul_tflops"]}
     row.update(score_trial(out, job.run.data_root, config))
     with mlflow.start_run(run_id=job.mlflow_run_id):
         mlflow.log_metrics({f"eval_{k}": float(v) for k, v in row.items()
                             if k in TRIAL_MEASURES and isinstance(v, (int, float)) and v == v})
         mlflow.set_tags({"eval.runtime_threads": row["runtime_threads"], "eval.num_images": row["num_images"],
-                         "code_history": train_stage.code_tag(meta["code_history"])})
+                         "code_history": train_stage.code_tag(meta["code_history"]),
+                         "host_history": train_stage.code_tag(meta["host_history"])})
     client.log_artifact(job.mlflow_run_id, str(out), artifact_path="checkpoint")  # the trial's generator
     client.set_terminated(job.mlflow_run_id, "FINISHED")
     common.write_json(result_file, row)
@@ -306,15 +309,16 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(csv_path, index=False)
     # trials keyed by name with their numbers only, so `dvc metrics show` / `dvc exp show` list them
     # (a list of rows is not shown); run names and ids stay in sweep.csv and MLflow
-    trials = {row["trial"]: {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    trials = {row["trial"]: {k: v for k, v in row.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}  # NaN: not recorded
               for row in table.to_dict(orient="records")}
     budget = {"time_budget_s": sweep.time_budget_s} if sweep.time_budget_s is not None else {}
     common.write_json(json_path, {"trials": trials, "steps": sweep.steps, **budget})  # numbers only
     common.write_json(provenance_path, {"dataset": dataset, "mlflow_parent_run_id": parent,
                                         "git_commit": common.git_commit(), "csv": str(csv_path.relative_to(root))})
     summarize_parent(uri, parent, table, csv_path, sweep)
-    shown = [c for c in ("trial", "steps", "train_seconds", "fid", "kid_mean", "pixel_acc", "miou", "runtime_ms")
-             if c in table]
+    shown = [c for c in ("trial", "steps", "train_seconds", "host_matmul_tflops", "fid", "kid_mean", "pixel_acc", "miou",
+                         "runtime_ms") if c in table]
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     print(f"[sweep] wrote {csv_path} and {json_path}", flush=True)
 

@@ -162,6 +162,11 @@ def train_worker(config: dict) -> None:
         skip = tracking.logged_up_to(client, job.mlflow_run_id, "G_total") if trainer.step else 0
         logger = tracking.BackgroundLogger(job.tracking_uri, job.mlflow_run_id, Path(config["storage"]) / job.run_name,
                                            skip_up_to=skip)
+    session = None  # this session's host_history entry: the host's matmul rate at its start and end
+    if not trainer.done():  # every rank at once, as they train: the rate under the same sharing of the host
+        session = trainer.record_host()  # train_loop prints it (and does not measure again)
+        if logger:  # at the first step this session trains (a resumed run's earlier steps are logged)
+            logger.log_metrics({"host_matmul_tflops": session["matmul_tflops"]}, trainer.step + 1)
     last: dict = {}
 
     def on_log(step: int, losses: dict) -> None:
@@ -188,6 +193,8 @@ def train_worker(config: dict) -> None:
     try:
         train_loop(trainer, dataset, rank=rank, world=world, on_log=on_log, on_sample=on_sample,
                    on_checkpoint=on_checkpoint)
+        if logger and session and session["matmul_tflops_end"] is not None:  # its second sample, at its last step
+            logger.log_metrics({"host_matmul_tflops": session["matmul_tflops_end"]}, trainer.step)
     finally:
         if logger:
             logger.close()  # what it cannot send waits in a spool file the driver sends (send_spool)
@@ -279,7 +286,7 @@ def fit(job: Job, storage_path: Path, callbacks=None):
 
 def export_generator(result, job: Job, out: Path) -> dict:
     """Final Ray checkpoint -> models/<name>/generator.pt; returns the saved meta."""
-    from asap.engine import code_record, describe_graph
+    from asap.engine import code_record, describe_graph, host_matmul_tflops
     from asap.models.checkpoint import build_generator, save_generator
     from asap.training import generator_meta
 
@@ -292,10 +299,13 @@ def export_generator(result, job: Job, out: Path) -> dict:
     generator.load_state_dict(state["generator"])
     # which code trained which steps (none recorded by checkpoints written before runs recorded it)
     code = code_record(state.get("code_history", []))
+    # where and how fast each session ran (none recorded by checkpoints written before runs recorded it)
+    hosts = state.get("host_history", [])
     meta = generator_meta(job.run, int(state["step"]), float(state["elapsed_s"]), run_name=job.run_name,
                           git_commit=job.git_commit, mlflow_run_id=job.mlflow_run_id,
                           train_device=written.get("device", "unknown"),
-                          cuda_graph=describe_graph(written.get("cuda_graph")), code_history=code)
+                          cuda_graph=describe_graph(written.get("cuda_graph")), code_history=code,
+                          host_history=hosts, host_matmul_tflops=host_matmul_tflops(hosts, int(state["step"])))
     save_generator(out, generator, meta=meta)
     return meta
 
@@ -342,7 +352,8 @@ def mlflow_run(job: Job, storage: Path, parent_run_id: str | None = None, extra_
 
 
 def code_tag(code: list[dict] | None) -> str:
-    """The MLflow tag ``code_history``: which code (asap.engine.training_code) trained which steps."""
+    """An MLflow tag of a run's record list: ``code_history`` (which code, asap.engine.training_code,
+    trained which steps) or ``host_history`` (where and at what matmul rate each session ran)."""
     return json.dumps(code) if code else "not recorded"
 
 
@@ -363,6 +374,7 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
         mlflow.set_tag("stopped_by", metrics.get("stopped_by", ""))
         mlflow.set_tag("cuda_graph", metrics.get("cuda_graph", "not recorded"))  # how the steps ran
         mlflow.set_tag("code_history", code_tag(metrics.get("code_history")))
+        mlflow.set_tag("host_history", code_tag(metrics.get("host_history")))  # where and how fast each session ran
         earlier = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
                    if v.tags.get("weights_sha1") == sha1]
         if earlier:
@@ -380,7 +392,8 @@ def log_final_model(run_id: str, generator_path: Path, metrics: dict) -> None:
 
 
 # What the final_* metrics of a training run are: measurements and the last logged losses.
-MEASURED = {"steps", "train_seconds", "wall_s", "G_total", "G_gan", "G_feat", "G_vgg", "D", "it_per_s", "images_per_s"}
+MEASURED = {"steps", "train_seconds", "wall_s", "G_total", "G_gan", "G_feat", "G_vgg", "D", "it_per_s", "images_per_s",
+            "host_matmul_tflops"}
 
 
 def metrics_path(root: Path, name: str) -> Path:
@@ -437,6 +450,8 @@ def finish(job: Job, result, out: Path, result_path: Path, t0: float, storage: P
     metrics = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "wall_s": round(time.time() - t0, 1),
                "num_workers": job.runner.num_workers, "global_batch": meta["global_batch"],
                **({"time_budget_s": run.train.time_budget_s} if run.train.time_budget_s is not None else {}),
+               **({"host_matmul_tflops": round(meta["host_matmul_tflops"], 4)}
+                  if meta["host_matmul_tflops"] is not None else {}),
                **{k: v for k, v in (result.metrics or {}).items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "elapsed_s")}}
     # ... and what they come from (metrics/provenance/train-<name>.json)
@@ -444,9 +459,11 @@ def finish(job: Job, result, out: Path, result_path: Path, t0: float, storage: P
                   "stopped_by": meta["stopped_by"], "train_device": meta["train_device"], "run_name": job.run_name,
                   "mlflow_run_id": job.mlflow_run_id, "git_commit": job.git_commit,
                   "generator": str(Path("models") / run.name / out.name), "cuda_graph": meta["cuda_graph"],
-                  "code_history": meta["code_history"] or "not recorded (checkpoint older than the record)"}
+                  "code_history": meta["code_history"] or "not recorded (checkpoint older than the record)",
+                  "host_history": meta["host_history"] or "not recorded (checkpoint older than the record)"}
     log_final_model(job.mlflow_run_id, out, {**metrics, "stopped_by": meta["stopped_by"],
-                                             "cuda_graph": meta["cuda_graph"], "code_history": meta["code_history"]})
+                                             "cuda_graph": meta["cuda_graph"], "code_history": meta["code_history"],
+                                             "host_history": meta["host_history"]})
     import mlflow
     mlflow.MlflowClient(job.tracking_uri).set_terminated(job.mlflow_run_id, "FINISHED")
     sidecar = result_path.parent / "provenance" / result_path.name

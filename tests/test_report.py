@@ -73,6 +73,9 @@ SCORES = {"asapnet": (300.25, 0.3012, 0.0100, 50.5, 450),
 NOISE_FID = 12.5
 FLOOR = {"fid": 124.5, "kid_mean": 0.0123, "kid_std": 0.004, "num_images": 3, "reference_split": "train"}
 BUDGET_S = 180
+# the host's matmul rate each run recorded (asap.engine record_host / record_host_end), in TFLOP/s: spade's host
+# ran at half asapnet's; spade-slim trained before runs recorded it
+HOST_TFLOPS = {"asapnet": 0.2125, "pix2pixhd": 0.205, "spade": 0.10625, "asapnet-seed1": 0.2}
 TRAIN_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 EVAL_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
@@ -131,6 +134,7 @@ def write_sweep(project: Path) -> list[dict]:
                      "P": model.config.num_params, "params": sum(p.numel() for p in model.parameters()),
                      "runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
                      "runtime_device": "cpu", "runtime_threads": 1, "fid": 150.0 + 10 * i + 0.123,
+                     "host_matmul_tflops": 0.2 + 0.005 * i,  # 1.1x apart at most: not called out
                      "kid_mean": 0.1 + 0.01 * i,
                      "kid_std": 0.01, "pixel_acc": 0.4 + 0.01 * i, "miou": 0.2 + 0.01 * i, "num_images": 3})
     with open(project / "metrics" / "sweep.csv", "w", newline="") as f:
@@ -156,12 +160,13 @@ def train_generators(project: Path) -> dict[str, dict]:
         run = TrainingRun.from_params(params, project / "data" / "prepared" / DATASET, name)
         torch.manual_seed(i)
         steps = SCORES.get(name, (0, 0, 0, 0, 90))[4]
+        host = {"host_matmul_tflops": HOST_TFLOPS[name]} if name in HOST_TFLOPS else {}
         meta = generator_meta(run, steps, BUDGET_S + 0.25 * i, run_name=run.run_name(), git_commit=TRAIN_COMMIT,
-                              mlflow_run_id=f"mlflow-{name}")
+                              mlflow_run_id=f"mlflow-{name}", **host)
         save_generator(project / "models" / name / "generator.pt", build_generator(run.arch, run.generator), meta=meta)
         written[name] = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "wall_s": BUDGET_S + 20.0,
                          "num_workers": run.world_size, "global_batch": meta["global_batch"],
-                         "time_budget_s": BUDGET_S, "G_total": 3.5, "D": 1.25}
+                         "time_budget_s": BUDGET_S, "G_total": 3.5, "D": 1.25, **host}
         write_json(project / "metrics" / f"train-{name}.json", written[name])
         write_json(project / "metrics" / "provenance" / f"train-{name}.json", {
             "name": name, "arch": run.arch, "dataset": run.dataset, "train_seed": run.train.seed,
@@ -208,6 +213,7 @@ def evaluate_generators(project: Path) -> dict[str, dict]:
             "real": {"pixel_acc": real["pixel_acc"], "miou": real["miou"]},
             "generator_steps": meta["steps"], "generator_train_seconds": meta["train_seconds"],
             "generator_time_budget_s": meta["time_budget_s"], "generator_global_batch": meta["global_batch"],
+            "generator_host_matmul_tflops": meta.get("host_matmul_tflops"),
             "segmenter_steps": 10, "wall_s": 1.0, "runtime_ms": runtime, "runtime_p10_ms": runtime - 1.5,
             "runtime_p90_ms": runtime + 2.5, "runtime_threads": 2, "runtime_iters": 5})
         repeat = BASELINES.get(name, {}).get("repeat")
@@ -325,6 +331,7 @@ def test_readme_tables_hold_the_input_numbers(project, full_report):
         assert close(t["low-res ms"], float(r["lr_ms"]), 2) and close(t["pixelwise ms"], float(r["hr_ms"]), 2)
         assert close(t["mIoU"], float(r["miou"]), 3) and close(t["KID"], float(r["kid_mean"]), 4)
         assert t["S"] == r["S"] and t["variant"] == r["variant"]
+        assert close(t["host TFLOP/s"], float(r["host_matmul_tflops"]), 3)
     paper_s = {r["trial"]: r["ms"] for r in tables_after(readme, "Fig. 9: ablations")[1]}
     assert paper_s == {"larger S": "12.1", "default S": "14.2", "smaller S": "28.1"}
 
@@ -376,7 +383,9 @@ def test_fig6_table_has_a_row_per_generator_with_its_budget(project, full_report
         assert close(row["train s"], ev["generator_train_seconds"], 0)
         assert row["budget"] == f"{ev['generator_time_budget_s']:g} s"
         assert row["stopped by"] == prov["generator_stopped_by"]
-        assert row["trained on"] == provenance_on_disk(project, "train")[name]["train_device"]
+        where = provenance_on_disk(project, "train")[name]["train_device"]
+        rate = ev.get("generator_host_matmul_tflops")  # the evaluated checkpoint's record of its host
+        assert row["trained on"] == (f"{where}, matmul {rate:.3f} TFLOP/s" if rate is not None else where)
         assert close(row["params (M)"], ev["params"] / 1e6, 2)
     # trained, not evaluated: its training budget from train-pix2pixhd.json, no scores
     trained = json.loads((project / "metrics" / "train-pix2pixhd.json").read_text())
@@ -489,9 +498,23 @@ def test_budget_is_stated_plainly(project, full_report):
     assert f"Training budget per generator: {BUDGET_S} s (global batch {trained['asapnet']['global_batch']})" in fig6
     assert "steps reached: " + ", ".join(f"{n} {t['steps']}" for n, t in trained.items()) in fig6
     assert "Runtime: batch 1 on cpu, 2 threads" in fig6
+    # the hosts' speeds: spade's ran at half asapnet's (a time budget's steps follow it); spade-slim's not recorded
+    evals = evals_on_disk(project)
+    rates = {n: evals[n].get("generator_host_matmul_tflops") for n in ["asapnet", *BASELINES] if n in evals}
+    assert rates["spade-slim"] is None and rates["spade"] == HOST_TFLOPS["spade"]
+    shown = ", ".join(f"{n} {r:.3f}" for n, r in rates.items() if r is not None)
+    assert f"each in the run's host_history): {shown}." in fig6
+    assert "Not recorded for spade-slim (trained before runs recorded it)." in fig6
+    spread = max(r for r in rates.values() if r) / min(r for r in rates.values() if r)
+    assert f"**The hosts ran at different speeds ({spread:.2f}x apart)**" in fig6 and f"{spread:.2f}" == "2.00"
     sweep = json.loads((project / "metrics" / "sweep.json").read_text())
     fig9 = readme.split("## Fig. 9: ablations")[1]
     assert f"{sweep['time_budget_s']} s of training per trial on cpu" in fig9  # the trials' checkpoints: cpu
+    fig9 = fig9.split("\n## ")[0]
+    rates = ", ".join(f"{r['trial']} {r['host_matmul_tflops']:.3f}" for r in sweep["trials"])
+    assert f"Host matmul rate each run trained at (TFLOP/s in the step's precision;" in fig9
+    assert f"each in the run's host_history): {rates}." in fig9
+    assert "different speeds" not in fig9  # 1.1x apart: within HOST_SPREAD
 
 
 def test_provenance_names_runs_commits_and_machines(project, full_report):

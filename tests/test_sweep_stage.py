@@ -48,6 +48,15 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     from asap.engine import code_sha1, training_code
     code = [{"from_step": 0, "code_sha1": code_sha1(training_code())}]  # which code trained each trial
     assert all(json.loads(c.data.tags["code_history"]) == code for c in children)
+    # and the host each trial trained on, at what matmul rate: the row, the MLflow tag and metric agree
+    for c in children:
+        (host,) = json.loads(c.data.tags["host_history"])
+        row = table[table["mlflow_run_id"] == c.info.run_id].iloc[0]
+        assert host["from_step"] == 0 and host["matmul_tflops"] > 0 and host["matmul_tflops_end"] > 0
+        mean = (host["matmul_tflops"] + host["matmul_tflops_end"]) / 2  # the trial's one session
+        assert row["host_matmul_tflops"] == pytest.approx(mean)
+        assert summary["trials"][row["trial"]]["host_matmul_tflops"] == pytest.approx(mean)
+        assert c.data.metrics["host_matmul_tflops"] == pytest.approx(host["matmul_tflops_end"])  # the latest sample
     # the parent run shows the sweep: best trial, the table, the figure; each child holds its generator
     parent = parents[0]
     best = table.loc[table["fid"].idxmin()]

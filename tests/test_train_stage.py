@@ -12,6 +12,7 @@ import mlflow
 import pytest
 import torch
 
+from asap.metrics.runtime import device_info
 from asap.models.checkpoint import load_generator
 from metrics_helpers import assert_stage_metrics_are_numbers
 from project_helpers import PYTHON, make_project, run_stage, stage_env
@@ -85,6 +86,13 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     from asap.engine import code_sha1, training_code
     code = [{"from_step": 0, "code_sha1": code_sha1(training_code())}]  # one code trained every step
     assert provenance["code_history"] == meta["code_history"] == code
+    # where and how fast the one session ran: rank 0's measurement, before its clock started
+    (host,) = provenance["host_history"]
+    assert meta["host_history"] == [host] and host["from_step"] == 0 and host["precision"] == "fp32"
+    assert host["device_name"] == device_info("cpu")["device_name"] and host["threads"] >= 1
+    assert host["matmul_tflops"] > 0 and host["matmul_tflops_end"] > 0  # sampled at the start and the end
+    mean = (host["matmul_tflops"] + host["matmul_tflops_end"]) / 2
+    assert metrics["host_matmul_tflops"] == pytest.approx(mean, abs=1e-4)
 
     client, runs = mlflow_run(project, "facades-64x64")
     assert len(runs) == 1
@@ -95,6 +103,10 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert run.data.params["train.cuda_graph"] == "False" and run.data.tags["cuda_graph"] == "off"
     assert run.data.params["train.perceptual_channels_last"] == "False"  # how the VGG's tensors were laid out
     assert json.loads(run.data.tags["code_history"]) == code
+    assert json.loads(run.data.tags["host_history"]) == [host]
+    rates = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "host_matmul_tflops"))
+    assert rates == [(1, pytest.approx(host["matmul_tflops"])), (4, pytest.approx(host["matmul_tflops_end"]))]
+    assert run.data.metrics["final_host_matmul_tflops"] == pytest.approx(mean, abs=1e-4)
     # the resolved config that ran: S from the image size, the global batch, the worker count
     assert run.data.params["model.downsampling"] == "4" and run.data.params["arch"] == "asapnet"
     assert run.data.params["train.num_workers"] == "2" and run.data.params["train.global_batch"] == "2"

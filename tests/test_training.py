@@ -209,6 +209,65 @@ def test_a_run_records_which_code_trained_which_steps(tmp_path, facades64, monke
     assert third["code_history"] == history and third["steps"] == 4
 
 
+def test_a_run_records_its_host_and_matmul_rate_per_session(tmp_path, facades64, monkeypatch):
+    """Each session of a run times its device's matmul rate before its first step and after its last
+    (asap.engine record_host / record_host_end, outside the budget) and its checkpoints carry them; a
+    resumed run adds an entry at the step it resumed from, the run's rate is the step-weighted mean of
+    its sessions' means (worked by hand here) and a finished run resumed adds none. The recorded rate is
+    checked against a 1024^3 matmul timed here with perf_counter."""
+    from asap import engine
+    from asap.metrics.runtime import device_info
+
+    # each measurement in turn (fixed, so that the means can be worked by hand): session 1 start and
+    # end, session 2 start and end
+    rates = iter([0.25, 0.375, 0.125, 0.0625])
+    measured = []
+
+    def fake_peak(device, precision, n=None, iters=10):
+        measured.append((str(device), precision, n, iters))
+        return {"tflops": next(rates), "precision": precision, "n": n}
+
+    monkeypatch.setattr("asap.metrics.runtime.matmul_peak", fake_peak)
+    run = TrainingRun.from_params(params(steps=4), facades64, "asapnet")  # checkpoints at steps 2 and 4
+    lines = []
+    first = train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    cpu = {"device_name": device_info("cpu")["device_name"], "threads": torch.get_num_threads(), "precision": "fp32",
+           "n": engine.HOST_MATMUL_N["cpu"]}
+    assert first["host_history"] == [{"from_step": 0, "matmul_tflops": 0.25, "matmul_tflops_end": 0.375, **cpu}]
+    assert first["host_matmul_tflops"] == (0.25 + 0.375) / 2
+    assert measured == [("cpu", "fp32", 1024, engine.HOST_MATMUL_ITERS)] * 2
+    assert any(f"[train] host: {cpu['device_name']}, {cpu['threads']} threads; fp32 matmul at 0.25 TFLOP/s" in line
+               for line in lines), lines
+    assert any("[train] host at the end: fp32 matmul at 0.375 TFLOP/s" in line for line in lines), lines
+
+    # back to step 2 (its checkpoint was written mid-session: no end sample): steps 3 and 4 run in a
+    # second session, on a slower host
+    shutil.rmtree(tmp_path / "r" / "checkpoints" / "step_0000004")
+    second = train(run, tmp_path / "r", printer=quiet)
+    history = [{"from_step": 0, "matmul_tflops": 0.25, "matmul_tflops_end": None, **cpu},
+               {"from_step": 2, "matmul_tflops": 0.125, "matmul_tflops_end": 0.0625, **cpu}]
+    assert second["host_history"] == history
+    assert second["host_matmul_tflops"] == (2 * 0.25 + 2 * (0.125 + 0.0625) / 2) / 4
+    meta = load_generator(tmp_path / "r" / "generator.pt")[1]
+    assert meta["host_history"] == history and meta["host_matmul_tflops"] == 0.171875
+    third = train(run, tmp_path / "r", printer=quiet)  # finished: nothing trains, nothing is measured
+    assert third["host_history"] == history and len(measured) == 4
+
+    # the real measurement, against a matmul timed here
+    monkeypatch.undo()
+    trainer = build_trainer(TrainingRun.from_params(params(steps=1), facades64, "asapnet"))
+    entry = trainer.record_host()
+    assert trainer.record_host() is entry and trainer.host_history == [entry]  # once per process
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    times = []
+    for i in range(8):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    here = 2 * 1024 ** 3 / sorted(times[2:])[3] / 1e12  # median of 6 after 2 warm-ups
+    assert here / 2.5 < entry["matmul_tflops"] < here * 2.5, (entry, here)
+
+
 def test_a_run_folder_of_another_config_is_refused(tmp_path, facades64):
     train(TrainingRun.from_params(params(steps=1), facades64, "asapnet"), tmp_path / "r", printer=quiet)
     other = TrainingRun.from_params(params(steps=1, lr_g=2e-4), facades64, "asapnet")

@@ -108,6 +108,33 @@ def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20
     return {**summarize_ms(times), "timer": timer, "threads": n_threads}
 
 
+PEAK_SIZES = {"cuda": 8192, "cpu": 1024}  # square matmul side: seconds-scale on neither
+
+
+def matmul_peak(device: torch.device, precision: str, n: int | None = None, iters: int = 10) -> dict:
+    """The device's rate on one n x n x n matmul (``time_module``'s median of ``iters``
+    after 3 warm-ups): "bf16" in bfloat16, "fp32" in float32 with TF32 off (as the fp32 rows run).
+    {"tflops", "n", "ms", "precision", "dtype", "timer"}."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
+    device = torch.device(device)
+    n = n or PEAK_SIZES.get(device.type, 1024)
+    dtype = torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device, dtype)  # random, never zeros
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        # at the caller's CPU threads (e.g. benchmarks.training --threads), as the steps beside it run
+        t = time_module(lambda: a @ b, warmup=3, iters=iters, device=device, threads=torch.get_num_threads())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    seconds = t["median_ms"] / 1e3
+    return {"precision": precision, "dtype": str(dtype).removeprefix("torch."), "n": n, "ms": seconds * 1e3,
+            "tflops": 2 * n ** 3 / seconds / 1e12, "timer": t["timer"]}
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -196,6 +196,7 @@ GENERATOR_COLUMNS = [
     "real_pixel_acc", "real_miou", "floor_fid", "floor_kid_mean", "floor_kid_std", "floor_num_images",
     "runtime_ms", "runtime_p10_ms", "runtime_p90_ms", "runtime_device", "runtime_threads", "generate_ms_per_image",
     "steps", "train_seconds", "time_budget_s", "stopped_by", "global_batch", "num_workers", "train_device",
+    "host_matmul_tflops",
     "run_name", "mlflow_run_id", "train_commit", "eval_commit", "eval_file", "train_file", "checkpoint",
     "has_eval", "has_train", "has_checkpoint",
 ]
@@ -298,6 +299,9 @@ def generator_row(name: str, role: str, ev: dict, tr: dict, meta: dict, files: d
         "stopped_by": str(_pick(ep.get("generator_stopped_by"), tp.get("stopped_by"), meta.get("stopped_by")) or ""),
         "global_batch": _num(_pick(ev.get("generator_global_batch"), tr.get("global_batch"), meta.get("global_batch"))),
         "num_workers": _num(tr.get("num_workers")),
+        # the matmul rate of the host as the run trained (older runs: not recorded)
+        "host_matmul_tflops": _num(_pick(ev.get("generator_host_matmul_tflops"), tr.get("host_matmul_tflops"),
+                                         meta.get("host_matmul_tflops"))),
         "train_device": str(_pick(tp.get("train_device"), ep.get("generator_train_device"),
                                   meta.get("train_device")) or ""),
         "run_name": str(_pick(ep.get("generator_run_name"), tp.get("run_name"), meta.get("run_name")) or ""),

@@ -67,6 +67,39 @@ def runtime_device(row) -> str:
                                     _present(threads) else "")
 
 
+HOST_SPREAD = 1.25  # runs' host matmul rates further apart than this ratio are called out (on a quiet machine
+                   # the rate repeats within a few percent; a shared VM's moves more, sample to sample)
+
+
+def trained_on(row) -> str:
+    """Where a generator trained, with its host's matmul rate then where recorded: "cpu, matmul 0.214
+    TFLOP/s"."""
+    where = row["train_device"] or NOT_RECORDED
+    rate = row.get("host_matmul_tflops")
+    return where + (f", matmul {fmt(rate, 3)} TFLOP/s" if _present(rate) else "")
+
+
+def host_note(runs: pd.DataFrame, label: str, time_budget: bool) -> str:
+    """How fast each run's host was as it trained (``host_matmul_tflops``, asap.engine's record_host; runs
+    named by their ``label`` column), and a plain warning when runs under a time budget (``time_budget``)
+    trained at rates more than HOST_SPREAD apart; "" when no run recorded one."""
+    rates = runs["host_matmul_tflops"] if "host_matmul_tflops" in runs else pd.Series(dtype=float)
+    if not rates.notna().any():
+        return ""
+    names = runs[label].astype(str)
+    shown = ", ".join(f"{n} {fmt(r, 3)}" for n, r in zip(names, rates) if _present(r))
+    text = (f"Host matmul rate each run trained at (TFLOP/s in the step's precision; the mean of one sample "
+            f"before a session's first step and one after its last, each in the run's host_history): {shown}.")
+    missing = [n for n, r in zip(names, rates) if not _present(r)]
+    if missing:
+        text += f" Not recorded for {', '.join(missing)} (trained before runs recorded it)."
+    lo, hi = float(rates.min()), float(rates.max())
+    if time_budget and lo > 0 and hi / lo > HOST_SPREAD:
+        text += (f" **The hosts ran at different speeds ({hi / lo:.2f}x apart)**: under a time budget the run on "
+                 "the slower host took fewer steps, so part of a difference between them is the machine's.")
+    return text
+
+
 def budget(row) -> str:
     """A generator's training budget: "180 s" (a time budget) or "steps" (none: the steps decided)."""
     return f"{row['time_budget_s']:g} s" if _present(row["time_budget_s"]) else "steps only"
@@ -269,7 +302,7 @@ def quality_table(gens: pd.DataFrame, reference: str, noise: dict[str, float] | 
                      pm(r["floor_kid_mean"], r["floor_kid_std"]),
                      fmt(r["pixel_acc"], 3), fmt(r["miou"], 3), runtime,
                      runtime_device(r) if r["has_eval"] else "n/a", fmt(r["steps"], 0), fmt(r["train_seconds"], 0),
-                     budget(r) if trained else "n/a", (r["train_device"] or NOT_RECORDED) if trained else "n/a",
+                     budget(r) if trained else "n/a", trained_on(r) if trained else "n/a",
                      r["stopped_by"] or "n/a", verdict])
     return md_table(["generator", "params (M)", "FID", "floor FID", "KID ± std", "floor KID ± std", "pixel acc",
                      "mIoU", "runtime ms (p10–p90)", "runtime on", "steps", "train s", "budget", "trained on",
@@ -320,6 +353,10 @@ def budget_note(gens: pd.DataFrame, reference: dict) -> str:
             f"{', '.join(f['batches'])}); steps reached: {f['steps']}. Training device: {', '.join(devices)}. "
             f"Runtime: batch 1 on {', '.join(f['runtime'])}; quality on {f['images']} test images of "
             f"{', '.join(f['datasets']) or 'the dataset'}.")
+    ev = _evaluated(gens)
+    host = host_note(ev, "name", bool(ev["time_budget_s"].notna().any()))
+    if host:
+        text += " " + host
     if len(f["budgets"]) > 1:
         text += " **The generators got different budgets: this is not an equal-budget comparison.**"
     if len(f["runtime"]) > 1:
@@ -444,12 +481,13 @@ def quality_series(gens: pd.DataFrame) -> pd.DataFrame:
 # The sweep (Fig. 9) and per-class IoU (Fig. 11)
 # ----------------------------------------------------------------------------------------------
 
-SWEEP_COLUMNS = ("trial", "variant", "S", "steps", "train_seconds", "runtime_ms", "lr_ms", "hr_ms", "fid",
-                 "kid_mean", "pixel_acc", "miou")
+SWEEP_COLUMNS = ("trial", "variant", "S", "steps", "train_seconds", "host_matmul_tflops", "runtime_ms", "lr_ms",
+                 "hr_ms", "fid", "kid_mean", "pixel_acc", "miou")
 HEADERS = {"runtime_ms": "runtime ms", "lr_ms": "low-res ms", "hr_ms": "pixelwise ms", "fid": "FID",
-           "kid_mean": "KID", "pixel_acc": "pixel acc", "miou": "mIoU", "train_seconds": "train s"}
+           "kid_mean": "KID", "pixel_acc": "pixel acc", "miou": "mIoU", "train_seconds": "train s",
+           "host_matmul_tflops": "host TFLOP/s"}
 DIGITS = {"runtime_ms": 2, "lr_ms": 2, "hr_ms": 2, "fid": 2, "kid_mean": 4, "pixel_acc": 3, "miou": 3,
-          "train_seconds": 0}
+          "train_seconds": 0, "host_matmul_tflops": 3}
 
 
 def sweep_table(sweep: pd.DataFrame, reference: str | None = None, noise: dict[str, float] | None = None,
