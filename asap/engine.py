@@ -662,7 +662,8 @@ def train_loop(trainer: GANTrainer, dataset, *, rank: int = 0, world: int = 1,
     if not trainer.done():
         trainer.record_code()
         host = trainer.record_host()  # before the clock starts: not part of the budget
-        where = host["device_name"] + (f", {host['threads']} threads" if host["threads"] else "")
+        threads = host["threads"]
+        where = host["device_name"] + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
         progress.printer(f"[train] host: {where}; {host['precision']} matmul at {host['matmul_tflops']:.3g} TFLOP/s "
                          "now (a time budget's steps follow it)", flush=True)
     spent_before, t0 = trainer.elapsed_s, time.perf_counter()

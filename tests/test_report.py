@@ -511,9 +511,8 @@ def test_budget_is_stated_plainly(project, full_report):
     fig9 = readme.split("## Fig. 9: ablations")[1]
     assert f"{sweep['time_budget_s']} s of training per trial on cpu" in fig9  # the trials' checkpoints: cpu
     fig9 = fig9.split("\n## ")[0]
-    rates = ", ".join(f"{r['trial']} {r['host_matmul_tflops']:.3f}" for r in sweep["trials"])
-    assert f"Host matmul rate each run trained at (TFLOP/s in the step's precision;" in fig9
-    assert f"each in the run's host_history): {rates}." in fig9
+    # the table's column shows each trial's rate (test_readme_tables_hold_the_input_numbers); the note says what it is
+    assert "*host TFLOP/s*: the host's matmul rate each run trained at (TFLOP/s in the step's precision;" in fig9
     assert "different speeds" not in fig9  # 1.1x apart: within HOST_SPREAD
 
 

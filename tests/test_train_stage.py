@@ -92,6 +92,8 @@ def test_two_worker_ray_train_run_writes_checkpoint_model_and_mlflow_run(tmp_pat
     assert host["device_name"] == device_info("cpu")["device_name"] and host["threads"] >= 1
     assert host["matmul_tflops"] > 0 and host["matmul_tflops_end"] > 0  # sampled at the start and the end
     mean = (host["matmul_tflops"] + host["matmul_tflops_end"]) / 2
+    threads = f"{host['threads']} thread" + ("s" if host["threads"] != 1 else "")  # rank 0 prints its own
+    assert f"[train] host: {host['device_name']}, {threads}; fp32 matmul at {host['matmul_tflops']:.3g}" in proc.stdout + proc.stderr
     assert metrics["host_matmul_tflops"] == pytest.approx(mean, abs=1e-4)
 
     client, runs = mlflow_run(project, "facades-64x64")

@@ -236,7 +236,8 @@ def test_a_run_records_its_host_and_matmul_rate_per_session(tmp_path, facades64,
     assert first["host_history"] == [{"from_step": 0, "matmul_tflops": 0.25, "matmul_tflops_end": 0.375, **cpu}]
     assert first["host_matmul_tflops"] == (0.25 + 0.375) / 2
     assert measured == [("cpu", "fp32", 1024, engine.HOST_MATMUL_ITERS)] * 2
-    assert any(f"[train] host: {cpu['device_name']}, {cpu['threads']} threads; fp32 matmul at 0.25 TFLOP/s" in line
+    threads = f"{cpu['threads']} thread" + ("s" if cpu["threads"] != 1 else "")
+    assert any(f"[train] host: {cpu['device_name']}, {threads}; fp32 matmul at 0.25 TFLOP/s" in line
                for line in lines), lines
     assert any("[train] host at the end: fp32 matmul at 0.375 TFLOP/s" in line for line in lines), lines
 

@@ -79,17 +79,20 @@ def trained_on(row) -> str:
     return where + (f", matmul {fmt(rate, 3)} TFLOP/s" if _present(rate) else "")
 
 
-def host_note(runs: pd.DataFrame, label: str, time_budget: bool) -> str:
+def host_note(runs: pd.DataFrame, label: str, time_budget: bool, column: str | None = None) -> str:
     """How fast each run's host was as it trained (``host_matmul_tflops``, asap.engine's record_host; runs
-    named by their ``label`` column), and a plain warning when runs under a time budget (``time_budget``)
-    trained at rates more than HOST_SPREAD apart; "" when no run recorded one."""
+    named by their ``label`` column; with ``column``, the table's column of that name shows the rates
+    and the note only says what they are), and a plain warning when runs under a time budget
+    (``time_budget``) trained at rates more than HOST_SPREAD apart; "" when no run recorded one."""
     rates = runs["host_matmul_tflops"] if "host_matmul_tflops" in runs else pd.Series(dtype=float)
     if not rates.notna().any():
         return ""
     names = runs[label].astype(str)
     shown = ", ".join(f"{n} {fmt(r, 3)}" for n, r in zip(names, rates) if _present(r))
-    text = (f"Host matmul rate each run trained at (TFLOP/s in the step's precision; the mean of one sample "
-            f"before a session's first step and one after its last, each in the run's host_history): {shown}.")
+    what = ("TFLOP/s in the step's precision; the mean of one sample before a session's first step and one after "
+            "its last, each in the run's host_history")
+    text = (f"*{column}*: the host's matmul rate each run trained at ({what})." if column else
+            f"Host matmul rate each run trained at ({what}): {shown}.")
     missing = [n for n, r in zip(names, rates) if not _present(r)]
     if missing:
         text += f" Not recorded for {', '.join(missing)} (trained before runs recorded it)."
