@@ -137,7 +137,7 @@ def run_trial(config: dict) -> None:
     row = {"trial": spec["trial"], "variant": spec["variant"], "S": spec["downsampling"],
            "steps": meta["steps"], "train_seconds": meta["train_seconds"],
            "train_wall_s": round(time.time() - t0, 1), "run_name": job.run_name, "mlflow_run_id": job.mlflow_run_id,
-           # the matmul rate the trial's workers measured as they started (a time budget's steps follow it)
+           # the matmul rate its host trained at: the mean of the samples before its first step and after its last
            "host_matmul_tflops": meta["host_matmul_tflops"]}
     row.update(score_trial(out, job.run.data_root, config))
     with mlflow.start_run(run_id=job.mlflow_run_id):

@@ -88,11 +88,13 @@ def host_note(runs: pd.DataFrame, label: str, time_budget: bool, column: str | N
     if not rates.notna().any():
         return ""
     names = runs[label].astype(str)
-    shown = ", ".join(f"{n} {fmt(r, 3)}" for n, r in zip(names, rates) if _present(r))
     what = ("TFLOP/s in the step's precision; the mean of one sample before a session's first step and one after "
             "its last, each in the run's host_history")
-    text = (f"*{column}*: the host's matmul rate each run trained at ({what})." if column else
-            f"Host matmul rate each run trained at ({what}): {shown}.")
+    if column:
+        text = f"*{column}*: the host's matmul rate each run trained at ({what})."
+    else:
+        shown = ", ".join(f"{n} {fmt(r, 3)}" for n, r in zip(names, rates) if _present(r))
+        text = f"Host matmul rate each run trained at ({what}): {shown}."
     missing = [n for n, r in zip(names, rates) if not _present(r)]
     if missing:
         text += f" Not recorded for {', '.join(missing)} (trained before runs recorded it)."
