@@ -45,6 +45,7 @@ from asap.config import require
 from asap.files import atomic_path
 from asap.images import colour_labels, to_rgb
 from asap.losses import GANLossConfig, feature_matching_loss, hinge_d_loss, hinge_g_loss
+from asap.metrics.runtime import host_rate
 
 CHECKPOINT_FORMAT = "asap-train-state/2"
 
@@ -129,8 +130,6 @@ def code_sha1(files: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
 
 
-HOST_MATMUL_N = {"cpu": 1024, "cuda": 4096}  # record_host's square matmul: well under a second on either
-HOST_MATMUL_ITERS = 20
 
 
 def session_rate(entry: dict) -> float | None:
@@ -527,11 +526,8 @@ class GANTrainer:
         """TFLOP/s of a HOST_MATMUL_N matmul on this device (asap.metrics.runtime.matmul_peak, median of
         HOST_MATMUL_ITERS, with the threads this process trains with), in the precision of the step:
         bf16 under mixed precision on CUDA, else fp32."""
-        from asap.metrics.runtime import matmul_peak
-
-        peak = matmul_peak(self.device, "bf16" if self.amp else "fp32", n=HOST_MATMUL_N.get(self.device.type),
-                           iters=HOST_MATMUL_ITERS)
-        return round(peak["tflops"], 4), peak["precision"], peak["n"]
+        peak = host_rate(self.device, "bf16" if self.amp else "fp32", threads=torch.get_num_threads())
+        return peak["tflops"], peak["precision"], peak["n"]
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

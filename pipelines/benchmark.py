@@ -13,6 +13,8 @@ TF32 by default), so fp32 means fp32.
 
 Output (``metrics/benchmark-<device>.json``, schema "asap-benchmark/1"):
     {"schema", "device": {device_info}, "precision", "warmup", "iters", "git_commit",
+     "host_matmul_tflops": {"start", "end", "precision", "threads"},  # the host's matmul rate (TFLOP/s)
+                                                 # before the first row and after the last
      "rows": [{"model", "arch", "fast", "width_mult", "size", "height", "width", "num_classes",
                "batch", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer",
                "lr_ms", "hr_ms"}, ...],          # lr_ms/hr_ms: medians, ASAP-Net reference only, else null
@@ -29,7 +31,8 @@ from pathlib import Path
 import torch
 
 from asap.config import ConfigError, require, require_choice
-from asap.metrics.runtime import device_info, device_slug, precision_mode, time_asapnet, time_module
+from asap.metrics.runtime import (cpu_threads, device_info, device_slug, host_rate, precision_mode, time_asapnet,
+                                  time_module)
 from pipelines.common import git_commit, params, project_root, run_stage, run_tags, write_json
 
 SCHEMA = "asap-benchmark/1"
@@ -138,6 +141,10 @@ def run_benchmark(config: BenchmarkConfig, log=print) -> dict:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("benchmark.device is cuda but torch sees no CUDA device; use --device cpu")
     device = torch.device(config.device)
+    # the host's matmul rate before the first row and after the last (every core, as the rows are timed): the
+    # rows compare with each other as measured in one run; against another run's times, with this beside them
+    host_precision = "bf16" if config.precision in ("bf16", "fp16") else "fp32"
+    host = {"start": host_rate(device, host_precision)["tflops"]}
     rows = []
     for size in config.sizes:
         for name, spec in config.models.items():
@@ -146,12 +153,16 @@ def run_benchmark(config: BenchmarkConfig, log=print) -> dict:
             split = f" (low-res {row['lr_ms']:.2f} + pixelwise {row['hr_ms']:.2f})" if row["lr_ms"] is not None else ""
             log(f"{name:>16} {size:>9}: {row['median_ms']:9.2f} ms median "
                 f"[p10 {row['p10_ms']:.2f}, p90 {row['p90_ms']:.2f}]{split}")
+    host.update(end=host_rate(device, host_precision)["tflops"], precision=host_precision,
+                threads=cpu_threads() if device.type == "cpu" else None)
+    log(f"host {host_precision} matmul at {host['start']:.4f} TFLOP/s before the first row, {host['end']:.4f} after "
+        "the last")
     summary: dict = {}
     for r in rows:
         summary.setdefault(r["model"], {})[r["size"]] = r["median_ms"]
     return {"schema": SCHEMA, "device": device_info(device, config.precision), "precision": config.precision,
-            "warmup": config.warmup, "iters": config.iters, "git_commit": git_commit(), "rows": rows,
-            "median_ms": summary}
+            "warmup": config.warmup, "iters": config.iters, "git_commit": git_commit(), "host_matmul_tflops": host,
+            "rows": rows, "median_ms": summary}
 
 
 def log_mlflow(result: dict, out: Path) -> None:
@@ -169,6 +180,8 @@ def log_mlflow(result: dict, out: Path) -> None:
             for key in ("median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms"):
                 if r[key] is not None:
                     metrics[f"{r['model']}/{r['size']}/{key}"] = r[key]
+        host = result.get("host_matmul_tflops") or {}
+        metrics.update({f"host_matmul_tflops_{k}": host[k] for k in ("start", "end") if host.get(k) is not None})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out))
 

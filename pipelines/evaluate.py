@@ -124,7 +124,7 @@ def mlflow_metrics(metrics: dict, per_class: list[dict]) -> dict[str, float]:
     """eval-<name>.json (+ the per-class rows) -> flat eval_* measurements for MLflow (None IoUs of
     absent classes are left out; settings such as the image count are tags, see mlflow_tags)."""
     out = {f"eval_{k}": float(metrics[k]) for k in ("fid", "kid_mean", "kid_std", "pixel_acc", "miou",
-                                                   "generate_ms_per_image", "runtime_ms")
+                                                   "generate_ms_per_image", "runtime_ms", "runtime_host_matmul_tflops")
            if metrics.get(k) is not None}
     if metrics.get("real"):
         out.update({"eval_real_pixel_acc": metrics["real"]["pixel_acc"], "eval_real_miou": metrics["real"]["miou"]})
@@ -261,14 +261,24 @@ def main(argv: list[str] | None = None) -> None:
         "fid_real_cached": result["fid_real_cached"], "git_commit": common.git_commit(),
     }
     if cfg.runtime_iters:  # the paper's speed measure: one image at a time (Fig. 6 plots quality vs it)
-        from asap.metrics.runtime import device_info, device_slug
+        from asap.metrics.runtime import device_info, device_slug, with_host_rate
 
         device = resolve_device(cfg.device)
-        timing = batch1_runtime(generator, data_root, device=device, iters=cfg.runtime_iters,
-                                threads=cfg.runtime_threads)
+        # between two samples of the host's matmul rate at the same threads: a shared machine's speed moves
+        # from minute to minute, and the runtime with it
+        timing = with_host_rate(lambda: batch1_runtime(generator, data_root, device=device, iters=cfg.runtime_iters,
+                                                       threads=cfg.runtime_threads),
+                                device, threads=cfg.runtime_threads)
         metrics.update(runtime_ms=timing["median_ms"], runtime_p10_ms=timing["p10_ms"],
-                       runtime_p90_ms=timing["p90_ms"], runtime_threads=timing["threads"], runtime_iters=timing["n"])
-        provenance.update(runtime_device=device_slug(device_info(device)), runtime_timer=timing["timer"])
+                       runtime_p90_ms=timing["p90_ms"], runtime_threads=timing["threads"], runtime_iters=timing["n"],
+                       runtime_host_matmul_tflops=timing["host_matmul_tflops"])
+        provenance.update(runtime_device=device_slug(device_info(device)), runtime_timer=timing["timer"],
+                          runtime_host_matmul_tflops_start=timing["host_matmul_tflops_start"],
+                          runtime_host_matmul_tflops_end=timing["host_matmul_tflops_end"])
+        threads = f", {timing['threads']} threads" if device.type == "cpu" else ""
+        print(f"[evaluate] {name}: batch-1 runtime {timing['median_ms']:.1f} ms on {provenance['runtime_device']}"
+              f"{threads}; host fp32 matmul at {timing['host_matmul_tflops_start']:.4f} TFLOP/s before, "
+              f"{timing['host_matmul_tflops_end']:.4f} after", flush=True)
     metrics = numbers_only(metrics)
     if cfg.num_samples:
         generate_test_images(generator, data_root, root / samples_dir(name), batch_size=cfg.batch_size,

@@ -150,7 +150,8 @@ def run_trial(config: dict) -> None:
     client.set_terminated(job.mlflow_run_id, "FINISHED")
     common.write_json(result_file, row)
     print(f"[sweep] {spec['trial']}: {row['steps']} steps in {row['train_seconds']:.0f} s; FID {row['fid']:.1f}, "
-          f"runtime {row['runtime_ms']:.0f} ms ({row['runtime_threads']} threads)", flush=True)
+          f"runtime {row['runtime_ms']:.0f} ms ({row['runtime_threads']} threads, host fp32 matmul at "
+          f"{row['runtime_host_matmul_tflops']:.4f} TFLOP/s)", flush=True)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
 
@@ -178,7 +179,7 @@ def adopt_reused_trial(uri: str, run_id: str, parent_run_id: str) -> None:
 
 # The measurements of a trial that become eval_* metrics of its MLflow run (settings become tags).
 TRIAL_MEASURES = ("fid", "kid_mean", "kid_std", "pixel_acc", "miou", "runtime_ms", "lr_ms", "hr_ms", "steps",
-                  "train_seconds", "P", "params", "generate_ms_per_image")
+                  "train_seconds", "P", "params", "generate_ms_per_image", "runtime_host_matmul_tflops")
 
 
 def summarize_parent(uri: str, parent: str, table, csv_path: Path, sweep: SweepConfig) -> None:
@@ -221,7 +222,7 @@ def summarize_parent(uri: str, parent: str, table, csv_path: Path, sweep: SweepC
 def score_trial(generator_path: Path, data_root: str, config: dict) -> dict:
     """Quality (FID/KID, acc/mIoU) with the evaluate section's settings, and batch-1 runtime."""
     from asap.evaluation import evaluate_generator
-    from asap.metrics.runtime import time_asapnet
+    from asap.metrics.runtime import time_asapnet, with_host_rate
     from asap.models.checkpoint import load_generator
 
     ev: EvalConfig = config["evaluate"]
@@ -229,9 +230,12 @@ def score_trial(generator_path: Path, data_root: str, config: dict) -> dict:
     scores: dict = {"P": model.config.num_params,
                     "params": sum(p.numel() for p in model.parameters())}
     labels = torch.randint(1, model.config.num_classes, (1, meta["height"], meta["width"]))
-    timing = time_asapnet(model, labels, warmup=2, iters=config["runtime_iters"], threads=ev.runtime_threads)
+    # between two samples of the host's matmul rate at the same threads (as the evaluate stage times)
+    timing = with_host_rate(lambda: time_asapnet(model, labels, warmup=2, iters=config["runtime_iters"],
+                                                 threads=ev.runtime_threads), "cpu", threads=ev.runtime_threads)
     scores.update({"runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
-                   "runtime_device": "cpu", "runtime_threads": timing["threads"]})
+                   "runtime_device": "cpu", "runtime_threads": timing["threads"],
+                   "runtime_host_matmul_tflops": timing["host_matmul_tflops"]})
     segmenter = None
     if config.get("segmenter_path") and Path(config["segmenter_path"]).is_file():
         from asap.models.segmenter import load_segmenter
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                                         "git_commit": common.git_commit(), "csv": str(csv_path.relative_to(root))})
     summarize_parent(uri, parent, table, csv_path, sweep)
     shown = [c for c in ("trial", "steps", "train_seconds", "host_matmul_tflops", "fid", "kid_mean", "pixel_acc", "miou",
-                         "runtime_ms") if c in table]
+                         "runtime_ms", "runtime_host_matmul_tflops") if c in table]
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     print(f"[sweep] wrote {csv_path} and {json_path}", flush=True)
 

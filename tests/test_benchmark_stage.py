@@ -34,6 +34,9 @@ def test_stage_writes_the_documented_schema(tmp_path):
     assert result["schema"] == "asap-benchmark/1" and result["precision"] == "fp32"
     assert result["device"]["device"] == "cpu" and result["device"]["torch"]
     assert (result["warmup"], result["iters"]) == (1, 2)
+    host = result["host_matmul_tflops"]  # the host's speed around the rows, at the threads they were timed with
+    assert host["start"] > 0 and host["end"] > 0 and host["precision"] == "fp32"
+    assert host["threads"] == result["rows"][0]["threads"]
     rows = result["rows"]
     assert [(r["model"], r["size"]) for r in rows] == [
         (m, s) for s in ("32x64", "64x64") for m in ("asapnet", "pix2pixhd", "spade-slim")]
@@ -86,6 +89,7 @@ def test_stage_logs_every_median_to_mlflow(tmp_path, monkeypatch):
     for r in result["rows"]:
         assert metrics[f"{r['model']}/{r['size']}/median_ms"] == pytest.approx(r["median_ms"])
     assert metrics["asapnet/32x64/lr_ms"] == pytest.approx(result["rows"][0]["lr_ms"])
+    assert metrics["host_matmul_tflops_end"] == pytest.approx(result["host_matmul_tflops"]["end"])
     assert runs[0].data.params["device.precision"] == "fp32"
     artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
     assert artifacts == ["benchmark-cpu.json"]

@@ -5,6 +5,7 @@ errors when an input is missing."""
 
 import csv
 import json
+import time
 
 import mlflow
 import numpy as np
@@ -68,6 +69,24 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     assert provenance["name"] == "asapnet" and provenance["arch"] == "asapnet" and provenance["repeat_of"] is None
     assert provenance["generator"] == "models/asapnet/generator.pt" and provenance["runtime_device"] == "cpu"
     assert provenance["segmenter"] == f"models/segmenter-{DATASET}.pt" and provenance["train_seed"] == 0
+    # the runtime sits between two samples of the host's matmul rate at its threads, and records their mean
+    start, end = provenance["runtime_host_matmul_tflops_start"], provenance["runtime_host_matmul_tflops_end"]
+    assert metrics["runtime_host_matmul_tflops"] == pytest.approx((start + end) / 2, abs=1e-4)
+    threads = metrics["runtime_threads"]
+    assert (f"[evaluate] asapnet: batch-1 runtime {metrics['runtime_ms']:.1f} ms on cpu, {threads} threads; host fp32 "
+            f"matmul at {start:.4f} TFLOP/s before, {end:.4f} after") in proc.stdout
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    saved, times = torch.get_num_threads(), []
+    torch.set_num_threads(threads)  # a 1024^3 matmul timed here at the runtime's threads
+    try:
+        for _ in range(8):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(saved)
+    here = 2 * 1024 ** 3 / sorted(times[2:])[3] / 1e12  # median of 6 after 2 warm-ups
+    assert here / 2.5 < metrics["runtime_host_matmul_tflops"] < here * 2.5, (metrics, here)
 
     # Pixel accuracy of the segmenter on the generated images, counted here pixel by pixel.
     test = PreparedDataset(facades64, "test")
@@ -109,6 +128,7 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     assert run.data.metrics["eval_real_pixel_acc"] == pytest.approx(metrics["real"]["pixel_acc"])
     assert run.data.metrics["eval_pixel_share_facade"] == pytest.approx(float(rows[2]["pixel_share"]))
     assert run.data.metrics["eval_fid_floor"] == pytest.approx(floor, rel=1e-3)
+    assert run.data.metrics["eval_runtime_host_matmul_tflops"] == pytest.approx(metrics["runtime_host_matmul_tflops"])
     assert run.data.tags["eval.dataset"] == DATASET and run.data.tags["eval.linked_to_training_run"] == "true"
     assert run.data.tags["eval.num_images"] == "6" and "eval_num_images" not in run.data.metrics  # a setting
     assert client.get_metric_history(run_id, "eval_fid")[0].step == 7

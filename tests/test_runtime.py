@@ -82,3 +82,39 @@ def test_cpu_timing_runs_with_the_recorded_thread_count_and_restores_it():
     row = time_module(lambda: seen.append(torch.get_num_threads()), warmup=0, iters=1)
     assert row["threads"] == seen[-1] == len(os.sched_getaffinity(0))  # the default: every core we may use
     assert torch.get_num_threads() == before
+
+
+def test_a_timing_is_bracketed_by_host_samples_at_its_threads(monkeypatch):
+    """with_host_rate samples the host's matmul rate before and after the timing, both at the timing's
+    threads, and records their mean (worked by hand); the real sample agrees with a 1024^3 matmul timed
+    here with perf_counter at the same threads."""
+    from asap.metrics import runtime
+
+    events = []
+    rates = iter([0.5, 0.25])
+
+    def fake_peak(device, precision, n=None, iters=10):
+        events.append(("peak", str(device), precision, n, iters, torch.get_num_threads()))
+        return {"tflops": next(rates), "precision": precision, "n": n}
+
+    monkeypatch.setattr(runtime, "matmul_peak", fake_peak)
+    before = torch.get_num_threads()
+    out = runtime.with_host_rate(lambda: events.append("timing") or {"median_ms": 3.0}, "cpu", threads=1)
+    peak = ("peak", "cpu", "fp32", runtime.HOST_MATMUL_N["cpu"], runtime.HOST_MATMUL_ITERS, 1)
+    assert events == [peak, "timing", peak] and torch.get_num_threads() == before
+    assert out == {"median_ms": 3.0, "host_matmul_tflops": 0.375, "host_matmul_tflops_start": 0.5,
+                   "host_matmul_tflops_end": 0.25}
+
+    monkeypatch.undo()
+    threads = 2 if torch.get_num_threads() >= 2 else 1
+    measured = runtime.host_rate("cpu", threads=threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    times = []
+    with runtime.torch_threads(threads):
+        for _ in range(8):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+    here = 2 * 1024 ** 3 / sorted(times[2:])[3] / 1e12  # median of 6 after 2 warm-ups
+    assert measured["n"] == 1024 and measured["precision"] == "fp32"
+    assert here / 2.5 < measured["tflops"] < here * 2.5, (measured, here)

@@ -57,6 +57,11 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
         assert row["host_matmul_tflops"] == pytest.approx(mean)
         assert summary["trials"][row["trial"]]["host_matmul_tflops"] == pytest.approx(mean)
         assert c.data.metrics["host_matmul_tflops"] == pytest.approx(host["matmul_tflops_end"])  # the latest sample
+        # and the host's rate as the trial's runtime was timed (two samples around it, at its threads)
+        assert row["runtime_host_matmul_tflops"] > 0
+        assert c.data.metrics["eval_runtime_host_matmul_tflops"] == pytest.approx(row["runtime_host_matmul_tflops"])
+        assert summary["trials"][row["trial"]]["runtime_host_matmul_tflops"] == pytest.approx(
+            row["runtime_host_matmul_tflops"])
     # the parent run shows the sweep: best trial, the table, the figure; each child holds its generator
     parent = parents[0]
     best = table.loc[table["fid"].idxmin()]

@@ -215,7 +215,7 @@ def test_a_run_records_its_host_and_matmul_rate_per_session(tmp_path, facades64,
     resumed run adds an entry at the step it resumed from, the run's rate is the step-weighted mean of
     its sessions' means (worked by hand here) and a finished run resumed adds none. The recorded rate is
     checked against a 1024^3 matmul timed here with perf_counter."""
-    from asap import engine
+    from asap.metrics import runtime
     from asap.metrics.runtime import device_info
 
     # each measurement in turn (fixed, so that the means can be worked by hand): session 1 start and
@@ -232,10 +232,10 @@ def test_a_run_records_its_host_and_matmul_rate_per_session(tmp_path, facades64,
     lines = []
     first = train(run, tmp_path / "r", printer=lambda *a, **k: lines.append(" ".join(map(str, a))))
     cpu = {"device_name": device_info("cpu")["device_name"], "threads": torch.get_num_threads(), "precision": "fp32",
-           "n": engine.HOST_MATMUL_N["cpu"]}
+           "n": runtime.HOST_MATMUL_N["cpu"]}
     assert first["host_history"] == [{"from_step": 0, "matmul_tflops": 0.25, "matmul_tflops_end": 0.375, **cpu}]
     assert first["host_matmul_tflops"] == (0.25 + 0.375) / 2
-    assert measured == [("cpu", "fp32", 1024, engine.HOST_MATMUL_ITERS)] * 2
+    assert measured == [("cpu", "fp32", 1024, runtime.HOST_MATMUL_ITERS)] * 2
     threads = f"{cpu['threads']} thread" + ("s" if cpu["threads"] != 1 else "")
     assert any(f"[train] host: {cpu['device_name']}, {threads}; fp32 matmul at 0.25 TFLOP/s" in line
                for line in lines), lines

@@ -135,6 +135,33 @@ def matmul_peak(device: torch.device, precision: str, n: int | None = None, iter
             "tflops": 2 * n ** 3 / seconds / 1e12, "timer": t["timer"]}
 
 
+HOST_MATMUL_N = {"cpu": 1024, "cuda": 4096}  # a host-speed sample's square matmul: well under a second on either
+HOST_MATMUL_ITERS = 20
+
+
+def host_rate(device: str | torch.device, precision: str = "fp32", threads: int | None = None) -> dict:
+    """How fast the host is now: ``matmul_peak`` of one HOST_MATMUL_N matmul (median of
+    HOST_MATMUL_ITERS) at ``threads`` CPU threads (``cpu_threads``' policy, as ``time_module`` times).
+    {"tflops" (4 decimals), "precision", "n"}. On a shared machine this moves by tens of percent from
+    minute to minute, and a time measured beside it moves with it: records keep the two together."""
+    device = torch.device(device)
+    with torch_threads(cpu_threads(threads)):
+        peak = matmul_peak(device, precision, n=HOST_MATMUL_N.get(device.type), iters=HOST_MATMUL_ITERS)
+    return {"tflops": round(peak["tflops"], 4), "precision": peak["precision"], "n": peak["n"]}
+
+
+def with_host_rate(measure: Callable[[], dict], device: str | torch.device, precision: str = "fp32",
+                   threads: int | None = None) -> dict:
+    """``measure()`` (a timing that returns a dict, e.g. ``time_module``'s) between two ``host_rate``
+    samples at the same ``threads``: its dict with "host_matmul_tflops" (the mean of the two),
+    "host_matmul_tflops_start" and "host_matmul_tflops_end" added."""
+    start = host_rate(device, precision, threads)["tflops"]
+    result = measure()
+    end = host_rate(device, precision, threads)["tflops"]
+    return {**result, "host_matmul_tflops": round((start + end) / 2, 4), "host_matmul_tflops_start": start,
+            "host_matmul_tflops_end": end}
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
