@@ -16,8 +16,9 @@ Output (``metrics/benchmark-<device>.json``, schema "asap-benchmark/1"):
      "host_matmul_tflops": {"start", "end", "precision", "threads"},  # the host's matmul rate (TFLOP/s)
                                                  # before the first row and after the last
      "rows": [{"model", "arch", "fast", "width_mult", "size", "height", "width", "num_classes",
-               "batch", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer",
-               "lr_ms", "hr_ms"}, ...],          # lr_ms/hr_ms: medians, ASAP-Net reference only, else null
+               "batch", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer", "threads",
+               "allocator", "lr_ms", "hr_ms"}, ...],  # lr_ms/hr_ms: medians, ASAP-Net reference only, else null;
+                                                 # allocator: the CPU allocator policy (time_module), null on a GPU
      "median_ms": {model: {size: ms}}}           # the same medians, nested for `dvc metrics diff`
 """
 

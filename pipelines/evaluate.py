@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                        runtime_p90_ms=timing["p90_ms"], runtime_threads=timing["threads"], runtime_iters=timing["n"],
                        runtime_host_matmul_tflops=timing["host_matmul_tflops"])
         provenance.update(runtime_device=device_slug(device_info(device)), runtime_timer=timing["timer"],
+                          runtime_allocator=timing["allocator"],  # the CPU allocator policy it was timed with
                           runtime_host_matmul_tflops_start=timing["host_matmul_tflops_start"],
                           runtime_host_matmul_tflops_end=timing["host_matmul_tflops_end"])
         threads = f", {timing['threads']} threads" if device.type == "cpu" else ""

@@ -265,6 +265,7 @@ def ablation_sections(rep: Report) -> None:
                 tables.sweep_noise_note(sweep, rep.inputs.sweep_meta, rep.noises, rep.inputs.generators),
                 tables.host_note(sweep, "trial", bool(rep.inputs.sweep_meta.get("time_budget_s")),
                                  column=tables.HEADERS["host_matmul_tflops"]),
+                tables.runtime_host_note(sweep, "trial", column=tables.HEADERS["runtime_host_matmul_tflops"]),
                 tables.sweep_table(sweep, reference, rep.noise, noise.not_measured(rep.inputs.generators)),
                 f"The paper's Fig. 9 caption ({paper.PAPER_S_ABLATION_SIZE} facades, {paper.PAPER_DEVICE}):",
                 tables.paper_s_table(), f"![{FIGURES['fig9b'][1]}]({FIGURES['fig9b'][0]})",

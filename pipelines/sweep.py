@@ -235,7 +235,7 @@ def score_trial(generator_path: Path, data_root: str, config: dict) -> dict:
                                                  threads=ev.runtime_threads), "cpu", threads=ev.runtime_threads)
     scores.update({"runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
                    "runtime_device": "cpu", "runtime_threads": timing["threads"],
-                   "runtime_host_matmul_tflops": timing["host_matmul_tflops"]})
+                   "runtime_host_matmul_tflops": timing["host_matmul_tflops"], "runtime_allocator": timing["allocator"]})
     segmenter = None
     if config.get("segmenter_path") and Path(config["segmenter_path"]).is_file():
         from asap.models.segmenter import load_segmenter

@@ -22,7 +22,7 @@ TINY = {
     "cuda": {"models": ["asapnet"], "sizes": ["64x64"], "warmup": 1, "iters": 2},
 }
 ROW_KEYS = {"model", "arch", "fast", "width_mult", "size", "height", "width", "num_classes", "batch", "params",
-            "median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer", "threads", "lr_ms", "hr_ms"}
+            "median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer", "threads", "allocator", "lr_ms", "hr_ms"}
 
 
 def test_stage_writes_the_documented_schema(tmp_path):
@@ -44,6 +44,7 @@ def test_stage_writes_the_documented_schema(tmp_path):
         assert set(r) == ROW_KEYS
         assert r["n"] == 2 and r["batch"] == 1 and r["timer"] == "perf_counter" and r["params"] > 0
         assert r["threads"] >= 1  # the CPU threads the time was measured with
+        assert r["allocator"] == "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"  # (Linux, glibc)
         assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert (r["height"], r["width"]) == tuple(int(v) for v in r["size"].split("x"))
         assert r["num_classes"] == TINY["num_classes"][r["size"]]

@@ -73,6 +73,7 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     start, end = provenance["runtime_host_matmul_tflops_start"], provenance["runtime_host_matmul_tflops_end"]
     assert metrics["runtime_host_matmul_tflops"] == pytest.approx((start + end) / 2, abs=1e-4)
     threads = metrics["runtime_threads"]
+    assert provenance["runtime_allocator"] == "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"
     assert (f"[evaluate] asapnet: batch-1 runtime {metrics['runtime_ms']:.1f} ms on cpu, {threads} threads; host fp32 "
             f"matmul at {start:.4f} TFLOP/s before, {end:.4f} after") in proc.stdout
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)

@@ -76,6 +76,10 @@ BUDGET_S = 180
 # the host's matmul rate each run recorded (asap.engine record_host / record_host_end), in TFLOP/s: spade's host
 # ran at half asapnet's; spade-slim trained before runs recorded it
 HOST_TFLOPS = {"asapnet": 0.2125, "pix2pixhd": 0.205, "spade": 0.10625, "asapnet-seed1": 0.2}
+# the host's matmul rate as each runtime was timed (pipelines/evaluate.py, with_host_rate): asapnet-seed1's
+# host ran 1.5x asapnet's; spade-slim was timed before runtimes recorded it
+RUNTIME_TFLOPS = {"asapnet": 0.18, "spade": 0.15, "asapnet-seed1": 0.27}
+STEADY = "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"  # asap.metrics.runtime's CPU allocator policy
 TRAIN_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 EVAL_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
@@ -135,6 +139,8 @@ def write_sweep(project: Path) -> list[dict]:
                      "runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
                      "runtime_device": "cpu", "runtime_threads": 1, "fid": 150.0 + 10 * i + 0.123,
                      "host_matmul_tflops": 0.2 + 0.005 * i,  # 1.1x apart at most: not called out
+                     "runtime_host_matmul_tflops": 0.19 + 0.005 * i,  # the same
+                     "runtime_allocator": STEADY,
                      "kid_mean": 0.1 + 0.01 * i,
                      "kid_std": 0.01, "pixel_acc": 0.4 + 0.01 * i, "miou": 0.2 + 0.01 * i, "num_images": 3})
     with open(project / "metrics" / "sweep.csv", "w", newline="") as f:
@@ -215,7 +221,8 @@ def evaluate_generators(project: Path) -> dict[str, dict]:
             "generator_time_budget_s": meta["time_budget_s"], "generator_global_batch": meta["global_batch"],
             "generator_host_matmul_tflops": meta.get("host_matmul_tflops"),
             "segmenter_steps": 10, "wall_s": 1.0, "runtime_ms": runtime, "runtime_p10_ms": runtime - 1.5,
-            "runtime_p90_ms": runtime + 2.5, "runtime_threads": 2, "runtime_iters": 5})
+            "runtime_p90_ms": runtime + 2.5, "runtime_threads": 2, "runtime_iters": 5,
+            "runtime_host_matmul_tflops": RUNTIME_TFLOPS.get(name)})
         repeat = BASELINES.get(name, {}).get("repeat")
         write_json(project / "metrics" / "provenance" / f"eval-{name}.json", {
             "name": name, "arch": meta["arch"], "dataset": DATASET, "split": "test",
@@ -225,7 +232,7 @@ def evaluate_generators(project: Path) -> dict[str, dict]:
             "train_seed": BASELINES[name]["seed"] if repeat else 0, "segmenter": f"models/segmenter-{DATASET}.pt",
             "fid_floor_reference_split": FLOOR["reference_split"], "fid_real_cache": "data/cache/x.npz",
             "fid_real_cached": True, "git_commit": EVAL_COMMIT, "runtime_device": "cpu",
-            "runtime_timer": "perf_counter"})
+            "runtime_timer": "perf_counter", "runtime_allocator": STEADY})
         write_per_class_csv(project / "metrics" / f"eval_per_class-{name}.csv", per_class)
         write_json(project / "metrics" / f"eval-{name}.json", result)
         written[name] = result
@@ -331,7 +338,8 @@ def test_readme_tables_hold_the_input_numbers(project, full_report):
         assert close(t["low-res ms"], float(r["lr_ms"]), 2) and close(t["pixelwise ms"], float(r["hr_ms"]), 2)
         assert close(t["mIoU"], float(r["miou"]), 3) and close(t["KID"], float(r["kid_mean"]), 4)
         assert t["S"] == r["S"] and t["variant"] == r["variant"]
-        assert close(t["host TFLOP/s"], float(r["host_matmul_tflops"]), 3)
+        assert close(t["train host TFLOP/s"], float(r["host_matmul_tflops"]), 3)
+        assert close(t["runtime host TFLOP/s"], float(r["runtime_host_matmul_tflops"]), 3)
     paper_s = {r["trial"]: r["ms"] for r in tables_after(readme, "Fig. 9: ablations")[1]}
     assert paper_s == {"larger S": "12.1", "default S": "14.2", "smaller S": "28.1"}
 
@@ -378,7 +386,9 @@ def test_fig6_table_has_a_row_per_generator_with_its_budget(project, full_report
         assert close(median, ev["runtime_ms"], 2)
         assert [float(v) for v in spread.split("–")] == pytest.approx([ev["runtime_p10_ms"], ev["runtime_p90_ms"]],
                                                                        abs=0.006)
-        assert row["runtime on"] == f"{prov['runtime_device']}, {ev['runtime_threads']} threads"
+        timed = ev.get("runtime_host_matmul_tflops")  # the host's rate as the runtime was timed, where recorded
+        assert row["runtime on"] == (f"{prov['runtime_device']}, {ev['runtime_threads']} threads, steady allocator"
+                                     + (f", matmul {timed:.3f} TFLOP/s" if timed is not None else ""))
         assert row["steps"] == str(ev["generator_steps"])
         assert close(row["train s"], ev["generator_train_seconds"], 0)
         assert row["budget"] == f"{ev['generator_time_budget_s']:g} s"
@@ -497,7 +507,7 @@ def test_budget_is_stated_plainly(project, full_report):
     trained = {name: json.loads((project / "metrics" / f"train-{name}.json").read_text()) for name in SCORES}
     assert f"Training budget per generator: {BUDGET_S} s (global batch {trained['asapnet']['global_batch']})" in fig6
     assert "steps reached: " + ", ".join(f"{n} {t['steps']}" for n, t in trained.items()) in fig6
-    assert "Runtime: batch 1 on cpu, 2 threads" in fig6
+    assert "Runtime: batch 1 on cpu, 2 threads, steady allocator;" in fig6
     # the hosts' speeds: spade's ran at half asapnet's (a time budget's steps follow it); spade-slim's not recorded
     evals = evals_on_disk(project)
     rates = {n: evals[n].get("generator_host_matmul_tflops") for n in ["asapnet", *BASELINES] if n in evals}
@@ -507,12 +517,24 @@ def test_budget_is_stated_plainly(project, full_report):
     assert "Not recorded for spade-slim (trained before runs recorded it)." in fig6
     spread = max(r for r in rates.values() if r) / min(r for r in rates.values() if r)
     assert f"**The hosts ran at different speeds ({spread:.2f}x apart)**" in fig6 and f"{spread:.2f}" == "2.00"
+    # and as the runtimes were timed: asapnet-seed1's host 1.5x asapnet's; spade-slim's not recorded
+    timed = {n: evals[n].get("runtime_host_matmul_tflops") for n in ["asapnet", *BASELINES] if n in evals}
+    assert timed["spade-slim"] is None and timed["asapnet-seed1"] == RUNTIME_TFLOPS["asapnet-seed1"]
+    shown = ", ".join(f"{n} {r:.3f}" for n, r in timed.items() if r is not None)
+    assert f"one just after): {shown}." in fig6
+    assert "Not recorded for spade-slim (timed before runtimes recorded it)." in fig6
+    spread = max(r for r in timed.values() if r) / min(r for r in timed.values() if r)
+    assert (f"**The host ran at different speeds as the runtimes were timed ({spread:.2f}x apart)**" in fig6
+            and f"{spread:.2f}" == "1.80")
     sweep = json.loads((project / "metrics" / "sweep.json").read_text())
     fig9 = readme.split("## Fig. 9: ablations")[1]
     assert f"{sweep['time_budget_s']} s of training per trial on cpu" in fig9  # the trials' checkpoints: cpu
+    assert "runtime on cpu, 1 thread, steady allocator" in fig9  # where and how the trials were timed
     fig9 = fig9.split("\n## ")[0]
     # the table's column shows each trial's rate (test_readme_tables_hold_the_input_numbers); the note says what it is
-    assert "*host TFLOP/s*: the host's matmul rate each run trained at (TFLOP/s in the step's precision;" in fig9
+    assert "*train host TFLOP/s*: the host's matmul rate each run trained at (TFLOP/s in the step's precision;" \
+        in fig9
+    assert "*runtime host TFLOP/s*: the host's matmul rate as each runtime was timed (fp32 TFLOP/s" in fig9
     assert "different speeds" not in fig9  # 1.1x apart: within HOST_SPREAD
 
 
@@ -534,7 +556,9 @@ def test_provenance_names_runs_commits_and_machines(project, full_report):
     measured = tables_after(readme, "Fig. 1:")[0]
     assert measured == [{"file": "`metrics/benchmark-cpu.json`", "measured on": measured[0]["measured on"],
                          "commit": bench["git_commit"][:10] if bench["git_commit"] != "unknown" else "not recorded",
-                         "timed iterations (warm-up)": f"{bench['iters']} ({bench['warmup']})"}]
+                         "timed iterations (warm-up)": f"{bench['iters']} ({bench['warmup']})",
+                         "host matmul TFLOP/s before / after":
+                             f"{bench['host_matmul_tflops']['start']:.3f} / {bench['host_matmul_tflops']['end']:.3f}"}]
     assert bench["device"]["cpu_model"] in measured[0]["measured on"]
 
 

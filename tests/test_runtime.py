@@ -118,3 +118,45 @@ def test_a_timing_is_bracketed_by_host_samples_at_its_threads(monkeypatch):
     here = 2 * 1024 ** 3 / sorted(times[2:])[3] / 1e12  # median of 6 after 2 warm-ups
     assert measured["n"] == 1024 and measured["precision"] == "fp32"
     assert here / 2.5 < measured["tflops"] < here * 2.5, (measured, here)
+
+
+ALLOCATION_PROBE = """
+import ctypes, json, torch
+from asap.metrics import runtime
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+policy = runtime.time_module(lambda: None, warmup=0, iters=1)["allocator"]
+before = libc.mallinfo2().hblkhd
+block = torch.empty(20 << 18)  # 20 MiB
+mapped = libc.mallinfo2().hblkhd - before
+del block
+print(json.dumps({"policy": policy, "mapped": mapped, "kept": libc.mallinfo2().fordblks}))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_cpu_timing_holds_glibcs_allocator_steady():
+    """A CPU timing sets glibc's allocator to reuse freed memory (asap.metrics.runtime.steady_allocator), read
+    back from glibc's own counters (mallinfo2) in a fresh process: a 20 MiB tensor comes from the heap, not a
+    fresh mmap, and its memory stays in the heap once freed; with ASAP_CPU_ALLOCATOR=default glibc maps it
+    anew (and would fault it in anew on every call) and unmaps it on free."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def probe(**env):
+        proc = subprocess.run([sys.executable, "-c", ALLOCATION_PROBE], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env}, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    steady = probe()
+    assert steady["policy"] == "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"
+    assert steady["mapped"] == 0 and steady["kept"] >= 20 << 20
+    default = probe(ASAP_CPU_ALLOCATOR="default")
+    assert default["policy"] == "glibc default"
+    assert default["mapped"] >= 20 << 20 and default["kept"] < 20 << 20

@@ -59,6 +59,7 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
         assert c.data.metrics["host_matmul_tflops"] == pytest.approx(host["matmul_tflops_end"])  # the latest sample
         # and the host's rate as the trial's runtime was timed (two samples around it, at its threads)
         assert row["runtime_host_matmul_tflops"] > 0
+        assert row["runtime_allocator"] == "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"
         assert c.data.metrics["eval_runtime_host_matmul_tflops"] == pytest.approx(row["runtime_host_matmul_tflops"])
         assert summary["trials"][row["trial"]]["runtime_host_matmul_tflops"] == pytest.approx(
             row["runtime_host_matmul_tflops"])

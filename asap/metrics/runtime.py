@@ -71,13 +71,54 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+# CPU timings run with glibc's allocator held steady (``steady_allocator``): by default glibc returns freed
+# memory to the OS and adapts its mmap threshold to the sizes it has seen, so a generator that allocates
+# and frees tens of MiB per call pays page faults whose count depends on what the process did before (the
+# default params' ASAP-Net at 256x256, batch 1, 2 threads on the 2-core VM: 157-193 ms in a fresh process,
+# 111-119 ms in one that had translated a batch of 8 first, 85-103 ms with this policy; pix2pixHD 46-50 ms
+# either way; SPADE 166-181 ms, 121-128 ms with it). ASAP_CPU_ALLOCATOR=default keeps glibc's defaults.
+GLIBC_MMAP_THRESHOLD = 32 << 20   # bytes: glibc's largest dynamic threshold on 64-bit; smaller blocks reuse the heap
+GLIBC_TRIM_THRESHOLD = 1 << 30    # bytes of free heap top kept before returning it to the OS
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_ALLOCATOR: list[str] = []        # the policy this process set, once
+
+
+def steady_allocator() -> str:
+    """Hold glibc's allocator steady for CPU timing (once per process; it stays for the rest of it):
+    allocations below GLIBC_MMAP_THRESHOLD come from the heap and up to GLIBC_TRIM_THRESHOLD of freed heap
+    is kept, so repeated calls reuse memory instead of faulting it in anew. Returns what the process's
+    timings ran with: "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)", "glibc default"
+    (ASAP_CPU_ALLOCATOR=default), or "<libc> default" where the C library is not glibc."""
+    if _ALLOCATOR:
+        return _ALLOCATOR[0]
+    libc_name = platform.libc_ver()[0] or "libc"
+    policy = f"{libc_name} default"
+    if libc_name == "glibc" and os.environ.get("ASAP_CPU_ALLOCATOR", "steady") != "default":
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        if libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD) == 1 and \
+                libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD) == 1:
+            policy = (f"glibc steady (mmap threshold {GLIBC_MMAP_THRESHOLD >> 20} MiB, trim threshold "
+                      f"{GLIBC_TRIM_THRESHOLD >> 20} MiB)")
+    _ALLOCATOR.append(policy)
+    return policy
+
+
+def allocator_policy() -> str:
+    """The CPU allocator policy in effect in this process: the one ``steady_allocator`` set, else the C
+    library's default."""
+    return _ALLOCATOR[0] if _ALLOCATOR else f"{platform.libc_ver()[0] or 'libc'} default"
+
+
 def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20,
-                device: str | torch.device = "cpu", threads: int | None = None) -> dict:
+                device: str | torch.device = "cpu", threads: int | None = None, steady: bool = True) -> dict:
     """Time ``fn(*inputs)`` (a module or any callable; ``inputs`` a tensor or a tuple of arguments).
 
-    Returns {"median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer", "threads"} with ``timer``
-    "cuda_events" or "perf_counter" and ``threads`` the torch CPU threads it ran with (see
-    ``cpu_threads``). The inputs must already be on ``device``.
+    Returns {"median_ms", "p10_ms", "p90_ms", "mean_ms", "n", "timer", "threads", "allocator"} with
+    ``timer`` "cuda_events" or "perf_counter", ``threads`` the torch CPU threads it ran with (see
+    ``cpu_threads``) and ``allocator`` the CPU allocator policy it ran with (``steady_allocator``, set
+    before a CPU timing unless ``steady`` is False; None on a GPU). The inputs must already be on ``device``.
     """
     if iters < 1 or warmup < 0:
         raise ValueError(f"time_module needs iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
@@ -85,6 +126,7 @@ def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20
     device = torch.device(device)
     times: list[float] = []
     n_threads = cpu_threads(threads)
+    allocator = None if device.type != "cpu" else steady_allocator() if steady else allocator_policy()
     with torch.inference_mode(), torch_threads(n_threads):
         for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init, CPU caches
             fn(*args)
@@ -105,7 +147,7 @@ def time_module(fn: Callable, inputs: Any = (), warmup: int = 5, iters: int = 20
                 fn(*args)
                 times.append((time.perf_counter() - t0) * 1e3)
             timer = "perf_counter"
-    return {**summarize_ms(times), "timer": timer, "threads": n_threads}
+    return {**summarize_ms(times), "timer": timer, "threads": n_threads, "allocator": allocator}
 
 
 PEAK_SIZES = {"cuda": 8192, "cpu": 1024}  # square matmul side: seconds-scale on neither
@@ -127,7 +169,9 @@ def matmul_peak(device: torch.device, precision: str, n: int | None = None, iter
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         # at the caller's CPU threads (e.g. benchmarks.training --threads), as the steps beside it run
-        t = time_module(lambda: a @ b, warmup=3, iters=iters, device=device, threads=torch.get_num_threads())
+        # the allocator left as it is (a matmul's rate does not depend on it; training processes sample it)
+        t = time_module(lambda: a @ b, warmup=3, iters=iters, device=device, threads=torch.get_num_threads(),
+                        steady=False)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
     seconds = t["median_ms"] / 1e3

@@ -130,7 +130,8 @@ def device_label(info: dict, precision: str) -> str:
 
 def read_benchmarks(files: list[Path], problems: list[str]) -> pd.DataFrame:
     columns = ["file", "device", "device_kind", "model", "arch", "fast", "width_mult", "size", "megapixels",
-               "params", "median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n", "commit", "warmup", "iters"]
+               "params", "median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n", "commit", "warmup", "iters",
+               "host_start", "host_end"]
     rows = []
     for path in files:
         data = _load_json(path, problems)
@@ -142,6 +143,7 @@ def read_benchmarks(files: list[Path], problems: list[str]) -> pd.DataFrame:
             continue
         info = data.get("device") or {}
         label = device_label(info, data.get("precision", "?"))
+        host = data.get("host_matmul_tflops") or {}  # the host's matmul rate around the rows (older files: none)
         for r in data.get("rows", []):
             rows.append({"file": path.name, "device": label, "device_kind": info.get("device", "?"),
                          "model": r["model"], "arch": r["arch"], "fast": bool(r.get("fast")),
@@ -149,7 +151,8 @@ def read_benchmarks(files: list[Path], problems: list[str]) -> pd.DataFrame:
                          "megapixels": megapixels(r["size"]), "params": _num(r.get("params")),
                          **{k: _num(r.get(k)) for k in ("median_ms", "p10_ms", "p90_ms", "lr_ms", "hr_ms", "n")},
                          "commit": str(data.get("git_commit") or ""), "warmup": _num(data.get("warmup")),
-                         "iters": _num(data.get("iters"))})
+                         "iters": _num(data.get("iters")), "host_start": _num(host.get("start")),
+                         "host_end": _num(host.get("end"))})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -194,14 +197,16 @@ GENERATOR_COLUMNS = [
     "name", "role", "arch", "width_mult", "params", "dataset", "repeat_of", "seed",
     "fid", "kid_mean", "kid_std", "kid_subset_size", "kid_subsets", "pixel_acc", "miou", "num_images",
     "real_pixel_acc", "real_miou", "floor_fid", "floor_kid_mean", "floor_kid_std", "floor_num_images",
-    "runtime_ms", "runtime_p10_ms", "runtime_p90_ms", "runtime_device", "runtime_threads", "generate_ms_per_image",
-    "steps", "train_seconds", "time_budget_s", "stopped_by", "global_batch", "num_workers", "train_device",
+    "runtime_ms", "runtime_p10_ms", "runtime_p90_ms", "runtime_device", "runtime_threads", "runtime_allocator",
+    "runtime_host_matmul_tflops",
+    "generate_ms_per_image", "steps", "train_seconds", "time_budget_s", "stopped_by", "global_batch", "num_workers", "train_device",
     "host_matmul_tflops",
     "run_name", "mlflow_run_id", "train_commit", "eval_commit", "eval_file", "train_file", "checkpoint",
     "has_eval", "has_train", "has_checkpoint",
 ]
 _EVAL_NUMBERS = ("params", "fid", "kid_mean", "kid_std", "kid_subset_size", "kid_subsets", "pixel_acc", "miou",
                  "num_images", "runtime_ms", "runtime_p10_ms", "runtime_p90_ms", "runtime_threads",
+                 "runtime_host_matmul_tflops",  # the host's matmul rate as the runtime was timed (older: absent)
                  "generate_ms_per_image")
 PER_CLASS_COLUMNS = ["class", "name", "iou", "pixel_share", "real_iou"]
 
@@ -291,6 +296,7 @@ def generator_row(name: str, role: str, ev: dict, tr: dict, meta: dict, files: d
         "floor_kid_std": _num(_first(ev, "fid_floor.kid_std")),
         "floor_num_images": _num(_first(ev, "fid_floor.num_images")),
         "runtime_device": str(ep.get("runtime_device") or ""),
+        "runtime_allocator": str(ep.get("runtime_allocator") or ""),  # the CPU allocator policy (older: absent)
         "steps": _num(_pick(ev.get("generator_steps"), tr.get("steps"), meta.get("steps"))),
         "train_seconds": _num(_pick(ev.get("generator_train_seconds"), tr.get("train_seconds"),
                                     meta.get("train_seconds"))),

@@ -58,13 +58,28 @@ def commit(sha: str) -> str:
     return sha[:10] if _present(sha) and sha != "unknown" else NOT_RECORDED
 
 
+def allocator_label(policy) -> str:
+    """asap.metrics.runtime's allocator policy, short: "steady allocator", "default allocator"; "" when not
+    recorded (GPU runtimes, older files)."""
+    if not _present(policy):
+        return ""
+    return str(policy).split(" (")[0].removeprefix("glibc ") + " allocator"
+
+
 def runtime_device(row) -> str:
-    """Where a generator's batch-1 runtime was measured: "cpu, 2 threads", "nvidia-h200"."""
+    """Where and how a generator's batch-1 runtime was measured: "cpu, 2 threads, steady allocator",
+    "nvidia-h200"."""
     if not _present(row["runtime_device"]):
         return NOT_RECORDED
     threads = row["runtime_threads"]
-    return row["runtime_device"] + (f", {threads:.0f} threads" if row["runtime_device"] == "cpu" and
-                                    _present(threads) else "")
+    allocator = allocator_label(row.get("runtime_allocator"))
+    return (row["runtime_device"] + (f", {threads_label(threads)}" if row["runtime_device"] == "cpu" and
+                                     _present(threads) else "") + (f", {allocator}" if allocator else ""))
+
+
+def threads_label(n) -> str:
+    """"1 thread", "2 threads"."""
+    return f"{float(n):.0f} thread" + ("" if float(n) == 1 else "s")
 
 
 HOST_SPREAD = 1.25  # runs' host matmul rates further apart than this ratio are called out (on a quiet machine
@@ -79,30 +94,62 @@ def trained_on(row) -> str:
     return where + (f", matmul {fmt(rate, 3)} TFLOP/s" if _present(rate) else "")
 
 
+def _rates_note(runs: pd.DataFrame, label: str, key: str, subject: str, what: str, column: str | None,
+                missing: str) -> tuple[str, float]:
+    """The host matmul rates of column ``key`` of ``runs`` (each named by its ``label`` column) as text:
+    ``subject`` (e.g. "the host's matmul rate each run trained at") with ``what`` they are, listed (or,
+    with ``column``, pointing to the table's column of that name), the runs without one named with
+    ``missing`` (why); and how far apart they are (max / min; NaN when fewer than two or a zero).
+    ("", NaN) when no run recorded one."""
+    rates = runs[key] if key in runs else pd.Series(dtype=float)
+    if not rates.notna().any():
+        return "", math.nan
+    names = runs[label].astype(str)
+    if column:
+        text = f"*{column}*: {subject} ({what})."
+    else:
+        shown = ", ".join(f"{n} {fmt(r, 3)}" for n, r in zip(names, rates) if _present(r))
+        text = f"{subject[0].upper()}{subject[1:]} ({what}): {shown}."
+    absent = [n for n, r in zip(names, rates) if not _present(r)]
+    if absent:
+        text += f" Not recorded for {', '.join(absent)} ({missing})."
+    lo, hi = float(rates.min()), float(rates.max())
+    return text, (hi / lo if lo > 0 and rates.notna().sum() > 1 else math.nan)
+
+
 def host_note(runs: pd.DataFrame, label: str, time_budget: bool, column: str | None = None) -> str:
     """How fast each run's host was as it trained (``host_matmul_tflops``, asap.engine's record_host; runs
     named by their ``label`` column; with ``column``, the table's column of that name shows the rates
     and the note only says what they are), and a plain warning when runs under a time budget
     (``time_budget``) trained at rates more than HOST_SPREAD apart; "" when no run recorded one."""
-    rates = runs["host_matmul_tflops"] if "host_matmul_tflops" in runs else pd.Series(dtype=float)
-    if not rates.notna().any():
-        return ""
-    names = runs[label].astype(str)
-    what = ("TFLOP/s in the step's precision; the mean of one sample before a session's first step and one after "
-            "its last, each in the run's host_history")
-    if column:
-        text = f"*{column}*: the host's matmul rate each run trained at ({what})."
-    else:
-        shown = ", ".join(f"{n} {fmt(r, 3)}" for n, r in zip(names, rates) if _present(r))
-        text = f"Host matmul rate each run trained at ({what}): {shown}."
-    missing = [n for n, r in zip(names, rates) if not _present(r)]
-    if missing:
-        text += f" Not recorded for {', '.join(missing)} (trained before runs recorded it)."
-    lo, hi = float(rates.min()), float(rates.max())
-    if time_budget and lo > 0 and hi / lo > HOST_SPREAD:
-        text += (f" **The hosts ran at different speeds ({hi / lo:.2f}x apart)**: under a time budget the run on "
+    text, spread = _rates_note(runs, label, "host_matmul_tflops", "the host's matmul rate each run trained at",
+                               "TFLOP/s in the step's precision; the mean of one sample before a session's first "
+                               "step and one after its last, each in the run's host_history", column,
+                               "trained before runs recorded it")
+    if time_budget and spread > HOST_SPREAD:
+        text += (f" **The hosts ran at different speeds ({spread:.2f}x apart)**: under a time budget the run on "
                  "the slower host took fewer steps, so part of a difference between them is the machine's.")
     return text
+
+
+def runtime_host_note(runs: pd.DataFrame, label: str, column: str | None = None) -> str:
+    """How fast the host was as each runtime was timed (``runtime_host_matmul_tflops``: the evaluate stage's
+    and the sweep's asap.metrics.runtime.with_host_rate), as ``host_note`` says it for training, and a
+    plain warning when the runtimes were timed at rates more than HOST_SPREAD apart; "" when none recorded."""
+    text, spread = _rates_note(runs, label, "runtime_host_matmul_tflops", "the host's matmul rate as each runtime "
+                               "was timed", "fp32 TFLOP/s at the runtime's threads; the mean of one sample just "
+                               "before the timing and one just after", column, "timed before runtimes recorded it")
+    if spread > HOST_SPREAD:
+        text += (f" **The host ran at different speeds as the runtimes were timed ({spread:.2f}x apart)**: part of "
+                 "a difference in runtime between them is the machine's.")
+    return text
+
+
+def timed_on(row) -> str:
+    """Where a generator's runtime was timed, with the host's matmul rate then where recorded:
+    "cpu, 2 threads, matmul 0.190 TFLOP/s"."""
+    rate = row.get("runtime_host_matmul_tflops")
+    return runtime_device(row) + (f", matmul {fmt(rate, 3)} TFLOP/s" if _present(rate) else "")
 
 
 def budget(row) -> str:
@@ -137,11 +184,18 @@ def benchmark_table(bench: pd.DataFrame) -> str:
           fmt(r.params / 1e6)] for r in bench.itertuples()])
 
 
+def host_span(start, end) -> str:
+    """A benchmark file's host matmul rates before its first row and after its last: "0.190 / 0.172"."""
+    return f"{fmt(start, 3)} / {fmt(end, 3)}" if _present(start) else NOT_RECORDED
+
+
 def benchmark_provenance(bench: pd.DataFrame) -> str:
     """Which machine and commit measured each benchmark file, with how many iterations."""
     files = bench.drop_duplicates("file")
-    return md_table(["file", "measured on", "commit", "timed iterations (warm-up)"],
-                    [[f"`metrics/{r.file}`", r.device, commit(r.commit), f"{fmt(r.iters, 0)} ({fmt(r.warmup, 0)})"]
+    return md_table(["file", "measured on", "commit", "timed iterations (warm-up)",
+                     "host matmul TFLOP/s before / after"],
+                    [[f"`metrics/{r.file}`", r.device, commit(r.commit), f"{fmt(r.iters, 0)} ({fmt(r.warmup, 0)})",
+                      host_span(getattr(r, "host_start", None), getattr(r, "host_end", None))]
                      for r in files.itertuples()])
 
 
@@ -306,7 +360,7 @@ def quality_table(gens: pd.DataFrame, reference: str, noise: dict[str, float] | 
                      fmt(r["floor_fid"], 1), pm(r["kid_mean"], r["kid_std"]),
                      pm(r["floor_kid_mean"], r["floor_kid_std"]),
                      fmt(r["pixel_acc"], 3), fmt(r["miou"], 3), runtime,
-                     runtime_device(r) if r["has_eval"] else "n/a", fmt(r["steps"], 0), fmt(r["train_seconds"], 0),
+                     timed_on(r) if r["has_eval"] else "n/a", fmt(r["steps"], 0), fmt(r["train_seconds"], 0),
                      budget(r) if trained else "n/a", trained_on(r) if trained else "n/a",
                      r["stopped_by"] or "n/a", verdict])
     return md_table(["generator", "params (M)", "FID", "floor FID", "KID ± std", "floor KID ± std", "pixel acc",
@@ -359,13 +413,14 @@ def budget_note(gens: pd.DataFrame, reference: dict) -> str:
             f"Runtime: batch 1 on {', '.join(f['runtime'])}; quality on {f['images']} test images of "
             f"{', '.join(f['datasets']) or 'the dataset'}.")
     ev = _evaluated(gens)
-    host = host_note(ev, "name", bool(ev["time_budget_s"].notna().any()))
-    if host:
-        text += " " + host
+    for host in (host_note(ev, "name", bool(ev["time_budget_s"].notna().any())), runtime_host_note(ev, "name")):
+        if host:
+            text += " " + host
     if len(f["budgets"]) > 1:
         text += " **The generators got different budgets: this is not an equal-budget comparison.**"
     if len(f["runtime"]) > 1:
-        text += " **Runtimes were measured on different devices or thread counts: they do not compare.**"
+        text += (" **Runtimes were measured on different devices, thread counts or allocator policies: they do "
+                 "not compare.**")
     if not f["reference"]:
         text += " No paper-like profile was found to compare this budget with."
     elif f["quick"]:
@@ -487,12 +542,12 @@ def quality_series(gens: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 
 SWEEP_COLUMNS = ("trial", "variant", "S", "steps", "train_seconds", "host_matmul_tflops", "runtime_ms", "lr_ms",
-                 "hr_ms", "fid", "kid_mean", "pixel_acc", "miou")
+                 "hr_ms", "runtime_host_matmul_tflops", "fid", "kid_mean", "pixel_acc", "miou")
 HEADERS = {"runtime_ms": "runtime ms", "lr_ms": "low-res ms", "hr_ms": "pixelwise ms", "fid": "FID",
            "kid_mean": "KID", "pixel_acc": "pixel acc", "miou": "mIoU", "train_seconds": "train s",
-           "host_matmul_tflops": "host TFLOP/s"}
+           "host_matmul_tflops": "train host TFLOP/s", "runtime_host_matmul_tflops": "runtime host TFLOP/s"}
 DIGITS = {"runtime_ms": 2, "lr_ms": 2, "hr_ms": 2, "fid": 2, "kid_mean": 4, "pixel_acc": 3, "miou": 3,
-          "train_seconds": 0, "host_matmul_tflops": 3}
+          "train_seconds": 0, "host_matmul_tflops": 3, "runtime_host_matmul_tflops": 3}
 
 
 def sweep_table(sweep: pd.DataFrame, reference: str | None = None, noise: dict[str, float] | None = None,
@@ -552,7 +607,10 @@ def sweep_budget(sweep: pd.DataFrame, meta: dict, train_devices: list[str] | Non
     images = sweep["num_images"].max() if "num_images" in sweep else math.nan
     device = sorted(set(sweep.get("runtime_device", pd.Series(dtype=str)).dropna().astype(str))) or [NOT_RECORDED]
     threads = sweep["runtime_threads"].dropna() if "runtime_threads" in sweep else pd.Series(dtype=float)
-    timed = ", ".join(device) + (f", {fmt(threads.max(), 0)} threads" if not threads.empty else "")
+    allocators = sorted(set(allocator_label(a) if _present(a) else "allocator not recorded"
+                            for a in sweep.get("runtime_allocator", pd.Series([None] * len(sweep)))))
+    timed = (", ".join(device) + (f", {threads_label(threads.max())}" if not threads.empty else "")
+             + (f", {' / '.join(allocators)}" if allocators else ""))
     trained = f" on {', '.join(train_devices)}" if train_devices else ""
     return f"{cap}{trained}, {reached}; FID on {fmt(images, 0)} test images; runtime on {timed}"
 
