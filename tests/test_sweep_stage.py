@@ -60,6 +60,10 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
         # and the host's rate as the trial's runtime was timed (two samples around it, at its threads)
         assert row["runtime_host_matmul_tflops"] > 0
         assert row["runtime_allocator"] == "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"
+        # timed by the driver once the trials were done (one line each, the row's numbers)
+        assert (f"[sweep] {row['trial']}: batch-1 runtime {row['runtime_ms']:.1f} ms (low-res {row['lr_ms']:.1f} + "
+                f"pixelwise {row['hr_ms']:.1f}) on cpu") in first.stdout
+        assert c.data.metrics["eval_runtime_ms"] == pytest.approx(row["runtime_ms"])
         assert c.data.metrics["eval_runtime_host_matmul_tflops"] == pytest.approx(row["runtime_host_matmul_tflops"])
         assert summary["trials"][row["trial"]]["runtime_host_matmul_tflops"] == pytest.approx(
             row["runtime_host_matmul_tflops"])
