@@ -272,7 +272,8 @@ def time_trials(rows: list[dict], sweep_dir: Path, threads: int | None, iters: i
         timing = best[row["trial"]]
         row.update({"runtime_ms": timing["median_ms"], "lr_ms": timing["lr_ms"], "hr_ms": timing["hr_ms"],
                     "runtime_device": "cpu", "runtime_threads": timing["threads"],
-                    "runtime_host_matmul_tflops": timing["host_matmul_tflops"], "runtime_allocator": timing["allocator"]})
+                    "runtime_host_matmul_tflops": timing["host_matmul_tflops"],
+                    "runtime_allocator": timing["allocator"]})
         now = int(time.time() * 1000)
         client.log_batch(row["mlflow_run_id"], metrics=[
             Metric(f"eval_{k}", float(row[k]), now, int(row["steps"]))

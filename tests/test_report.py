@@ -510,20 +510,23 @@ def test_budget_is_stated_plainly(project, full_report):
     assert "Runtime: batch 1 on cpu, 2 threads, steady allocator;" in fig6
     # the hosts' speeds: spade's ran at half asapnet's (a time budget's steps follow it); spade-slim's not recorded
     evals = evals_on_disk(project)
-    rates = {n: evals[n].get("generator_host_matmul_tflops") for n in ["asapnet", *BASELINES] if n in evals}
+
+    def rates_of(key):  # each evaluated generator's rate from its eval file, as listed, and max / min
+        rates = {n: evals[n].get(key) for n in ["asapnet", *BASELINES] if n in evals}
+        recorded = [r for r in rates.values() if r]
+        shown = ", ".join(f"{n} {r:.3f}" for n, r in rates.items() if r is not None)
+        return rates, shown, max(recorded) / min(recorded)
+
+    rates, shown, spread = rates_of("generator_host_matmul_tflops")
     assert rates["spade-slim"] is None and rates["spade"] == HOST_TFLOPS["spade"]
-    shown = ", ".join(f"{n} {r:.3f}" for n, r in rates.items() if r is not None)
     assert f"each in the run's host_history): {shown}." in fig6
     assert "Not recorded for spade-slim (trained before runs recorded it)." in fig6
-    spread = max(r for r in rates.values() if r) / min(r for r in rates.values() if r)
     assert f"**The hosts ran at different speeds ({spread:.2f}x apart)**" in fig6 and f"{spread:.2f}" == "2.00"
     # and as the runtimes were timed: asapnet-seed1's host 1.5x asapnet's; spade-slim's not recorded
-    timed = {n: evals[n].get("runtime_host_matmul_tflops") for n in ["asapnet", *BASELINES] if n in evals}
+    timed, shown, spread = rates_of("runtime_host_matmul_tflops")
     assert timed["spade-slim"] is None and timed["asapnet-seed1"] == RUNTIME_TFLOPS["asapnet-seed1"]
-    shown = ", ".join(f"{n} {r:.3f}" for n, r in timed.items() if r is not None)
     assert f"one just after): {shown}." in fig6
     assert "Not recorded for spade-slim (timed before runtimes recorded it)." in fig6
-    spread = max(r for r in timed.values() if r) / min(r for r in timed.values() if r)
     assert (f"**The host ran at different speeds as the runtimes were timed ({spread:.2f}x apart)**" in fig6
             and f"{spread:.2f}" == "1.80")
     sweep = json.loads((project / "metrics" / "sweep.json").read_text())

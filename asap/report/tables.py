@@ -147,7 +147,7 @@ def runtime_host_note(runs: pd.DataFrame, label: str, column: str | None = None)
 
 def timed_on(row) -> str:
     """Where a generator's runtime was timed, with the host's matmul rate then where recorded:
-    "cpu, 2 threads, matmul 0.190 TFLOP/s"."""
+    "cpu, 2 threads, steady allocator, matmul 0.190 TFLOP/s"."""
     rate = row.get("runtime_host_matmul_tflops")
     return runtime_device(row) + (f", matmul {fmt(rate, 3)} TFLOP/s" if _present(rate) else "")
 
