@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from asap.config import UserError
+from asap.metrics.runtime import cpu_threads
 
 POLICIES = ("default", "steady")
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per generator and policy")
     ap.add_argument("--iters", type=int, default=5, help="timed calls per process (evaluate.runtime_iters: 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls first (the evaluate stage's: 2)")
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads (default: all)")
+    ap.add_argument("--threads", type=int, default=cpu_threads(), help="CPU threads (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         from asap.files import write_text_atomic
         from asap.metrics.runtime import device_info
+        from benchmarks.campaign.common import git_state
 
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
-        record = {"schema": "asap-allocator/1", "device": device_info("cpu"), "git_commit": commit,
+        record = {"schema": "asap-allocator/1", "device": device_info("cpu"), "git": git_state(),
                   "params": str(args.params), "repeats": args.repeats, "iters": args.iters, "warmup": args.warmup,
                   "threads": args.threads, "summary": summary, "rows": rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -257,12 +257,15 @@ def time_trials(rows: list[dict], sweep_dir: Path, threads: int | None, iters: i
     from asap.metrics.runtime import time_asapnet, with_host_rate
     from asap.models.checkpoint import load_generator
 
+    inputs = {}
+    for row in rows:
+        model, meta = load_generator(sweep_dir / row["trial"] / "generator.pt")
+        inputs[row["trial"]] = model, torch.randint(1, model.config.num_classes, (1, meta["height"], meta["width"]),
+                                                    generator=torch.Generator().manual_seed(0))
     best: dict[str, dict] = {}
     for _ in range(TIMING_ROUNDS):
         for row in rows:
-            model, meta = load_generator(sweep_dir / row["trial"] / "generator.pt")
-            labels = torch.randint(1, model.config.num_classes, (1, meta["height"], meta["width"]),
-                                   generator=torch.Generator().manual_seed(0))
+            model, labels = inputs[row["trial"]]
             timing = with_host_rate(lambda: time_asapnet(model, labels, warmup=2, iters=iters, threads=threads),
                                     "cpu", threads=threads)
             if row["trial"] not in best or timing["median_ms"] < best[row["trial"]]["median_ms"]:

@@ -5,7 +5,6 @@ errors when an input is missing."""
 
 import csv
 import json
-import time
 
 import mlflow
 import numpy as np
@@ -20,7 +19,7 @@ from asap.models.asapnet import asapnet
 from asap.models.baselines import SPADEConfig, SPADEGenerator
 from asap.models.checkpoint import save_generator
 from asap.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
-from metrics_helpers import assert_stage_metrics_are_numbers
+from metrics_helpers import assert_stage_metrics_are_numbers, matmul_tflops_here
 from project_helpers import make_project, run_stage
 
 DATASET = "facades-64x64"
@@ -76,17 +75,7 @@ def test_evaluate_stage_scores_the_generator_and_logs_into_its_training_run(tmp_
     assert provenance["runtime_allocator"] == "glibc steady (mmap threshold 32 MiB, trim threshold 1024 MiB)"
     assert (f"[evaluate] asapnet: batch-1 runtime {metrics['runtime_ms']:.1f} ms on cpu, {threads} threads; host fp32 "
             f"matmul at {start:.4f} TFLOP/s before, {end:.4f} after") in proc.stdout
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    saved, times = torch.get_num_threads(), []
-    torch.set_num_threads(threads)  # a 1024^3 matmul timed here at the runtime's threads
-    try:
-        for _ in range(8):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(saved)
-    here = 2 * 1024 ** 3 / sorted(times[2:])[3] / 1e12  # median of 6 after 2 warm-ups
+    here = matmul_tflops_here(threads)  # a 1024^3 matmul timed here at the runtime's threads
     assert here / 2.5 < metrics["runtime_host_matmul_tflops"] < here * 2.5, (metrics, here)
 
     # Pixel accuracy of the segmenter on the generated images, counted here pixel by pixel.

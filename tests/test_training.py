@@ -217,6 +217,7 @@ def test_a_run_records_its_host_and_matmul_rate_per_session(tmp_path, facades64,
     checked against a 1024^3 matmul timed here with perf_counter."""
     from asap.metrics import runtime
     from asap.metrics.runtime import device_info
+    from metrics_helpers import matmul_tflops_here
 
     # each measurement in turn (fixed, so that the means can be worked by hand): session 1 start and
     # end, session 2 start and end
@@ -259,13 +260,7 @@ def test_a_run_records_its_host_and_matmul_rate_per_session(tmp_path, facades64,
     trainer = build_trainer(TrainingRun.from_params(params(steps=1), facades64, "asapnet"))
     entry = trainer.record_host()
     assert trainer.record_host() is entry and trainer.host_history == [entry]  # once per process
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    times = []
-    for i in range(8):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    here = 2 * 1024 ** 3 / sorted(times[2:])[3] / 1e12  # median of 6 after 2 warm-ups
+    here = matmul_tflops_here()
     assert here / 2.5 < entry["matmul_tflops"] < here * 2.5, (entry, here)
 
 

@@ -91,9 +91,8 @@ def steady_allocator() -> str:
     (ASAP_CPU_ALLOCATOR=default), or "<libc> default" where the C library is not glibc."""
     if _ALLOCATOR:
         return _ALLOCATOR[0]
-    libc_name = platform.libc_ver()[0] or "libc"
-    policy = f"{libc_name} default"
-    if libc_name == "glibc" and os.environ.get("ASAP_CPU_ALLOCATOR", "steady") != "default":
+    policy = allocator_policy()  # the C library's default, until set here
+    if platform.libc_ver()[0] == "glibc" and os.environ.get("ASAP_CPU_ALLOCATOR", "steady") != "default":
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
