@@ -73,6 +73,70 @@ def test_spatially_uniform_params_broadcast_like_naive_loop():
                                naive_pixelwise(x, params, channels, S, True), atol=1e-5, rtol=1e-5)
 
 
+def _mlp_case(seed, S=4, C=3, channels_tail=(6, 6, 3), B=2, H=None, W=None):
+    torch.manual_seed(seed)
+    channels = [C + 4 * int(math.log2(S)), *channels_tail]
+    P = sum(i * o + o for i, o in zip(channels[:-1], channels[1:]))
+    H, W = H or 2 * S, W or 3 * S
+    return torch.randn(B, C, H, W), torch.randn(B, P, H // S, W // S) * 0.5, channels
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_inference_chunks_and_parameter_layouts_equal_naive_loop(monkeypatch, layout):
+    """Under no_grad the tiles go through the MLP a chunk at a time with in-place activations:
+    a chunk of 5 tiles (12 tiles per image, 24 in all: the last chunk partial) gives the naive
+    loop's numbers for every memory layout of the parameter grid."""
+    import asap.models.pixelwise as pw
+
+    x, params, channels = _mlp_case(2)
+    want = naive_pixelwise(x, params, channels, 4, True)
+    if layout == "channels_last":
+        params = params.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other channel of a channels-last grid twice as wide
+        wide = torch.zeros(params.shape[0], 2 * params.shape[1], *params.shape[2:]).contiguous(
+            memory_format=torch.channels_last)
+        wide[:, ::2] = params
+        params = wide[:, ::2]
+    rows_bytes = 4 * 4 * max(channels) * 4  # one tile's widest activation: S*S rows, fp32
+    monkeypatch.setattr(pw, "CHUNK_BYTES", 5 * rows_bytes)
+    with torch.no_grad():
+        got = pixelwise_mlp(x, params, channels, 4)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        uniform = params[:, :, :1, :1]
+        got = pixelwise_mlp(x, uniform, channels, 4)
+    torch.testing.assert_close(got.double(), naive_pixelwise(x, uniform, channels, 4, True), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_parameter_gradient_equals_the_naive_loops(uniform):
+    """The batched products' backward against autograd through the per-pixel loop (float64)."""
+    x, params, channels = _mlp_case(3)
+    if uniform:
+        params = params[:, :, :1, :1].contiguous()
+    weights = torch.randn(2, 3, 8, 12, dtype=torch.float64)  # a loss that weighs every output
+    p1 = params.double().requires_grad_()
+    (pixelwise_mlp(x.double(), p1, channels, 4) * weights).sum().backward()
+    p2 = params.double().requires_grad_()
+    (naive_pixelwise(x.double(), p2, channels, 4, True) * weights).sum().backward()
+    torch.testing.assert_close(p1.grad, p2.grad, atol=1e-9, rtol=1e-7)
+
+
+def test_cpu_low_res_stream_writes_channels_last_parameters():
+    """On the CPU the parameter grid comes out channels-last (what the MLP reads in place), with
+    the numbers of the plain NCHW stream run layer by layer."""
+    torch.manual_seed(0)
+    model = asapnet(6, 64, 64, **SMALL, downsampling=8).eval()
+    x = model.encode(torch.randint(0, 6, (1, 64, 64)))
+    with torch.no_grad():
+        params = model.tile_params(x)
+        want = x
+        for layer in model.lowres_stream.model:
+            want = layer(want.contiguous())
+    assert params.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(params, want)
+
+
 @pytest.mark.parametrize("H,W,classes,S,first,P", [
     # facades 512x512, S = 32, 13 labels: 13 + 4*5 = 33 inputs;
     # P = (33*64 + 64) + 3*(64*64 + 64) + (64*3 + 3) = 2176 + 12480 + 195
