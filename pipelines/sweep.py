@@ -11,8 +11,9 @@ batch-1 CPU runtime, split into low-res and high-res streams (Fig. 4), one after
 
 MLflow: one parent run per sweep, one child run per trial whose params are the trial's own resolved
 config (its S, switches, steps, budget and worker count), with S and the variant as sweep.* params.
-Resume: a trial whose result file matches its configuration is not trained again; a trial killed
-mid-training resumes from its last Ray Train checkpoint (same run name and storage).
+Resume: a trial whose result file matches its configuration is not trained again (the console says
+when the training code changed since it trained); a trial killed mid-training resumes from its last
+Ray Train checkpoint (same run name and storage).
 Outputs: metrics/sweep.csv + metrics/sweep.json (one row per trial), models/sweep/<trial>/generator.pt.
 """
 
@@ -114,6 +115,9 @@ def run_trial(config: dict) -> None:
         done = json.loads(result_file.read_text())
         if done.get("run_name") == job.run_name:
             print(f"[sweep] {spec['trial']}: finished earlier ({job.run_name}), reusing its results", flush=True)
+            note = reused_code_note(trial_dir, Path(config["storage"]) / job.run_name)
+            if note:
+                print(f"[sweep] {spec['trial']}: {note}", flush=True)
             if done.get("mlflow_run_id"):
                 adopt_reused_trial(config["tracking_uri"], done["mlflow_run_id"], config["parent_run_id"])
             tune.report({k: v for k, v in done.items() if isinstance(v, (int, float))})
@@ -154,6 +158,25 @@ def run_trial(config: dict) -> None:
     print(f"[sweep] {spec['trial']}: {row['steps']} steps in {row['train_seconds']:.0f} s; FID {row['fid']:.1f}",
           flush=True)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+
+def reused_code_note(trial_dir: Path, run_folder: Path) -> str | None:
+    """A reused trial trained by other training code than the current (``asap.engine.training_code``:
+    the run name covers the config, not the code): one line that says so and how to train it afresh;
+    None when the code is the same. Read from its generator's ``meta.code_history``."""
+    from asap.engine import code_sha1, training_code
+    from asap.models.checkpoint import load_as_data
+
+    generator = trial_dir / "generator.pt"
+    history = (load_as_data(generator).get("meta") or {}).get("code_history") if generator.is_file() else None
+    afresh = f"To train it afresh with this code, remove {trial_dir} and {run_folder}"
+    if not history:
+        return f"note: its generator records no training code, so it may be older than this code. {afresh}"
+    then, now = history[-1]["code_sha1"], code_sha1(training_code())
+    if then == now:
+        return None
+    return (f"note: the training code changed since it trained (code {then}, now {now}); its steps, weights "
+            f"and scores stay those of the earlier code (its runtime is timed again). {afresh}")
 
 
 def adopt_reused_trial(uri: str, run_id: str, parent_run_id: str) -> None:

@@ -89,6 +89,7 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
     assert out.count("finished earlier") == 2
+    assert "training code changed" not in out  # the same code trained them
     assert "[train] step" not in out
     runs_after = client.search_runs([exp.experiment_id])
     assert len(runs_after) == len(runs)
@@ -137,3 +138,31 @@ def test_a_reused_trial_moves_to_the_current_parent_run(tmp_path, capsys):
     assert client.get_run(trial).data.tags["sweep.earlier_parent"] == old
     adopt_reused_trial(uri, "0" * 32, new)
     assert "is not in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("history", ["current", "other", "none"])
+def test_a_reused_trial_says_when_other_code_trained_it(tmp_path, history):
+    """A finished trial is reused by its run name, which covers its config, not the code: its
+    generator's code_history says which training code made it, and the console says when that is
+    not the code of this sweep, naming both digests and the two folders to remove."""
+    from asap.engine import code_sha1, training_code
+    from asap.models.asapnet import asapnet
+    from asap.models.checkpoint import save_generator
+    from pipelines.sweep import reused_code_note
+
+    meta = {"current": {"code_history": [{"from_step": 0, "code_sha1": "0" * 12},
+                                         {"from_step": 5, "code_sha1": code_sha1(training_code())}]},
+            "other": {"code_history": [{"from_step": 0, "code_sha1": "d221e80632f0"}]},
+            "none": {}}[history]
+    trial, run = tmp_path / "models" / "full-S8", tmp_path / "checkpoints" / "sweep-full-S8-x"
+    save_generator(trial / "generator.pt", asapnet(4, 32, 32, lr_width=4, lr_max_width=8, lr_depth=1,
+                                                   mlp_width=4, downsampling=8), meta)
+    note = reused_code_note(trial, run)
+    if history == "current":
+        assert note is None
+        return
+    assert f"remove {trial} and {run}" in note
+    if history == "other":
+        assert "code d221e80632f0, now " + code_sha1(training_code()) in note
+    else:
+        assert "records no training code" in note
