@@ -154,3 +154,22 @@ def test_cpu_timing_holds_glibcs_allocator_steady():
     default = probe(ASAP_CPU_ALLOCATOR="default")
     assert default["policy"] == "glibc default"
     assert default["mapped"] >= 20 << 20 and default["kept"] < 20 << 20
+
+
+def test_mlp_layout_benchmark_times_both_grid_layouts(tmp_path):
+    """benchmarks/mlp_layout at a toy size: one row per S with both layouts' times and the tile count
+    of its grid, written as JSON."""
+    import json
+
+    from benchmarks import mlp_layout
+
+    out = tmp_path / "layout.json"
+    assert mlp_layout.main(["--size", "32x64", "--S", "8", "16", "--lr-max-width", "16", "--warmup", "0",
+                            "--iters", "1", "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["S"] for r in data["rows"]] == [8, 16] and data["threads"] == 1
+    for row in data["rows"]:
+        for key in ("mlp_infer_ms_channels_last", "mlp_infer_ms_nchw", "mlp_train_ms_channels_last",
+                    "mlp_train_ms_nchw", "generator_ms"):
+            assert row[key] > 0, key
+        assert row["tiles"] == (32 // row["S"]) * (64 // row["S"])
