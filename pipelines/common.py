@@ -208,9 +208,13 @@ def ray_env() -> None:
     authentication (Ray generates the token in ~/.ray/auth_token) closes that for local runs. With
     RAY_ADDRESS (a cluster) the cluster's own mode applies (docs/cluster.md). Where stdout is not a
     terminal, the lines Ray forwards from its workers ("(RayTrainWorker pid=...) [train] step 10 ...")
-    come without the colour codes it would wrap their prefix in (RAY_COLOR_PREFIX=0)."""
+    come without the colour codes it would wrap their prefix in (RAY_COLOR_PREFIX=0). Ray's log
+    deduplication is off (RAY_DEDUP_LOGS=0): it folded lines that differ only in numbers and names
+    into one, so the sweep's console lost which trials were reused ("full-S32: finished earlier ...
+    [repeated 2x across cluster] (Ray deduplicates logs by default. Set RAY_DEDUP_LOGS=0 ...)")."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not sys.stdout.isatty():  # a log (`dvc repro | tee`, CI, a Ray job's log): workers' lines without ANSI colours
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if not os.environ.get("RAY_ADDRESS"):

@@ -82,3 +82,40 @@ def test_local_ray_wants_its_token_and_shows_its_dashboard_on_loopback_only(tmp_
         except subprocess.TimeoutExpired:
             os.killpg(host.pid, signal.SIGKILL)
             host.wait()
+
+
+WORKER_LINES = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from pipelines.train import init_ray   # as every stage does
+init_ray()
+import ray
+
+@ray.remote(max_calls=1, num_cpus=0.5)  # one worker process per trial, as Tune's trials run
+def trial(name):
+    import hashlib
+    run = f"sweep-{{name}}-facades-256x256-{{hashlib.sha1(name.encode()).hexdigest()[:10]}}"
+    print(f"[sweep] {{name}}: finished earlier ({{run}}), reusing its results", flush=True)
+    time.sleep(1)
+    return name
+
+names = ["full-S8", "full-S16", "full-S32", "no_pe-S16", "uniform-S16"]
+ray.get([trial.remote(n) for n in names])
+time.sleep(3)  # the log monitor forwards workers' lines about once a second
+ray.shutdown()
+"""
+
+
+def test_every_workers_line_reaches_the_console(tmp_path):
+    """Lines Ray forwards from workers that differ only in names and numbers (the sweep's trials)
+    each reach the stage's console: Ray's deduplication would fold them into one line and a notice
+    ("[repeated 4x across cluster] (Ray deduplicates logs by default ...)")."""
+    env = client_env()
+    env.pop("RAY_DEDUP_LOGS", None)
+    proc = subprocess.run([PYTHON, "-c", WORKER_LINES.format(repo=str(REPO))], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for name in ("full-S8", "full-S16", "full-S32", "no_pe-S16", "uniform-S16"):
+        assert f"[sweep] {name}: finished earlier" in out, out[-3000:]
+    assert "repeated" not in out and "deduplicates" not in out, out[-3000:]

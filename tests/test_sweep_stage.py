@@ -90,6 +90,7 @@ def test_two_trial_sweep_logs_parent_and_children_and_resumes(tmp_path, facades6
     assert again.returncode == 0, out[-4000:]
     assert out.count("finished earlier") == 2
     assert "training code changed" not in out  # the same code trained them
+    assert "repeated" not in out and "deduplicates" not in out, out[-3000:]  # every trial's own line, no Ray notice
     assert "[train] step" not in out
     runs_after = client.search_runs([exp.experiment_id])
     assert len(runs_after) == len(runs)
